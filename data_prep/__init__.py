@@ -1,0 +1,1 @@
+"""Turn raw datasets on disk into validated, patient-split TFRecord shards."""

@@ -1,0 +1,162 @@
+"""What every dataset converter shares: patient splits, atomic output folders,
+sharded TFRecord writing and the manifest.
+
+Output layout of a prepared folder:
+  manifest.json
+  <split>-<i>-of-<n>.tfrecord          framed tf.train.Example records
+  <split>-<i>-of-<n>.tfrecord.index    int64 [offset, length] per record
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from unet_jax.data import DataError
+from unet_jax.data.tfrecord import TFRecordWriter, index_path
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+
+
+def split_patients(patients: Sequence[str], *, val_fraction: float, test_fraction: float,
+                   seed: int, num_folds: int = 0, fold: int = 0) -> dict[str, list[str]]:
+    """Assigns each patient to exactly one of train/val/test.
+
+    Patients are shuffled with `seed`. Without folds, the first
+    round(test_fraction*N) go to test and the next round(val_fraction*N) to
+    val. With `num_folds=K`, the shuffled patients are cut into K near-equal
+    folds, fold `fold` is the test set, and val is taken from the rest by
+    `val_fraction`. Each requested non-empty split gets at least one patient.
+    """
+    patients = sorted(patients)
+    n = len(patients)
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise DataError(f"split fractions val={val_fraction} test={test_fraction}: each must be in [0, 1) "
+                        "and their sum below 1")
+    order = [patients[i] for i in np.random.default_rng(seed).permutation(n)]
+
+    def take(fraction: float, available: int) -> int:
+        return 0 if fraction == 0 else max(1, round(fraction * n)) if available > 1 else 0
+
+    if num_folds:
+        if num_folds < 2 or not 0 <= fold < num_folds:
+            raise DataError(f"--num_folds={num_folds} --fold={fold}: need num_folds >= 2 and 0 <= fold < num_folds")
+        if num_folds > n:
+            raise DataError(f"--num_folds={num_folds} exceeds the {n} patients available")
+        folds = np.array_split(np.arange(n), num_folds)
+        test = [order[i] for i in folds[fold]]
+        rest = [p for p in order if p not in set(test)]
+    else:
+        n_test = take(test_fraction, n)
+        test, rest = order[:n_test], order[n_test:]
+    n_val = take(val_fraction, len(rest))
+    val, train = rest[:n_val], rest[n_val:]
+    if not train:
+        raise DataError(f"only {n} patients: the split leaves none for training; lower the val/test fractions")
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def file_list_checksum(root: str, files: Sequence[str]) -> str:
+    """sha256 over the sorted relative paths and sizes of the source files."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f"{os.path.relpath(f, root)}\t{os.path.getsize(f)}\n".encode())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str, overwrite: bool) -> Iterator[str]:
+    """Yields a temporary sibling folder that replaces `out_dir` on success.
+
+    An existing non-empty `out_dir` is refused unless `overwrite`. On any
+    error the temporary folder is removed and `out_dir` is left untouched.
+    """
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
+        raise DataError(f"{out_dir}: output already exists; pass --overwrite to replace it")
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    tmp = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.exists(out_dir):
+        old = f"{out_dir}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old:
+        shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+
+
+class ShardedWriter:
+    """Writes one split's records into shards of at most `records_per_shard`.
+
+    Shards are named `<split>-<i>-of-<n>.tfrecord` on close, once n is known
+    (bad slices skipped on the way can change it).
+    """
+
+    def __init__(self, out_dir: str, split: str, records_per_shard: int):
+        self._dir, self._split, self._per_shard = out_dir, split, records_per_shard
+        self._writer: TFRecordWriter | None = None
+        self._partial: list[str] = []
+        self._counts: list[int] = []
+
+    def write(self, record: bytes) -> None:
+        if self._writer is None or len(self._writer) == self._per_shard:
+            self._close_current()
+            self._partial.append(os.path.join(self._dir, f"{self._split}-{len(self._partial):05d}.partial"))
+            self._writer = TFRecordWriter(self._partial[-1])
+        self._writer.write(record)
+
+    def _close_current(self) -> None:
+        if self._writer is not None:
+            self._counts.append(len(self._writer))
+            self._writer.close()
+            self._writer = None
+
+    def close(self) -> list[dict]:
+        """Finishes the last shard; returns [{"file", "num_records"}] per shard."""
+        self._close_current()
+        shards = []
+        for i, (partial, count) in enumerate(zip(self._partial, self._counts)):
+            name = f"{self._split}-{i:05d}-of-{len(self._partial):05d}.tfrecord"
+            os.replace(partial, os.path.join(self._dir, name))
+            os.replace(index_path(partial), index_path(os.path.join(self._dir, name)))
+            shards.append({"file": name, "num_records": count})
+        return shards
+
+
+def command_line() -> str:
+    """The command that is running, as it could be pasted into a shell."""
+    return " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), "-m",
+                                               _module_name(), *sys.argv[1:]])
+
+
+def _module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else sys.argv[0]
+
+
+def write_manifest(out_dir: str, manifest: dict) -> None:
+    """Writes manifest.json (temporary name, then rename)."""
+    manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **manifest}
+    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, os.path.join(out_dir, MANIFEST))

@@ -1,0 +1,227 @@
+"""Convert a Kaggle LGG `kaggle_3m` folder to patient-split TFRecord shards.
+
+Each slice becomes one tf.train.Example with
+  image         raw uint8 bytes, H*W*C (pre-contrast, FLAIR, post-contrast)
+  mask          raw uint8 bytes, H*W, values 0/1
+  shape         int64 [H, W, C]
+  patient_id    the patient folder name
+  patient_index position of the patient in its split's sorted patient list
+  slice         slice number from the file name (records sorted by it)
+  tumor_pixels  number of mask pixels set
+
+Usage:
+  python -m data_prep.lgg --data_dir=kaggle_3m --out_dir=data/lgg
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import tifffile
+from tqdm import tqdm
+
+from data_prep import common
+from unet_jax.data import DataError
+from unet_jax.data.tfrecord import encode_example
+
+_PATIENT = re.compile(r"^TCGA_[A-Za-z0-9]+_[A-Za-z0-9]+_\d+$")
+
+
+@dataclass(frozen=True)
+class Slice:
+    patient: str
+    number: int
+    image: str
+    mask: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.reason}"
+
+
+def scan(data_dir: str) -> tuple[dict[str, list[Slice]], list[Problem]]:
+    """Pairs images with masks in every patient folder, slices in numeric order.
+
+    Returns the slices per patient and the files that could not be paired.
+    Files at the top level (the Kaggle `data.csv`, a README) are ignored.
+    """
+    if not os.path.isdir(data_dir):
+        raise DataError(f"{data_dir}: no such folder; point --data_dir at the kaggle_3m folder "
+                        "(see README: Getting the LGG data)")
+    patients = sorted(d for d in os.listdir(data_dir)
+                      if _PATIENT.match(d) and os.path.isdir(os.path.join(data_dir, d)))
+    if not patients:
+        raise DataError(f"{data_dir}: no patient folders named like TCGA_CS_4942_19970222; "
+                        "point --data_dir at the kaggle_3m folder")
+    result: dict[str, list[Slice]] = {}
+    problems: list[Problem] = []
+    for patient in patients:
+        folder = os.path.join(data_dir, patient)
+        pattern = re.compile(rf"^{re.escape(patient)}_(\d+)(_mask)?\.tiff?$")
+        images: dict[int, str] = {}
+        masks: dict[int, str] = {}
+        for name in sorted(os.listdir(folder)):
+            if name.startswith("."):
+                continue
+            path = os.path.join(folder, name)
+            m = pattern.match(name)
+            if m is None:
+                problems.append(Problem(path, f"unexpected file name; expected {patient}_<n>.tif or "
+                                              f"{patient}_<n>_mask.tif"))
+                continue
+            (masks if m.group(2) else images)[int(m.group(1))] = path
+        for n in sorted(images.keys() - masks.keys()):
+            problems.append(Problem(images[n], "image without a mask; add the _mask.tif or remove the image"))
+        for n in sorted(masks.keys() - images.keys()):
+            problems.append(Problem(masks[n], "mask without an image; add the image or remove the mask"))
+        slices = [Slice(patient, n, images[n], masks[n]) for n in sorted(images.keys() & masks.keys())]
+        if not slices:
+            problems.append(Problem(folder, "patient folder holds no image/mask pairs"))
+        result[patient] = slices
+    return result, problems
+
+
+def _read_tiff(path: str) -> np.ndarray:
+    try:
+        return tifffile.imread(path)
+    except Exception as e:  # tifffile raises many types for damaged files
+        raise DataError(f"{path}: unreadable or truncated TIFF ({type(e).__name__}: {e}); "
+                        "replace the file or pass --skip_bad") from None
+
+
+def load_slice(s: Slice, image_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Reads and validates one image/mask pair; the mask comes back as 0/1 uint8."""
+    image = _read_tiff(s.image)
+    mask = _read_tiff(s.mask)
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise DataError(f"{s.image}: expected an HxWxC uint8 image, got shape {image.shape} dtype {image.dtype}")
+    if image_shape is not None and image.shape != image_shape:
+        raise DataError(f"{s.image}: image shape {image.shape} differs from the dataset's {image_shape}; "
+                        "resample it or pass --skip_bad")
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.shape != image.shape[:2]:
+        raise DataError(f"{s.mask}: mask shape {mask.shape} does not match its image's {image.shape[:2]}; "
+                        "fix the mask or pass --skip_bad")
+    values = np.unique(mask)
+    if set(values.tolist()) <= {0, 255}:
+        mask = (mask == 255).astype(np.uint8)
+    elif not set(values.tolist()) <= {0, 1}:
+        raise DataError(f"{s.mask}: mask values {values[:8].tolist()} are not binary (0/255 or 0/1); "
+                        "binarise the mask or pass --skip_bad")
+    return image, mask.astype(np.uint8)
+
+
+def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fraction: float = 0.1,
+            seed: int = 0, num_folds: int = 0, fold: int = 0, records_per_shard: int = 512,
+            skip_bad: bool = False, overwrite: bool = False, progress: bool = True,
+            command: str | None = None) -> dict:
+    """Validates `data_dir`, splits it by patient and writes shards plus manifest.json to `out_dir`.
+
+    Returns the manifest. Raises DataError on the first bad file unless
+    `skip_bad`, in which case bad slices are left out and listed in the manifest.
+    """
+    data_dir = os.path.abspath(data_dir)
+    if records_per_shard < 1:
+        raise DataError(f"--records_per_shard={records_per_shard}: must be at least 1")
+    slices, problems = scan(data_dir)
+    if problems and not skip_bad:
+        raise DataError(f"{problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+    split = common.split_patients(list(slices), val_fraction=val_fraction, test_fraction=test_fraction,
+                                  seed=seed, num_folds=num_folds, fold=fold)
+    all_files = [f for ss in slices.values() for s in ss for f in (s.image, s.mask)] + [p.file for p in problems]
+    image_shape: tuple[int, ...] | None = None
+    splits: dict[str, dict] = {}
+    total = sum(len(slices[p]) for p in slices)
+    with common.atomic_output_dir(out_dir, overwrite) as tmp, \
+            tqdm(total=total, desc="slices", unit="slice", disable=not progress) as bar:
+        for name in common.SPLITS:
+            writer = common.ShardedWriter(tmp, name, records_per_shard)
+            written = tumor = 0
+            per_patient = []
+            for patient_index, patient in enumerate(split[name]):
+                n_slices = n_tumor = 0
+                for s in slices[patient]:
+                    bar.update()
+                    try:
+                        image, mask = load_slice(s, image_shape)
+                    except DataError as e:
+                        if not skip_bad:
+                            raise
+                        problems.append(Problem(*str(e).split(": ", 1)))
+                        continue
+                    image_shape = image.shape
+                    tumor_pixels = int(mask.sum())
+                    writer.write(encode_example({
+                        "image": image.tobytes(), "mask": mask.tobytes(), "shape": image.shape,
+                        "patient_id": patient, "patient_index": patient_index, "slice": s.number,
+                        "tumor_pixels": tumor_pixels}))
+                    n_slices += 1
+                    n_tumor += tumor_pixels > 0
+                per_patient.append({"patient": patient, "num_slices": n_slices, "num_tumor_slices": n_tumor})
+                written += n_slices
+                tumor += n_tumor
+            splits[name] = {"num_patients": len(split[name]), "num_slices": written,
+                            "num_tumor_slices": tumor, "patients": per_patient, "shards": writer.close()}
+        if image_shape is None:
+            raise DataError(f"{data_dir}: no valid slices were found; check the folder or drop --skip_bad "
+                            "to see the first problem")
+        manifest = {
+            "dataset": "lgg_kaggle_3m",
+            "command": command or common.command_line(),
+            "source": data_dir,
+            "source_files": len(all_files),
+            "source_checksum": common.file_list_checksum(data_dir, all_files),
+            "image_shape": list(image_shape),
+            "mask": "uint8 0/1, H*W",
+            "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                      "num_folds": num_folds, "fold": fold},
+            "splits": splits,
+            "skipped": [{"file": p.file, "reason": p.reason} for p in problems],
+        }
+        common.write_manifest(tmp, manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="the kaggle_3m folder (one folder per patient)")
+    parser.add_argument("--out_dir", required=True, help="where shards and manifest.json go")
+    parser.add_argument("--val_fraction", type=float, default=0.18,
+                        help="fraction of patients for validation (0.18 and 0.1 give the 79/20/11 "
+                             "split of the reference on 110 patients)")
+    parser.add_argument("--test_fraction", type=float, default=0.1, help="fraction of patients for test")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle")
+    parser.add_argument("--num_folds", type=int, default=0, help="k-fold cross-validation over patients (0: off)")
+    parser.add_argument("--fold", type=int, default=0, help="which fold is the test set, 0..num_folds-1")
+    parser.add_argument("--records_per_shard", type=int, default=512)
+    parser.add_argument("--skip_bad", action="store_true", help="skip bad slices and list them in the manifest")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
+    args = parser.parse_args(argv)
+    try:
+        m = prepare(args.data_dir, args.out_dir, val_fraction=args.val_fraction,
+                    test_fraction=args.test_fraction, seed=args.seed, num_folds=args.num_folds,
+                    fold=args.fold, records_per_shard=args.records_per_shard, skip_bad=args.skip_bad,
+                    overwrite=args.overwrite)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = ", ".join(f"{k} {v['num_patients']} patients/{v['num_slices']} slices "
+                        f"({v['num_tumor_slices']} with tumour)" for k, v in m["splits"].items())
+    print(f"wrote {os.path.abspath(args.out_dir)}: {summary}; skipped {len(m['skipped'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""U-Nets for medical image segmentation in JAX/Flax."""

@@ -1,0 +1,180 @@
+"""grain pipelines over prepared TFRecord shards: train, and evaluation that sees
+every example exactly once.
+
+An element is a dict of NumPy arrays:
+  image          float32 [H, W, C], normalised
+  mask           float32 [H, W, 1], 0/1
+  patient_index  int32, the patient's position in its split (-1 for padding)
+  slice          int32, slice number (-1 for padding)
+  valid          bool, False for the padding that fills the last eval batch
+Batches stack these along a new leading axis. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+import grain
+from absl import flags
+import numpy as np
+
+from unet_jax.data import DataError
+from unet_jax.data.augment import AugmentOptions, augment_slice
+from unet_jax.data.tfrecord import TFRecordSource, decode_example
+
+NORMALIZATIONS = ("scale", "zscore")
+MANIFEST = "manifest.json"
+
+
+def read_manifest(data_dir: str) -> dict:
+    """Loads a prepared folder's manifest.json, with a one-line error if absent."""
+    path = os.path.join(data_dir, MANIFEST)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no prepared data here; make it with "
+                        f"python -m data_prep.lgg --data_dir=PATH/TO/kaggle_3m --out_dir={data_dir}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e}); rerun data_prep with --overwrite") from None
+
+
+def split_source(data_dir: str, split: str) -> TFRecordSource:
+    """Random-access source over the shards of one split, as the manifest lists them."""
+    splits = read_manifest(data_dir)["splits"]
+    if split not in splits:
+        raise DataError(f"{data_dir}: no split {split!r}; the manifest has {sorted(splits)}")
+    paths = [os.path.join(data_dir, s["file"]) for s in splits[split]["shards"]]
+    for p in paths:
+        if not os.path.exists(p):
+            raise DataError(f"{p}: shard listed in the manifest is missing; rerun data_prep with --overwrite")
+    return TFRecordSource(paths)
+
+
+def decode(record: bytes) -> dict[str, np.ndarray]:
+    """Example bytes -> uint8 image [H, W, C], float32 mask [H, W], ids."""
+    ex = decode_example(record)
+    shape = tuple(int(d) for d in ex["shape"])
+    return {
+        "image": np.frombuffer(ex["image"], np.uint8).reshape(shape).astype(np.float32),
+        "mask": np.frombuffer(ex["mask"], np.uint8).reshape(shape[:2]).astype(np.float32),
+        "patient_index": np.int32(ex["patient_index"][0]),
+        "slice": np.int32(ex["slice"][0]),
+        "valid": np.bool_(True),
+    }
+
+
+def augment(element: dict, rng: np.random.Generator, opts: AugmentOptions) -> dict:
+    image, mask = augment_slice(element["image"], element["mask"], rng, opts)
+    return {**element, "image": image, "mask": mask}
+
+
+def normalize(element: dict, method: str) -> dict:
+    """'scale': uint8 range to [0, 1]; 'zscore': per image and channel, zero
+    mean and unit variance (a constant channel becomes 0). Adds the mask's
+    channel axis."""
+    image = element["image"]
+    if method == "scale":
+        image = image / 255.0
+    elif method == "zscore":
+        mean = image.mean(axis=(0, 1), keepdims=True)
+        std = image.std(axis=(0, 1), keepdims=True)
+        image = (image - mean) / np.maximum(std, 1e-6)
+    else:
+        raise ValueError(f"normalization={method!r}: choose one of {NORMALIZATIONS}")
+    return {**element, "image": image.astype(np.float32), "mask": element["mask"][..., None]}
+
+
+def _check(batch_size: int, shard_index: int, shard_count: int, normalization: str) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be at least 1")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index={shard_index} must lie in [0, shard_count={shard_count})")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization={normalization!r}: choose one of {NORMALIZATIONS}")
+
+
+def train_dataset(data_dir: str, *, batch_size: int, seed: int, normalization: str = "scale",
+                  augment_options: AugmentOptions | None = AugmentOptions(), num_epochs: int | None = None,
+                  split: str = "train", shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+    """Shuffled, augmented batches of this process's share of a split.
+
+    The global shuffle is seeded and differs every epoch; epochs run on into
+    each other (`num_epochs=None`: forever) and the last incomplete batch of
+    the stream is dropped. `batch_size` is per process.
+    """
+    _check(batch_size, shard_index, shard_count, normalization)
+    ds = grain.MapDataset.source(split_source(data_dir, split))[shard_index::shard_count]
+    if len(ds) < batch_size:
+        raise DataError(f"{data_dir}: split {split!r} has {len(ds)} examples for this process, fewer than "
+                        f"one batch of {batch_size}; lower the batch size")
+    ds = ds.seed(seed).shuffle().repeat(num_epochs).map(decode)
+    if augment_options is not None:
+        ds = ds.random_map(functools.partial(augment, opts=augment_options))
+    ds = ds.map(functools.partial(normalize, method=normalization))
+    return ds.batch(batch_size, drop_remainder=True)
+
+
+class PadToMultiple(grain.MapDataset):
+    """Appends copies of a padding element (valid=False, ids -1, zero arrays)
+    until the length is a multiple of `multiple`."""
+
+    def __init__(self, parent: grain.MapDataset, multiple: int):
+        super().__init__(parent)
+        self._n = len(parent)
+        self._length = -(-self._n // multiple) * multiple
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __str__(self) -> str:
+        return f"PadToMultiple(length={self._length})"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        if index < self._n:
+            return self._parent[index]
+        return {k: np.full_like(v, -1) if k in ("patient_index", "slice") else np.zeros_like(v)
+                for k, v in self._parent[0].items()}
+
+
+def eval_dataset(data_dir: str, split: str, *, batch_size: int, normalization: str = "scale",
+                 shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+    """Batches covering every example of a split once, in stored order (patient,
+    then slice). The last batch is padded with `valid=False` entries, and every
+    process gets the same number of batches."""
+    _check(batch_size, shard_index, shard_count, normalization)
+    ds = grain.MapDataset.source(split_source(data_dir, split))
+    if len(ds) == 0:
+        raise DataError(f"{data_dir}: split {split!r} is empty; prepare the data with a non-zero fraction for it")
+    ds = ds.map(decode).map(functools.partial(normalize, method=normalization))
+    ds = PadToMultiple(ds, batch_size * shard_count)[shard_index::shard_count]
+    return ds.batch(batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderOptions:
+    """How batches are produced: worker processes (0: in this process) and
+    how many batches each keeps ready."""
+
+    num_workers: int = 0
+    prefetch_buffer_size: int = 2
+    read_threads: int = 2
+
+
+def make_iterator(ds: grain.MapDataset, opts: LoaderOptions = LoaderOptions()) -> grain.DatasetIterator:
+    """A checkpointable iterator (`get_state`/`set_state`) over a dataset."""
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=opts.read_threads,
+                                                 prefetch_buffer_size=opts.prefetch_buffer_size))
+    if opts.num_workers > 0:
+        # grain's workers read absl flags; outside an absl app (tests, notebooks)
+        # nothing has parsed them, so take their defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=opts.num_workers, per_worker_buffer_size=opts.prefetch_buffer_size))
+    return iter(it_ds)
