@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy import ndimage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +35,31 @@ def random_affine(rng: np.random.Generator, opts: AugmentOptions) -> np.ndarray 
 
 
 def warp(stack: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Applies a 2x2 matrix about the centre of an [H, W, C] float array, bilinear,
-    zero outside; channels are carried along untouched."""
+    """Applies a 2x2 output->input matrix about the centre of an [H, W, C] float
+    array: bilinear, zero outside, all channels sampled at the same points.
+
+    Plain NumPy gathers: several times faster than scipy.ndimage on [H, W, C],
+    which interpolates along the channel axis too.
+    """
     h, w = stack.shape[:2]
-    full = np.eye(3)
-    full[:2, :2] = matrix
-    centre = np.array([(h - 1) / 2, (w - 1) / 2, 0.0])
-    offset = centre - full @ centre
-    return ndimage.affine_transform(stack, full, offset=offset, order=1, mode="constant", cval=0.0)
+    centre = np.array([[(h - 1) / 2], [(w - 1) / 2]])
+    grid = np.mgrid[0:h, 0:w].reshape(2, -1)
+    y, x = matrix @ (grid - centre) + centre
+    y0, x0 = np.floor(y), np.floor(x)
+    wy, wx = (y - y0).astype(np.float32)[:, None], (x - x0).astype(np.float32)[:, None]
+    # One pixel of zeros around the image; any coordinate further out clips onto it.
+    c = stack.shape[-1]
+    flat = np.pad(stack.astype(np.float32), ((1, 1), (1, 1), (0, 0))).reshape(-1, c)
+    yi = np.clip(y0.astype(np.int64), -1, h) + 1
+    xi = np.clip(x0.astype(np.int64), -1, w) + 1
+    top, left = yi * (w + 2), xi
+    bottom, right = np.minimum(yi + 1, h + 1) * (w + 2), np.minimum(xi + 1, w + 1)
+    def at(rows):  # np.take is several times faster than fancy indexing here
+        return np.take(flat, rows, axis=0)
+
+    out = ((at(top + left) * (1 - wx) + at(top + right) * wx) * (1 - wy)
+           + (at(bottom + left) * (1 - wx) + at(bottom + right) * wx) * wy)
+    return out.reshape(stack.shape)
 
 
 def augment_slice(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,

@@ -1,0 +1,36 @@
+"""Shared fixtures: small phantom datasets and the real LGG subset when present."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from data_prep import lgg, synthetic
+
+REAL_LGG = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_kaggle_3m_subset"
+
+
+@pytest.fixture(scope="session")
+def real_lgg_dir():
+    if not REAL_LGG.is_dir():
+        pytest.skip(f"real LGG subset not found at {REAL_LGG} (it lives beside the repository, "
+                    "never inside it)")
+    return str(REAL_LGG)
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory):
+    """Six 32x32 phantom patients with 12 slices each (so 10, 11, 12 test numeric order)."""
+    out = tmp_path_factory.mktemp("phantoms") / "kaggle_3m"
+    synthetic.write_phantoms(out, num_patients=6, num_slices=12, size=32, seed=0, progress=False)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(phantom_dir, tmp_path_factory):
+    """The phantoms as TFRecords: 4 train, 1 val, 1 test patients, 20 records per shard."""
+    out = str(tmp_path_factory.mktemp("prepared") / "lgg")
+    lgg.prepare(phantom_dir, out, val_fraction=1 / 6, test_fraction=1 / 6, seed=0,
+                records_per_shard=20, progress=False, command="test")
+    assert os.path.exists(os.path.join(out, "manifest.json"))
+    return out

@@ -1,0 +1,30 @@
+"""Every config file loads, and its data section drives the input pipeline."""
+
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from unet_jax.data import pipeline
+from unet_jax.data.augment import AugmentOptions
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.py")))
+
+
+def load_config(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_builds_the_input_pipeline(path, prepared_dir):
+    config = load_config(path)
+    ds = pipeline.train_dataset(prepared_dir, batch_size=2, seed=config.seed,
+                                normalization=config.data.normalization,
+                                augment_options=AugmentOptions(**config.data.augment))
+    it = pipeline.make_iterator(ds, pipeline.LoaderOptions(
+        num_workers=0, prefetch_buffer_size=config.data.prefetch_buffer_size))
+    assert next(it)["image"].shape == (2, 32, 32, 3)

@@ -1,0 +1,1 @@
+"""Benchmarks: speed numbers live here, never in timed tests."""
