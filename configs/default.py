@@ -1,8 +1,7 @@
 """Base configuration; every experiment config imports it and overrides fields.
 
-The data section is what the input pipeline reads: where the prepared
-TFRecords are (written by `python -m data_prep.lgg`), how images are
-normalised and augmented, and how batches are loaded.
+Defaults are the classic LGG U-Net of Buda et al. (2019) on 256x256 slices;
+the data section is what the input pipeline reads.
 """
 
 import ml_collections
@@ -11,7 +10,23 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.batch_size = 16  # global, over all devices and hosts
+
+    # Optimisation. batch_size is global (all devices and hosts); it is split
+    # into grad_accum_steps micro-batches inside each step.
+    config.batch_size = 16
+    config.eval_batch_size = 16
+    config.grad_accum_steps = 1
+    config.num_epochs = 100
+    config.loss = "dice"  # "dice", "bce" or "dice_bce"
+    config.learning_rate = 1e-4
+    config.lr_schedule = "constant"  # or "cosine" (decays to zero over the run)
+    config.warmup_steps = 0
+    config.weight_decay = 1e-4  # AdamW, kernels only
+    config.clip_norm = 1.0  # global gradient norm; 0 turns clipping off
+    config.mixed_precision = False  # bf16 compute, float32 parameters
+
+    config.model = ml_collections.ConfigDict(dict(
+        out_channels=1, features=32, depth=4, num_convs=2, norm="batch"))
 
     config.data = ml_collections.ConfigDict()
     config.data.data_dir = "data/lgg"  # a folder written by data_prep
@@ -20,4 +35,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.prefetch_buffer_size = 2
     config.data.augment = ml_collections.ConfigDict(dict(
         flip_prob=0.5, rotate_prob=0.5, max_rotate_deg=15.0, scale_prob=0.5, max_scale=0.05))
+    # Phantoms to generate and prepare under the workdir instead of reading
+    # data_dir (the demo); None reads data_dir.
+    config.data.synthetic = ml_collections.config_dict.placeholder(ml_collections.ConfigDict)
+
+    # Checkpoints keep the latest epoch and the best by this validation metric.
+    config.best_metric = "val_dice_3d"
+    config.best_mode = "max"
+
+    config.log_every_steps = 10
+    config.num_preview_images = 4
+    config.halt_after_steps = 0  # stop with a checkpoint after this many steps (0: never)
     return config

@@ -23,6 +23,7 @@ import tifffile
 from scipy import ndimage
 from tqdm import tqdm
 
+from data_prep import lgg
 from data_prep.common import atomic_output_dir
 from unet_jax.data import DataError
 
@@ -172,6 +173,21 @@ def write_phantoms(out_dir: str | os.PathLike, *, num_patients: int = 10, num_sl
                 tifffile.imwrite(f"{stem}_mask.tif", mask, photometric="minisblack", metadata=None)
             names.append(name)
     return sorted(names)
+
+
+def prepare_demo(workdir: str, *, num_patients: int = 10, num_slices: int = 20, size: int = 256,
+                 seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> str:
+    """Generates phantoms under `workdir/data` and prepares them as TFRecords,
+    once; returns the prepared folder (the demo config trains on it)."""
+    root = os.path.join(os.path.abspath(workdir), "data")
+    prepared = os.path.join(root, "prepared")
+    if not os.path.exists(os.path.join(prepared, "manifest.json")):
+        phantoms = os.path.join(root, "phantoms")
+        write_phantoms(phantoms, num_patients=num_patients, num_slices=num_slices, size=size, seed=seed,
+                       overwrite=True, progress=False)
+        lgg.prepare(phantoms, prepared, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                    overwrite=True, progress=False)
+    return prepared
 
 
 def main(argv: list[str] | None = None) -> None:

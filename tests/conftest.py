@@ -3,6 +3,10 @@
 import os
 from pathlib import Path
 
+# Four simulated CPU devices for every test (set before JAX initialises), so
+# data parallelism is exercised everywhere; tests pick 1-device meshes too.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+
 import pytest
 
 from data_prep import lgg, synthetic

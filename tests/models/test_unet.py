@@ -1,0 +1,63 @@
+"""The U-Net builder: parameter counts, shapes in 2-D and 3-D, bad sizes, gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unet_jax.models.unet import UNet
+
+
+def _params(model, shape):
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), train=False))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+
+
+def test_classic_lgg_unet_matches_the_pytorch_parameter_count():
+    # torch_unet_reference.py's UNet(3, 1, 32) with BatchNorm has 7,763,041 parameters.
+    assert _params(UNet(), (1, 64, 64, 3)) == 7_763_041
+
+
+@pytest.mark.parametrize("norm,expected", [("batch", 7_763_041), ("group", 7_763_041),
+                                           ("instance", 7_763_041), ("none", 7_760_097)])
+def test_norms_and_bias_rule(norm, expected):
+    # Every norm has a scale and a bias per channel; without a norm each 3x3 conv
+    # has a bias instead: one parameter per channel less, over convs of widths
+    # 2*(32+64+128+256) + 2*512 + 2*(256+128+64+32) = 2944.
+    assert _params(UNet(norm=norm), (1, 32, 32, 3)) == expected
+
+
+def test_shapes_2d_and_3d_in_plane():
+    model = UNet(features=4, depth=2)
+    x = jnp.ones((2, 32, 32, 3))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    assert jax.jit(model.apply)(variables, x).shape == (2, 32, 32, 1)
+    model3 = UNet(features=4, depth=3, kernel_size=(3, 3, 1), pool_strides=(2, 2, 1), norm="none")
+    v = jnp.ones((1, 16, 16, 4, 1))
+    variables3 = jax.jit(model3.init)(jax.random.PRNGKey(0), v)
+    out = jax.jit(model3.apply)(variables3, v)
+    assert out.shape == (1, 16, 16, 4, 1) and out.dtype == jnp.float32
+    kernel = variables3["params"]["ConvBlock_0"]["Conv_0"]["kernel"]
+    assert kernel.shape == (3, 3, 1, 1, 4)
+
+
+def test_sizes_the_depth_cannot_divide_are_rejected():
+    with pytest.raises(ValueError, match=r"input size \(36, 36\) is not divisible by the total pooling "
+                                         r"factor \(8, 8\)"):
+        UNet(features=4, depth=3).init(jax.random.PRNGKey(0), jnp.ones((1, 36, 36, 3)))
+
+
+def test_gradient_reaches_every_parameter_and_bf16_keeps_f32_params():
+    model = UNet(features=4, depth=2, dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+
+    def loss(params):
+        out, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        assert out.dtype == jnp.float32
+        return jnp.mean(out**2)
+
+    grads = jax.jit(jax.grad(loss))(variables["params"])
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert float(jnp.abs(g).max()) > 0, jax.tree_util.keystr(path)

@@ -1,0 +1,220 @@
+"""Metrics: empty-mask conventions, dataset vs per-image scores, masking and
+merging of clu collections, largest component and per-patient volumes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unet_jax import metrics
+
+POS, NEG = 5.0, -5.0  # logits of a confident positive / negative pixel
+compute_metrics = jax.jit(metrics.compute_metrics)
+
+
+def _logits(pred):
+    return np.where(pred, POS, NEG).astype(np.float32)
+
+
+def test_binary_stats_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 6, 6, 1)).astype(np.float32)
+    targets = (rng.random((5, 6, 6, 1)) > 0.6).astype(np.float32)
+    stats = jax.jit(metrics.binary_stats)(logits, targets)
+    p, t = logits[..., 0] > 0, targets[..., 0] > 0.5
+    inter = (p & t).sum((1, 2)).astype(np.float64)
+    ps, ts = p.sum((1, 2)), t.sum((1, 2))
+    np.testing.assert_array_equal(stats["intersection"], inter)
+    np.testing.assert_array_equal(stats["pred_sum"], ps)
+    np.testing.assert_array_equal(stats["target_sum"], ts)
+    np.testing.assert_allclose(stats["dice"], 2 * inter / (ps + ts), rtol=1e-6)
+    np.testing.assert_allclose(stats["iou"], (inter + 1e-6) / (ps + ts - inter + 1e-6), rtol=1e-6)
+    assert all(v.dtype == jnp.float32 and v.shape == (5,) for v in stats.values())
+
+
+def test_binary_stats_empty_mask_conventions():
+    target = np.zeros((3, 4, 4, 1), np.float32)
+    target[2, 1:3, 1:3] = 1.0
+    pred = np.zeros((3, 4, 4, 1), bool)
+    pred[1, 0, 0] = True   # empty mask, non-empty prediction
+    pred[2] = target[2] > 0  # perfect prediction
+    stats = jax.jit(metrics.binary_stats)(_logits(pred), target)
+    np.testing.assert_allclose(stats["dice"], [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(stats["iou"], [1.0, 0.0, 1.0], atol=1e-5)
+    assert 0 < stats["iou"][1] < 1e-5
+
+
+def test_binary_stats_threshold_and_3d():
+    logits = np.array([-1.0, 0.5, 1.5, 3.0], np.float32).reshape(1, 2, 2, 1, 1)
+    target = np.ones_like(logits)
+    assert metrics.binary_stats(logits, target)["pred_sum"][0] == 3
+    assert metrics.binary_stats(logits, target, threshold=0.9)["pred_sum"][0] == 1  # logit 2.2
+
+
+def _crafted_batch():
+    """Example 0: 8 pixels, predicted exactly. Example 1: 2 pixels, both missed and
+    2 false positives. Example 2: padding, every pixel wrong."""
+    target = np.zeros((3, 4, 4, 1), np.float32)
+    pred = np.zeros((3, 4, 4, 1), bool)
+    target[0, :2] = 1.0
+    pred[0, :2] = True
+    target[1, 0, :2] = 1.0
+    pred[1, 3, :2] = True
+    pred[2] = True
+    return _logits(pred), target, np.array([True, True, False])
+
+
+def test_dataset_level_and_per_image_scores_differ_as_computed_by_hand():
+    logits, target, valid = _crafted_batch()
+    result = compute_metrics(logits, target, valid, jnp.float32(0.25)).compute()
+    np.testing.assert_allclose(result["dice"], 2 * 8 / (10 + 10), rtol=1e-6)  # 0.8
+    np.testing.assert_allclose(result["iou"], 8 / (20 - 8), rtol=1e-6)  # 2/3
+    np.testing.assert_allclose(result["dice_per_image"], (1.0 + 0.0) / 2, rtol=1e-6)
+    np.testing.assert_allclose(result["iou_per_image"], 0.5, rtol=1e-5)
+    np.testing.assert_allclose(result["loss"], 0.25)
+
+
+def test_mask_excludes_padding():
+    logits, target, valid = _crafted_batch()
+    masked = compute_metrics(logits, target, valid, 0.0).compute()
+    dropped = compute_metrics(logits[:2], target[:2], valid[:2], 0.0).compute()
+    unmasked = compute_metrics(logits, target, np.ones(3, bool), 0.0).compute()
+    for key in masked:
+        np.testing.assert_allclose(masked[key], dropped[key], rtol=1e-6)
+    assert unmasked["dice"] < masked["dice"] - 0.1
+
+
+def test_empty_everything_scores_one():
+    zeros = np.zeros((2, 4, 4, 1), np.float32)
+    result = compute_metrics(_logits(zeros > 0), zeros, np.ones(2, bool), 0.0).compute()
+    np.testing.assert_allclose([result[k] for k in ("dice", "iou")], [1.0, 1.0])
+    empty = metrics.SegmentationMetrics.empty().compute()
+    np.testing.assert_allclose([empty[k] for k in ("dice", "iou")], [1.0, 1.0])
+
+
+def test_merging_batches_equals_one_batch_under_jit():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(7, 6, 6, 1)).astype(np.float32)
+    target = (rng.random((7, 6, 6, 1)) > 0.5).astype(np.float32)
+    target[2] = 0.0
+    valid = np.array([True] * 6 + [False])
+    merged = (metrics.SegmentationMetrics.empty()
+              .merge(compute_metrics(logits[:3], target[:3], valid[:3], 0.2))
+              .merge(compute_metrics(logits[3:], target[3:], valid[3:], 0.4))
+              # A batch of padding only changes nothing, the loss included.
+              .merge(compute_metrics(logits[3:], target[3:], np.zeros(4, bool), 9.0))).compute()
+    whole = compute_metrics(logits, target, valid, 0.3).compute()
+    assert set(merged) == {"loss", "dice", "iou", "dice_per_image", "iou_per_image"}
+    for key in ("dice", "iou", "dice_per_image", "iou_per_image"):
+        np.testing.assert_allclose(merged[key], whole[key], rtol=1e-6)
+    np.testing.assert_allclose(merged["loss"], 0.3, rtol=1e-6)
+
+
+def test_largest_component_uses_full_3d_connectivity():
+    volume = np.zeros((10, 10, 10), bool)
+    volume[0:2, 0:2, 0:2] = True  # 8 voxels
+    volume[2:4, 2:4, 2:4] = True  # 8 voxels touching the first at one corner only
+    volume[6:8, 6:8, 6:9] = True  # 12 voxels, apart
+    expected = np.zeros_like(volume)
+    expected[0:4, 0:4, 0:4] = volume[0:4, 0:4, 0:4]
+    np.testing.assert_array_equal(metrics.largest_connected_component(volume), expected)
+
+
+def test_largest_component_2d_ties_and_empty():
+    image = np.zeros((6, 6), bool)
+    image[0, 0] = image[1, 1] = True  # diagonal neighbours: one component of 2
+    image[4, 4:6] = True  # another component of 2, labelled later
+    np.testing.assert_array_equal(metrics.largest_connected_component(image),
+                                  np.eye(6, dtype=bool) & (np.arange(6) < 2)[:, None])
+    empty = metrics.largest_connected_component(np.zeros((3, 3, 3), bool))
+    assert empty.dtype == bool and not empty.any()
+
+
+def test_dice_score():
+    assert metrics.dice_score(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0
+    assert metrics.dice_score(np.eye(2), np.zeros((2, 2))) == 0.0
+    assert metrics.dice_score(np.eye(2), np.ones((2, 2))) == pytest.approx(2 * 2 / 6)
+
+
+def _patients():
+    """Four patients of 8x8 slices with non-contiguous slice numbers: a shifted blob
+    with a stray false positive, a perfect prediction, empty on empty, and false
+    positives on an empty mask."""
+    numbers = np.array([2, 3, 10, 11, 12])
+    shape = (len(numbers), 8, 8)
+    target0 = np.zeros(shape, bool)
+    target0[1:4, 2:5, 2:5] = True
+    pred0_lcc = np.zeros(shape, bool)
+    pred0_lcc[1:4, 2:5, 3:6] = True
+    pred0 = pred0_lcc.copy()
+    pred0[4, 0, 7] = True
+    target1 = np.zeros(shape, bool)
+    target1[2:, 4:7, 1:3] = True
+    pred3 = np.zeros(shape, bool)
+    pred3[0, 0, 0] = True
+    empty = np.zeros(shape, bool)
+    return numbers, {0: (pred0, target0, pred0_lcc), 1: (target1, target1, target1),
+                     2: (empty, empty, empty), 3: (pred3, empty, pred3)}
+
+
+def _ref_dice(pred, target):
+    total = pred.sum() + target.sum()
+    return 1.0 if total == 0 else 2.0 * (pred & target).sum() / total
+
+
+def _fill(accumulator, numbers, patients, batch_size=4, seed=0):
+    rows = [(p, i) for p in patients for i in range(len(numbers))]
+    rows = [rows[k] for k in np.random.default_rng(seed).permutation(len(rows))]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        pred = np.stack([patients[p][0][i] for p, i in chunk] + [np.ones((8, 8), bool)] * pad)
+        target = np.stack([patients[p][1][i] for p, i in chunk] + [np.zeros((8, 8))] * pad)
+        accumulator.add(pred, target.astype(np.float32),
+                        np.array([p for p, _ in chunk] + [-1] * pad, np.int32),
+                        np.array([numbers[i] for _, i in chunk] + [-1] * pad, np.int32),
+                        np.array([True] * len(chunk) + [False] * pad))
+
+
+def test_volume_accumulator_reassembles_volumes_in_slice_order():
+    numbers, patients = _patients()
+    accumulator = metrics.VolumeAccumulator()
+    _fill(accumulator, numbers, patients)
+    volumes = accumulator.volumes()
+    assert sorted(volumes) == [0, 1, 2, 3]
+    for p, (pred, target, slices) in volumes.items():
+        np.testing.assert_array_equal(slices, numbers)
+        np.testing.assert_array_equal(pred, patients[p][0])
+        np.testing.assert_array_equal(target, patients[p][1])
+
+
+def test_volume_accumulator_per_patient_dice_with_and_without_lcc():
+    numbers, patients = _patients()
+    accumulator = metrics.VolumeAccumulator()
+    _fill(accumulator, numbers, patients)
+    names = ["TCGA_A", "TCGA_B", "TCGA_C", "TCGA_D"]
+    table = accumulator.patient_table(names)
+    assert [row["patient"] for row in table] == names
+    for row in table:
+        pred, target, pred_lcc = patients[row["patient_index"]]
+        assert row["num_slices"] == len(numbers)
+        assert row["tumor_voxels"] == target.sum() and row["pred_voxels"] == pred.sum()
+        assert row["dice_3d"] == pytest.approx(_ref_dice(pred, target))
+        assert row["dice_3d_lcc"] == pytest.approx(_ref_dice(pred_lcc, target))
+    by_patient = {row["patient_index"]: row for row in table}
+    assert by_patient[0]["dice_3d"] < by_patient[0]["dice_3d_lcc"] < 1.0
+    assert by_patient[2]["dice_3d"] == by_patient[2]["dice_3d_lcc"] == 1.0
+    assert by_patient[3]["dice_3d"] == 0.0
+    summary = accumulator.per_patient_summary()
+    assert summary["dice_3d"] == pytest.approx(np.mean([r["dice_3d"] for r in table]))
+    assert summary["dice_3d_lcc"] == pytest.approx(
+        np.mean([_ref_dice(lcc, t) for _, t, lcc in patients.values()]))
+    assert accumulator.patient_table()[1]["patient"] == "1"
+
+
+def test_volume_accumulator_rejects_duplicate_slices():
+    accumulator = metrics.VolumeAccumulator()
+    batch = np.zeros((2, 4, 4), bool)
+    accumulator.add(batch, batch, np.array([0, 0]), np.array([5, 5]), np.array([True, True]))
+    with pytest.raises(ValueError, match="slice number more than once"):
+        accumulator.volumes()

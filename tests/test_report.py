@@ -1,0 +1,104 @@
+"""Report figures: valid PNGs written atomically, overlay colours, csv-style rows."""
+
+import os
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+
+from unet_jax import report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_png(path):
+    """Checks the signature and that no temporary file is left; returns the pixels."""
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+    assert not [name for name in os.listdir(os.path.dirname(path)) if ".tmp-" in name]
+    pixels = mpimg.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[-1] in (3, 4)
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert pixels.std() > 0  # something was drawn
+    return pixels
+
+
+def examples(n, size=24, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(100.0, 30.0, (n, size, size, channels)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    targets = np.stack([(yy - 10) ** 2 + (xx - 12) ** 2 < 25 + i for i in range(n)])
+    preds = np.stack([(yy - 12) ** 2 + (xx - 12) ** 2 < 30 for _ in range(n)])
+    return images, targets.astype(np.float32), preds.astype(np.float32)
+
+
+def test_learning_curves_png_in_new_folder(tmp_path):
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "train_dice": 1 - 1.0 / e,
+             "val_dice": 1 - 1.1 / e, "val_iou": 0.8 - 1 / e, "val_dice_3d": 0.9 - 1 / e}
+            for e in range(1, 6)]
+    path = tmp_path / "figures" / "nested" / "curves.png"
+    report.plot_learning_curves(rows, str(path), best_epoch=4)
+    pixels = read_png(str(path))
+    assert pixels.shape[1] > pixels.shape[0]  # two panels side by side
+
+
+def test_learning_curves_csv_strings_missing_keys_and_one_epoch(tmp_path):
+    rows = [{"epoch": "1", "train_loss": "0.9", "val_loss": "", "train_dice": "0.1"},
+            {"epoch": "2", "train_loss": "0.7", "val_loss": "0.8", "val_dice": "0.3",
+             "val_dice_3d": None, "lr": "0.001"},
+            {"epoch": "3", "train_loss": "0.5"}]
+    report.plot_learning_curves(rows, str(tmp_path / "strings.png"), best_epoch=2)
+    read_png(str(tmp_path / "strings.png"))
+    report.plot_learning_curves(rows[:1], str(tmp_path / "one.png"))
+    read_png(str(tmp_path / "one.png"))
+
+
+def test_series_parses_strings_and_skips_empty_cells():
+    rows = [{"epoch": "1", "train_loss": "0.9", "val_loss": ""},
+            {"epoch": "2", "train_loss": "0.7", "val_loss": "0.8", "lr": "0.1"}]
+    series = report._series(rows)
+    assert series == {"train_loss": ([1.0, 2.0], [0.9, 0.7]), "val_loss": ([2.0], [0.8])}
+
+
+def test_overlay_colours():
+    image = np.full((4, 4), 7.0)  # flat: grey level 0 everywhere
+    image[3, 3] = 100.0
+    target = np.zeros((4, 4))
+    pred = np.zeros((4, 4, 1))
+    target[0, 0] = pred[0, 0] = 1  # true positive
+    pred[0, 1] = 1                 # false positive
+    target[0, 2] = 1               # false negative
+    rgb = report.overlay(image, target, pred)
+    assert rgb.shape == (4, 4, 3) and rgb.dtype == np.uint8
+    r, g, b = (rgb[0, 0].astype(int), rgb[0, 1].astype(int), rgb[0, 2].astype(int))
+    assert r[1] > r[0] and r[1] > r[2]
+    assert g[0] > g[1] and g[0] > g[2]
+    assert b[2] > b[0] and b[2] > b[1]
+    for y, x in ((1, 1), (3, 3)):  # true negatives, dark and bright
+        assert rgb[y, x, 0] == rgb[y, x, 1] == rgb[y, x, 2]
+    assert rgb[3, 3, 0] > rgb[1, 1, 0]
+
+
+def test_prediction_grid_png(tmp_path):
+    images, targets, preds = examples(2)
+    path = tmp_path / "figures" / "grid.png"
+    report.plot_prediction_grid(images, targets, preds, str(path),
+                                titles=["TCGA_CS_4942 slice 12  Dice 0.83", "TCGA_CS_4942 slice 13"])
+    read_png(str(path))
+
+
+def test_prediction_grid_rows_capped_at_max_rows(tmp_path):
+    images, targets, preds = examples(10, channels=1)
+    targets, preds = targets[..., None], preds[..., None]
+    heights = {}
+    for rows in (3, 6):
+        path = str(tmp_path / f"grid{rows}.png")
+        report.plot_prediction_grid(images, targets, preds, path, channel=0, max_rows=rows)
+        heights[rows] = read_png(path).shape[0]
+    assert 1.8 < heights[6] / heights[3] < 2.1
+
+
+def test_prediction_grid_rejects_missing_channel(tmp_path):
+    images, targets, preds = examples(1, channels=1)
+    with pytest.raises(ValueError, match="channel"):
+        report.plot_prediction_grid(images, targets, preds, str(tmp_path / "x.png"))

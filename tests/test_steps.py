@@ -1,0 +1,104 @@
+"""Train and eval steps: gradient accumulation equals the full batch, and 1 and 4
+devices give the same losses (BatchNorm statistics over the global batch)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from unet_jax import losses, parallel, steps
+from unet_jax.models.unet import UNet
+
+
+def _batch(n, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.random((n, size, size, 3), np.float32)
+    mask = (image[..., :1] > 0.6).astype(np.float32)
+    return {"image": image, "mask": mask, "valid": np.ones(n, bool),
+            "patient_index": np.zeros(n, np.int32), "slice": np.arange(n, dtype=np.int32)}
+
+
+def _state(norm, tx=None):
+    model = UNet(features=4, depth=2, norm=norm)
+    tx = tx or steps.make_optimizer(1e-2, total_steps=10, schedule="constant", weight_decay=1e-4, clip_norm=None)
+    return steps.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+
+
+def test_split_micro_batches_interleaves_rows():
+    x = {"a": jnp.arange(8)}
+    np.testing.assert_array_equal(steps.split_micro_batches(x, 2)["a"], [[0, 2, 4, 6], [1, 3, 5, 7]])
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    # Plain SGD with rate 1, so the update is the averaged gradient itself (Adam
+    # would hide a wrong scale, since it normalises the gradient).
+    state = _state("none", optax.sgd(1.0))
+    batch = jax.tree.map(jnp.asarray, _batch(8))
+    full = jax.jit(functools.partial(steps.train_step, loss_fn=losses.bce_loss, grad_accum_steps=1))
+    accum = jax.jit(functools.partial(steps.train_step, loss_fn=losses.bce_loss, grad_accum_steps=4))
+    s1, m1 = full(state, batch)
+    s4, m4 = accum(state, batch)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert abs(float(m1.compute()["loss"]) - float(m4.compute()["loss"])) < 1e-6
+    # The update really moved the parameters (the comparison is not vacuous).
+    assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
+               zip(jax.tree.leaves(s1.params), jax.tree.leaves(state.params))) > 1e-3
+
+
+@pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (simulated) devices; tests/conftest.py sets them")
+def test_one_and_four_devices_give_the_same_losses():
+    batches = [_batch(8, seed=s) for s in range(3)]
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()[:4]):
+        mesh = parallel.make_mesh(devices)
+        repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+        step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_bce_loss, grad_accum_steps=1),
+                       in_shardings=(repl, data), out_shardings=(repl, repl))
+        # SGD: parameters then differ only as much as the gradients do (Adam's
+        # first steps are sign-like and turn rounding noise into full steps).
+        state = jax.device_put(_state("batch", optax.sgd(0.1)), repl)
+        losses_seen = []
+        for b in batches:
+            state, m = step(state, parallel.to_global(b, mesh))
+            losses_seen.append(float(m.compute()["loss"]))
+        results.append((losses_seen, state))
+    (l1, s1), (l4, s4) = results
+    np.testing.assert_allclose(l1, l4, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s1.batch_stats), jax.tree.leaves(s4.batch_stats)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_eval_step_excludes_padding():
+    state = _state("batch")
+    b = _batch(4)
+    step = jax.jit(functools.partial(steps.eval_step, loss_fn=losses.dice_loss))
+    m_all, preds = step(state, jax.tree.map(jnp.asarray, b))
+    assert preds.shape == (4, 16, 16) and preds.dtype == jnp.bool_
+    padded = {k: np.concatenate([v, np.zeros_like(v[:2])]) for k, v in b.items()}
+    m_pad, _ = step(state, jax.tree.map(jnp.asarray, padded))
+    for k, v in m_all.compute().items():
+        np.testing.assert_allclose(v, m_pad.compute()[k], rtol=1e-5, err_msg=k)
+
+
+def test_optimizer_schedules_and_weight_decay_mask():
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+    tx = steps.make_optimizer(0.1, total_steps=100, warmup_steps=10, schedule="cosine", weight_decay=0.5,
+                              clip_norm=1.0)
+    opt = tx.init(params)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, opt, params)
+    # Zero gradient: only weight decay moves anything, kernels only; at step 0 the
+    # warm-up learning rate is 0.
+    assert float(jnp.abs(updates["bias"]).max()) == 0.0
+    opt = jax.tree.map(lambda x: x, opt)
+    for _ in range(5):
+        updates, opt = tx.update(zero, opt, params)
+    assert float(jnp.abs(updates["bias"]).max()) == 0.0 and float(jnp.abs(updates["kernel"]).max()) > 0
+    with pytest.raises(ValueError, match="schedule='linear'"):
+        steps.make_optimizer(0.1, total_steps=10, schedule="linear")

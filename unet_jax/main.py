@@ -1,0 +1,50 @@
+"""Train or evaluate a U-Net from a config file.
+
+  python -m unet_jax.main --config=configs/lgg.py --workdir=runs/lgg
+  python -m unet_jax.main --config=configs/lgg.py --workdir=runs/lgg --config.batch_size=8
+  python -m unet_jax.main --config=configs/lgg.py --workdir=runs/lgg --mode=evaluate \
+      --data_dir=data/other --split=test
+"""
+
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from unet_jax import parallel, train
+from unet_jax.data import DataError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder of the run: checkpoints, logs, metrics, figures.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+                  "train (resumes if the workdir has a checkpoint), or evaluate the best checkpoint.")
+flags.DEFINE_string("data_dir", None, "evaluate: prepared data folder (default: the config's).")
+flags.DEFINE_string("split", "test", "evaluate: which split of --data_dir.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    parallel.initialize_distributed()
+    config = FLAGS.config
+    logging.info("JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
+    try:
+        if config.data.synthetic is not None:
+            from data_prep import synthetic  # only the demo needs it
+            with config.unlocked():
+                config.data.data_dir = synthetic.prepare_demo(FLAGS.workdir, **config.data.synthetic.to_dict())
+        if FLAGS.mode == "train":
+            train.train_and_evaluate(config, FLAGS.workdir)
+        else:
+            train.evaluate_workdir(config, FLAGS.workdir, FLAGS.data_dir or config.data.data_dir, FLAGS.split)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    jax.config.config_with_absl()
+    app.run(main)

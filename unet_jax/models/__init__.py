@@ -1,0 +1,1 @@
+"""Flax linen U-Nets: one builder, variants by configuration."""

@@ -1,0 +1,80 @@
+"""Building blocks of the U-Net for any number of spatial dimensions.
+
+Every layer takes channels-last inputs [B, *spatial, C]; kernel sizes and
+strides are tuples with one entry per spatial dimension, so the same block
+serves 2-D slices and 3-D volumes (including in-plane 3x3x1 kernels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+NORMS = ("batch", "group", "instance", "none")
+
+
+class Norm(nn.Module):
+    """Batch, group (8 groups or fewer), instance, or no normalisation.
+
+    BatchNorm reduces over every axis but the channels of the global batch: under
+    jit with a sharded batch, XLA computes the statistics across devices.
+    """
+
+    kind: str = "batch"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        features = x.shape[-1]
+        if self.kind == "batch":
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                dtype=self.dtype)(x)
+        if self.kind == "group":
+            return nn.GroupNorm(num_groups=min(8, features), epsilon=1e-5, dtype=self.dtype)(x)
+        if self.kind == "instance":
+            return nn.GroupNorm(num_groups=features, epsilon=1e-5, dtype=self.dtype)(x)
+        if self.kind == "none":
+            return x
+        raise ValueError(f"norm={self.kind!r}: choose one of {NORMS}")
+
+
+class ConvBlock(nn.Module):
+    """`num_convs` x (conv, norm, ReLU); convolutions before a norm have no bias
+    (a bias there has an exactly-zero true gradient, and AdamW amplifies its
+    rounding noise)."""
+
+    features: int
+    num_convs: int = 2
+    kernel_size: Sequence[int] = (3, 3)
+    norm: str = "batch"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        for _ in range(self.num_convs):
+            x = nn.Conv(self.features, tuple(self.kernel_size), padding="SAME",
+                        use_bias=self.norm == "none", dtype=self.dtype)(x)
+            x = nn.relu(Norm(self.norm, dtype=self.dtype)(x, train))
+        return x
+
+
+class UpConv(nn.Module):
+    """Transposed convolution whose kernel equals its stride: exact inverse of
+    the pooling grid, doubling (or `strides`-multiplying) the resolution."""
+
+    features: int
+    strides: Sequence[int] = (2, 2)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return nn.ConvTranspose(self.features, tuple(self.strides), strides=tuple(self.strides),
+                                padding="VALID", dtype=self.dtype)(x)
+
+
+def max_pool(x: jnp.ndarray, strides: Sequence[int]) -> jnp.ndarray:
+    """Non-overlapping max pooling with window = stride."""
+    return nn.max_pool(x, tuple(strides), strides=tuple(strides))

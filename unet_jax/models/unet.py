@@ -1,0 +1,75 @@
+"""One U-Net builder: encoder of conv blocks and poolings, bottleneck, decoder of
+up-convolutions with concatenated skips, 1x1 output convolution.
+
+The number of spatial dimensions comes from the input, kernel sizes and
+pooling strides may differ per level, and the width doubles per level from
+`features`. The defaults are the classic brain-MRI U-Net (Buda et al. 2019):
+4 poolings, 32 base features, two 3x3 conv-norm-ReLU per level, 7,763,041
+parameters with BatchNorm on 3-channel input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from unet_jax.models.layers import ConvBlock, UpConv, max_pool
+
+
+class UNet(nn.Module):
+    """Returns float32 logits [B, *spatial, out_channels]."""
+
+    out_channels: int = 1
+    features: int = 32
+    depth: int = 4                      # number of poolings
+    num_convs: int | Sequence[int] = 2  # per level, encoder levels then bottleneck
+    kernel_size: Sequence[int] | None = None   # default 3 in every spatial dimension
+    pool_strides: Sequence[Sequence[int]] | Sequence[int] | None = None  # default 2 everywhere
+    norm: str = "batch"
+    dtype: Any = jnp.float32            # compute dtype; parameters stay float32
+
+    def level_strides(self, ndim: int) -> list[tuple[int, ...]]:
+        """Pooling strides of each of the `depth` levels."""
+        s = self.pool_strides
+        if s is None:
+            return [(2,) * ndim] * self.depth
+        if isinstance(s[0], int):
+            return [tuple(s)] * self.depth
+        if len(s) != self.depth:
+            raise ValueError(f"pool_strides has {len(s)} levels but depth={self.depth}")
+        return [tuple(level) for level in s]
+
+    def check_input_shape(self, spatial: Sequence[int]) -> None:
+        """Raises if pooling cannot divide the input size exactly at every level."""
+        total = np.prod(np.array(self.level_strides(len(spatial))), axis=0)
+        if any(size % t for size, t in zip(spatial, total)):
+            raise ValueError(f"input size {tuple(spatial)} is not divisible by the total pooling factor "
+                             f"{tuple(int(t) for t in total)} of depth {self.depth}; crop or pad the input")
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        ndim = x.ndim - 2
+        self.check_input_shape(x.shape[1:-1])
+        kernel = tuple(self.kernel_size) if self.kernel_size is not None else (3,) * ndim
+        convs = [self.num_convs] * (self.depth + 1) if isinstance(self.num_convs, int) else list(self.num_convs)
+        if len(convs) != self.depth + 1:
+            raise ValueError(f"num_convs has {len(convs)} entries; need depth + 1 = {self.depth + 1}")
+        strides = self.level_strides(ndim)
+        x = x.astype(self.dtype)
+        skips = []
+        for level in range(self.depth):
+            x = ConvBlock(self.features * 2**level, convs[level], kernel, self.norm, self.dtype)(x, train)
+            skips.append(x)
+            x = max_pool(x, strides[level])
+        x = ConvBlock(self.features * 2**self.depth, convs[-1], kernel, self.norm, self.dtype)(x, train)
+        for level in reversed(range(self.depth)):
+            width = self.features * 2**level
+            x = UpConv(width, strides[level], self.dtype)(x)
+            x = jnp.concatenate([x, skips[level]], axis=-1)
+            x = ConvBlock(width, 2, kernel, self.norm, self.dtype)(x, train)
+        x = nn.Conv(self.out_channels, (1,) * ndim, dtype=self.dtype)(x)
+        return x.astype(jnp.float32)

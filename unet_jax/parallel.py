@@ -1,0 +1,56 @@
+"""Device mesh and batch placement: the same code on one CPU, one GPU, many GPUs
+and many hosts; only the mesh changes.
+
+Parameters are replicated and the batch is sharded along the one mesh axis
+`data`, so jit compiles data parallelism (gradient all-reduce, BatchNorm
+statistics over the global batch) from the shardings alone.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed() -> None:
+    """Joins a multi-host run when the launcher set up the environment (SLURM,
+    or JAX_COORDINATOR_ADDRESS); a no-op on one host."""
+    import os
+    if "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1 \
+            or "JAX_COORDINATOR_ADDRESS" in os.environ:
+        jax.distributed.initialize()
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A one-axis mesh over `devices`, by default every device of every process."""
+    return Mesh(np.asarray(devices if devices is not None else jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, grad_accum_steps: int = 1) -> int:
+    """The per-process batch size; raises unless the global batch splits evenly
+    over processes, devices and accumulation micro-batches."""
+    devices = mesh.devices.size
+    if global_batch % (devices * grad_accum_steps):
+        raise ValueError(f"batch_size={global_batch} must be a multiple of the {devices} devices times "
+                         f"grad_accum_steps={grad_accum_steps}")
+    return global_batch // jax.process_count()
+
+
+def to_global(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles this process's share of a batch into global arrays sharded on `data`."""
+    sharding = batch_sharded(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

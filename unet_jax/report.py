@@ -1,0 +1,208 @@
+"""Figures a researcher looks at after training: learning curves and prediction overlays.
+
+Plots use matplotlib's object API with the Agg canvas (no pyplot global state), so
+they are safe to draw from any thread; every PNG is written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+TP_COLOUR = (0.0, 1.0, 0.0)  # green
+FP_COLOUR = (1.0, 0.0, 0.0)  # red
+FN_COLOUR = (0.0, 0.0, 1.0)  # blue
+_ALPHA = 0.5
+# Prediction grid geometry in inches: square image panels, a two-line title band
+# above each row, gaps between columns and a strip for the colour legend.
+_PANEL_INCHES = 1.95
+_TITLE_INCHES = 0.32
+_TITLE_CHARS = 36  # what fits on one line above a panel at 7 pt
+_GAP_INCHES = 0.08
+_LEGEND_INCHES = 0.3
+
+
+def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> None:
+    """Writes `fig` as PNG to a temporary name beside `path`, then renames it."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    root, _ = os.path.splitext(path)
+    tmp = f"{root}.tmp-{os.getpid()}.png"
+    FigureCanvasAgg(fig)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ----------------------------------------------------------------------------
+# Learning curves
+# ----------------------------------------------------------------------------
+
+
+def _to_float(value) -> float | None:
+    """A csv cell as float; None for missing, empty or unparsable cells."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _series(rows: Sequence[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """Every `train_*`/`val_*` column as (epochs, values), in first-seen column order."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for i, row in enumerate(rows):
+        epoch = _to_float(row.get("epoch"))
+        epoch = i + 1 if epoch is None else epoch
+        for key, value in row.items():
+            if not key.startswith(("train_", "val_")):
+                continue
+            value = _to_float(value)
+            if value is not None:
+                xs, ys = series.setdefault(key, ([], []))
+                xs.append(epoch)
+                ys.append(value)
+    return series
+
+
+def _draw_curves(ax, series: dict, title: str, ylabel: str, best_epoch: int | None) -> None:
+    """One panel: train dashed and val solid, sharing a colour per metric."""
+    metrics = list(dict.fromkeys(key.split("_", 1)[1] for key in series))
+    for key, (xs, ys) in series.items():
+        split, metric = key.split("_", 1)
+        ax.plot(xs, ys, label=key, color=f"C{metrics.index(metric) % 10}",
+                linestyle="--" if split == "train" else "-",
+                # Markers keep short runs (a single epoch) visible without cluttering long ones.
+                marker="o" if len(xs) < 30 else None, markersize=3)
+    if best_epoch is not None:
+        ax.axvline(best_epoch, color="0.3", linestyle=":", linewidth=1.2,
+                   label=f"best (epoch {best_epoch})")
+    if not series:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.5")
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:  # a single epoch: otherwise the ticks are fractions of it
+        ax.set_xlim((lo + hi) / 2 - 1, (lo + hi) / 2 + 1)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def plot_learning_curves(rows: list[dict], path: str, best_epoch: int | None = None) -> None:
+    """Losses and scores per epoch from the rows of a run's metrics.csv, as a PNG.
+
+    Columns named `train_*`/`val_*` are plotted; those containing "loss" go to the
+    left panel, all others (Dice, IoU, per-patient Dice, ...) to the right. Values
+    may be numbers or strings; missing or empty cells are skipped.
+    """
+    if not rows:
+        raise ValueError(f"no metric rows to plot for {path}")
+    series = _series(rows)
+    losses = {k: v for k, v in series.items() if "loss" in k}
+    scores = {k: v for k, v in series.items() if "loss" not in k}
+    fig = Figure(figsize=(11, 4))
+    loss_ax, score_ax = fig.subplots(1, 2)
+    _draw_curves(loss_ax, losses, "losses", "loss", best_epoch)
+    _draw_curves(score_ax, scores, "scores", "score", best_epoch)
+    fig.tight_layout()
+    _save(fig, path, dpi=100)
+
+
+# ----------------------------------------------------------------------------
+# Predictions
+# ----------------------------------------------------------------------------
+
+
+def _normalise(image2d: np.ndarray) -> np.ndarray:
+    """Maps the 1st..99th percentile to [0, 1] for display; a flat image becomes 0."""
+    image2d = np.asarray(image2d, np.float32)
+    lo, hi = np.percentile(image2d, [1, 99])
+    if hi <= lo:
+        return np.zeros_like(image2d)
+    return np.clip((image2d - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _mask2d(mask: np.ndarray) -> np.ndarray:
+    """A [H, W] or [H, W, 1] mask as bool [H, W]."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(f"expected a [H, W] or [H, W, 1] mask, got shape {mask.shape}")
+    return mask > 0.5
+
+
+def overlay(image2d: np.ndarray, target: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """RGB uint8 [H, W, 3]: the image in grey, TP green, FP red, FN blue blended at 50%.
+
+    The image may have any range; it is normalised by its 1st/99th percentile.
+    """
+    grey = _normalise(image2d)
+    target, pred = _mask2d(target), _mask2d(pred)
+    if grey.shape != target.shape or grey.shape != pred.shape:
+        raise ValueError(f"shapes differ: image {grey.shape}, target {target.shape}, "
+                         f"pred {pred.shape}")
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    for where, colour in ((target & pred, TP_COLOUR), (~target & pred, FP_COLOUR),
+                          (target & ~pred, FN_COLOUR)):
+        rgb[where] = (1 - _ALPHA) * rgb[where] + _ALPHA * np.asarray(colour, np.float32)
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+def plot_prediction_grid(images: np.ndarray, targets: np.ndarray, preds: np.ndarray, path: str,
+                         titles: Sequence[str] | None = None, channel: int = 1,
+                         max_rows: int = 8) -> None:
+    """One row per example: image channel `channel` in grey, ground truth, overlay; a PNG.
+
+    images: float [N, H, W, C]; targets, preds: binary [N, H, W] or [N, H, W, 1].
+    Only the first `max_rows` examples are drawn; `titles[i]` heads row i's overlay.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"expected images [N, H, W, C], got shape {images.shape}")
+    if not 0 <= channel < images.shape[-1]:
+        raise ValueError(f"channel {channel} out of range for {images.shape[-1]} image channels")
+    n = min(len(images), max_rows)
+    if n == 0:
+        raise ValueError(f"no examples to plot for {path}")
+    # Cells sized in inches, not tight_layout, which misplaces fixed-aspect image axes.
+    width = 3 * _PANEL_INCHES + 4 * _GAP_INCHES
+    height = n * (_PANEL_INCHES + _TITLE_INCHES) + _LEGEND_INCHES
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(n, 3, squeeze=False, gridspec_kw=dict(
+        left=_GAP_INCHES / width, right=1 - _GAP_INCHES / width,
+        bottom=_LEGEND_INCHES / height, top=1 - _TITLE_INCHES / height,
+        wspace=_GAP_INCHES / _PANEL_INCHES, hspace=_TITLE_INCHES / _PANEL_INCHES))
+    for i in range(n):
+        image = images[i, ..., channel]
+        panels = (_normalise(image), _mask2d(targets[i]), overlay(image, targets[i], preds[i]))
+        for ax, panel in zip(axes[i], panels):
+            ax.imshow(panel, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_axis_off()
+        if titles is not None:
+            axes[i, 2].set_title(textwrap.fill(titles[i], _TITLE_CHARS), fontsize=7)
+    axes[0, 0].set_title(f"image (channel {channel})", fontsize=8)
+    axes[0, 1].set_title("ground truth", fontsize=8)
+    if titles is None:
+        axes[0, 2].set_title("prediction", fontsize=8)
+    legend = [Patch(color=colour, label=label) for colour, label in
+              ((TP_COLOUR, "true positive"), (FP_COLOUR, "false positive"),
+               (FN_COLOUR, "false negative"))]
+    fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    _save(fig, path, dpi=100)

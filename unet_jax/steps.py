@@ -1,0 +1,113 @@
+"""TrainState, the optimiser, and the pure train and eval steps.
+
+`train.py` jits these with shardings (parameters replicated, batch sharded);
+nothing here knows about devices, files or configs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from unet_jax import metrics as metrics_lib
+
+LossFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+class TrainState(train_state.TrainState):
+    """All mutable training state in one pytree, saved whole by orbax."""
+
+    batch_stats: Any
+    rng: jax.Array  # raw uint32 key data, split every step (dropout)
+
+
+def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
+                       sample_input: jnp.ndarray) -> TrainState:
+    """Initialises parameters (and BatchNorm statistics, if any) from a sample batch."""
+    init_rng, state_rng = jax.random.split(rng)
+    variables = model.init({"params": init_rng, "dropout": init_rng}, sample_input, train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}), rng=state_rng)
+
+
+def make_optimizer(learning_rate: float, *, total_steps: int, warmup_steps: int = 0,
+                   schedule: str = "cosine", weight_decay: float = 1e-4,
+                   clip_norm: float | None = 1.0) -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine decay to zero or a constant rate,
+    global-norm gradient clipping, and weight decay on kernels only (not on
+    biases or norm scales)."""
+    if schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps,
+                                                max(total_steps, warmup_steps + 1), 0.0)
+    elif schedule == "constant":
+        lr = optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
+                                   optax.constant_schedule(learning_rate)], [warmup_steps])
+    else:
+        raise ValueError(f"schedule={schedule!r}: choose 'cosine' or 'constant'")
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+    chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
+    chain.append(optax.adamw(lr, weight_decay=weight_decay, mask=decay_mask))
+    return optax.chain(*chain)
+
+
+def _variables(params, batch_stats) -> dict:
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def split_micro_batches(batch: dict[str, jnp.ndarray], k: int) -> dict[str, jnp.ndarray]:
+    """[B, ...] -> [k, B/k, ...], micro-batch j taking rows j, j+k, j+2k, ...
+
+    Interleaving keeps every device's rows spread over all micro-batches, so a
+    batch sharded on its first axis needs no resharding.
+    """
+    def split(x):
+        return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+    return jax.tree.map(split, batch)
+
+
+def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: LossFn,
+               grad_accum_steps: int = 1) -> tuple[TrainState, metrics_lib.SegmentationMetrics]:
+    """One optimiser update from `grad_accum_steps` micro-batches of `batch`.
+
+    Gradients are averaged over micro-batches, so for a per-pixel-mean loss the
+    update equals the one from the whole batch at once. BatchNorm statistics
+    are computed per micro-batch and carried from one to the next.
+    """
+    rng, step_rng = jax.random.split(state.rng)
+    micro_batches = split_micro_batches(batch, grad_accum_steps)
+
+    def accumulate(carry, xs):
+        grads_sum, batch_stats, metrics = carry
+        micro, index = xs
+
+        def loss_of(params):
+            logits, updates = state.apply_fn(
+                _variables(params, batch_stats), micro["image"], train=True,
+                mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(step_rng, index)})
+            return loss_fn(logits, micro["mask"], micro["valid"]), (logits, updates)
+
+        (loss, (logits, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+        metrics = metrics.merge(metrics_lib.compute_metrics(logits, micro["mask"], micro["valid"], loss))
+        return (grads_sum, updates.get("batch_stats", batch_stats), metrics), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    init = (zeros, state.batch_stats, metrics_lib.SegmentationMetrics.empty())
+    (grads_sum, batch_stats, metrics), _ = jax.lax.scan(
+        accumulate, init, (micro_batches, jnp.arange(grad_accum_steps)))
+    grads = jax.tree.map(lambda g: g / grad_accum_steps, grads_sum)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats, rng=rng)
+    return state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jnp.ndarray], *,
+              loss_fn: LossFn) -> tuple[metrics_lib.SegmentationMetrics, jnp.ndarray]:
+    """Metrics of one batch (padding excluded) and the binary predictions [B, *spatial]."""
+    logits = state.apply_fn(_variables(state.params, state.batch_stats), batch["image"], train=False)
+    loss = loss_fn(logits, batch["mask"], batch["valid"])
+    return metrics_lib.compute_metrics(logits, batch["mask"], batch["valid"], loss), logits[..., 0] > 0
