@@ -6,14 +6,20 @@
       --data_dir=data/other --split=test
 """
 
+import os
+import re
 import sys
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+# TensorFlow (imported by clu's writers) and XLA log C++ banners to stderr at start-up.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF computes nothing here; silences its banner
 
-from unet_jax import parallel, train
-from unet_jax.data import DataError
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from unet_jax import parallel, train  # noqa: E402
+from unet_jax.data import DataError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -45,6 +51,27 @@ def main(argv):
         sys.exit(2)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a misspelled `--config.key` reported in one line."""
+    try:
+        argv = FLAGS(argv)
+        FLAGS.config.to_dict()  # a config file that failed to load raises here
+        return argv
+    except OSError as e:
+        print(f"error: cannot load --config: {str(e).splitlines()[-1].strip()}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError) as e:
+        text = str(e.args[0] if e.args else e)
+        hint = re.search(r"Did you mean [^?]*\?", text)
+        key = re.search(r"[A-Za-z0-9_]+", text)
+        print(f"error: --config has no key {key.group(0) if key else text!r}"
+              + (f"; {hint.group(0)}" if hint else ""), file=sys.stderr)
+        sys.exit(2)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     jax.config.config_with_absl()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

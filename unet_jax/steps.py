@@ -76,14 +76,16 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: Los
 
     Gradients are averaged over micro-batches, so for a per-pixel-mean loss the
     update equals the one from the whole batch at once. BatchNorm statistics
-    are computed per micro-batch and carried from one to the next.
+    are computed per micro-batch and carried from one to the next. The loop is
+    unrolled: under `lax.scan`, XLA's CPU convolutions ran over 10x slower.
     """
     rng, step_rng = jax.random.split(state.rng)
     micro_batches = split_micro_batches(batch, grad_accum_steps)
-
-    def accumulate(carry, xs):
-        grads_sum, batch_stats, metrics = carry
-        micro, index = xs
+    grads_sum = jax.tree.map(jnp.zeros_like, state.params)
+    batch_stats = state.batch_stats
+    metrics = metrics_lib.SegmentationMetrics.empty()
+    for index in range(grad_accum_steps):
+        micro = jax.tree.map(lambda x: x[index], micro_batches)
 
         def loss_of(params):
             logits, updates = state.apply_fn(
@@ -93,13 +95,8 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: Los
 
         (loss, (logits, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+        batch_stats = updates.get("batch_stats", batch_stats)
         metrics = metrics.merge(metrics_lib.compute_metrics(logits, micro["mask"], micro["valid"], loss))
-        return (grads_sum, updates.get("batch_stats", batch_stats), metrics), None
-
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    init = (zeros, state.batch_stats, metrics_lib.SegmentationMetrics.empty())
-    (grads_sum, batch_stats, metrics), _ = jax.lax.scan(
-        accumulate, init, (micro_batches, jnp.arange(grad_accum_steps)))
     grads = jax.tree.map(lambda g: g / grad_accum_steps, grads_sum)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats, rng=rng)
     return state, metrics

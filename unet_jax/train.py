@@ -137,7 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                       best_metric=config.best_metric, best_mode=config.best_mode)
     progress = {"epoch": 0, "step_in_epoch": 0, "history": []}
-    epoch_metrics = metrics_lib.SegmentationMetrics.empty()
+    # Replicated like the step's outputs, so restored sums merge with them.
+    epoch_metrics = jax.device_put(metrics_lib.SegmentationMetrics.empty(), parallel.replicated(mesh))
     if manager.latest_step() is not None:
         (state, epoch_metrics), progress = checkpoint.restore(
             manager, manager.latest_step(), (state, epoch_metrics), train_iter)
