@@ -6,6 +6,7 @@
       --data_dir=data/other --split=test
 """
 
+import logging as std_logging
 import os
 import re
 import sys
@@ -31,9 +32,15 @@ flags.DEFINE_string("split", "test", "evaluate: which split of --data_dir.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _quiet_checkpoint_logs(record: std_logging.LogRecord) -> bool:
+    """orbax logs several INFO lines per save; keep its warnings only."""
+    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_handler().addFilter(_quiet_checkpoint_logs)
     parallel.initialize_distributed()
     config = FLAGS.config
     logging.info("JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())

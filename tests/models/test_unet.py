@@ -61,3 +61,24 @@ def test_gradient_reaches_every_parameter_and_bf16_keeps_f32_params():
     grads = jax.jit(jax.grad(loss))(variables["params"])
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         assert float(jnp.abs(g).max()) > 0, jax.tree_util.keystr(path)
+
+
+def test_upconv_equals_a_transposed_convolution():
+    # A kernel-equals-stride transposed convolution, written out in NumPy:
+    # out[s*i + a, s*j + b] = x[i, j] @ W[a, b] + bias.
+    from unet_jax.models.layers import UpConv
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 5))
+    layer = UpConv(6, (2, 3))
+    variables = layer.init(jax.random.PRNGKey(1), x)
+    variables = jax.tree.map(lambda v: v + 0.1 if v.ndim == 1 else v, variables)  # non-zero bias
+    out = np.asarray(layer.apply(variables, x))
+    w = np.asarray(variables["params"]["Dense_0"]["kernel"]).reshape(5, 2, 3, 6)
+    bias = np.asarray(variables["params"]["bias"])
+    ref = np.zeros((2, 6, 12, 6))
+    xn = np.asarray(x, np.float64)
+    for a in range(2):
+        for b in range(3):
+            ref[:, a::2, b::3] = np.einsum("nijc,co->nijo", xn, w[:, a, b]) + bias
+    assert out.shape == (2, 6, 12, 6)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

@@ -7,6 +7,7 @@ serves 2-D slices and 3-D volumes (including in-plane 3x3x1 kernels).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,8 +63,14 @@ class ConvBlock(nn.Module):
 
 
 class UpConv(nn.Module):
-    """Transposed convolution whose kernel equals its stride: exact inverse of
-    the pooling grid, doubling (or `strides`-multiplying) the resolution."""
+    """Transposed convolution whose kernel equals its stride (the exact inverse of
+    the pooling grid), written as one matmul to `prod(strides)` sub-pixel
+    outputs and a depth-to-space shuffle.
+
+    Same function and parameter count as `nn.ConvTranspose(features, strides,
+    strides=strides)`, but XLA's CPU backend ran the whole U-Net step 1.7x
+    faster this way (its transposed-convolution gradients are slow).
+    """
 
     features: int
     strides: Sequence[int] = (2, 2)
@@ -71,8 +78,16 @@ class UpConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        return nn.ConvTranspose(self.features, tuple(self.strides), strides=tuple(self.strides),
-                                padding="VALID", dtype=self.dtype)(x)
+        strides = tuple(self.strides)
+        batch, spatial = x.shape[0], x.shape[1:-1]
+        y = nn.Dense(self.features * math.prod(strides), use_bias=False, dtype=self.dtype)(x)
+        y = y.reshape(batch, *spatial, *strides, self.features)
+        # [B, d1..dn, s1..sn, F] -> [B, d1, s1, ..., dn, sn, F] -> [B, d1*s1, ..., F]
+        n = len(spatial)
+        order = [0] + [a for i in range(n) for a in (1 + i, 1 + n + i)] + [1 + 2 * n]
+        y = y.transpose(order).reshape(batch, *(d * s for d, s in zip(spatial, strides)), self.features)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return y + bias.astype(self.dtype)
 
 
 def max_pool(x: jnp.ndarray, strides: Sequence[int]) -> jnp.ndarray:

@@ -1,0 +1,94 @@
+"""Training-step throughput of the classic LGG U-Net, optionally side by side with
+the PyTorch reference step (`../shared/bench/torch_unet_reference.py`) at the
+same shapes, reported as a ratio.
+
+  python -m unet_jax.benchmarks.train_step --sizes 128 256 --batch 8 \
+      --torch_reference ../shared/bench/torch_unet_reference.py
+
+Prints one JSON line per measurement. The step is the real one (AdamW, Dice
+loss, BatchNorm, metrics); inputs are random, so no data pipeline is involved.
+"""
+
+import argparse
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unet_jax import losses, parallel, steps
+from unet_jax.models.unet import UNet
+
+
+def measure(size: int, batch: int, *, features: int, steps_timed: int, warmup: int,
+            mixed_precision: bool) -> dict:
+    mesh = parallel.make_mesh()
+    model = UNet(features=features, dtype=jnp.bfloat16 if mixed_precision else jnp.float32)
+    tx = steps.make_optimizer(1e-4, total_steps=1000, schedule="constant")
+    state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+    state = jax.device_put(state, parallel.replicated(mesh))
+    rng = np.random.default_rng(0)
+    batch_np = {"image": rng.standard_normal((batch, size, size, 3), np.float32),
+                "mask": (rng.random((batch, size, size, 1)) > 0.8).astype(np.float32),
+                "valid": np.ones(batch, bool)}
+    data = parallel.to_global(batch_np, mesh)
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_loss),
+                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)), donate_argnums=0)
+    start = time.perf_counter()
+    state, m = step(state, data)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - start
+    for _ in range(warmup):
+        state, m = step(state, data)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps_timed):
+        start = time.perf_counter()
+        state, m = step(state, data)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - start)
+    med = statistics.median(times)
+    return {"framework": "jax", "version": jax.__version__, "device": str(jax.devices()[0].device_kind),
+            "devices": jax.device_count(), "size": size, "batch": batch, "features": features,
+            "mixed_precision": mixed_precision, "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+            "compile_s": round(compile_s, 2), "step_s": med, "images_per_s": batch / med}
+
+
+def torch_reference(script: str, size: int, batch: int, steps_timed: int, warmup: int, threads: int) -> dict:
+    cmd = [sys.executable, script, "--batch", str(batch), "--size", str(size), "--steps", str(steps_timed),
+           "--warmup", str(warmup)] + (["--threads", str(threads)] if threads else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--mixed_precision", action="store_true")
+    parser.add_argument("--torch_reference", default="", help="path of torch_unet_reference.py to run alongside")
+    parser.add_argument("--torch_threads", type=int, default=0)
+    args = parser.parse_args()
+    for size in args.sizes:
+        ours = measure(size, args.batch, features=args.features, steps_timed=args.steps, warmup=args.warmup,
+                       mixed_precision=args.mixed_precision)
+        print(json.dumps(ours), flush=True)
+        if args.torch_reference:
+            ref = torch_reference(args.torch_reference, size, args.batch, args.steps, args.warmup,
+                                  args.torch_threads)
+            print(json.dumps(ref), flush=True)
+            print(json.dumps({"size": size, "batch": args.batch,
+                              "jax_over_torch": round(ours["images_per_s"] / ref["images_per_s"], 3)}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
