@@ -28,6 +28,7 @@ class Evaluation:
     patients: list[dict]           # one row per patient, see VolumeAccumulator.patient_table
     volumes: metrics_lib.VolumeAccumulator
     images: dict[int, np.ndarray]  # patient_index -> display channel [S, H, W], slice order
+    display_channel: int           # which input channel `images` holds (1: FLAIR in LGG data)
 
     def summary(self) -> dict[str, Any]:
         return {"split": self.split, "metrics": self.metrics, "patients": self.patients}
@@ -38,7 +39,7 @@ def evaluate_split(eval_step: Callable, state, data_dir: str, split: str, *, bat
     """Runs the jitted `eval_step` over every example of `split` once.
 
     `batch_size` is global; padding examples of the last batch are excluded
-    from every metric.
+    from every metric. `display_channel` of each image is kept for figures.
     """
     manifest = pipeline.read_manifest(data_dir)
     names = [p["patient"] for p in manifest["splits"][split]["patients"]]
@@ -48,6 +49,7 @@ def evaluate_split(eval_step: Callable, state, data_dir: str, split: str, *, bat
     totals = None
     volumes = metrics_lib.VolumeAccumulator()
     channels: dict[tuple[int, int], np.ndarray] = {}
+    display_channel = min(display_channel, manifest["image_shape"][-1] - 1)
     for batch in ds:
         batch_metrics, preds = eval_step(state, parallel.to_global(batch, mesh))
         totals = batch_metrics if totals is None else totals.merge(batch_metrics)
@@ -63,7 +65,7 @@ def evaluate_split(eval_step: Callable, state, data_dir: str, split: str, *, bat
     images = {}
     for p in sorted({p for p, _ in channels}):
         images[p] = np.stack([channels[k] for k in sorted(k for k in channels if k[0] == p)])
-    return Evaluation(split, result, volumes.patient_table(names), volumes, images)
+    return Evaluation(split, result, volumes.patient_table(names), volumes, images, display_channel)
 
 
 def best_and_worst_figure(ev: Evaluation, path: str, rows_per_patient: int = 4) -> None:
@@ -86,7 +88,8 @@ def best_and_worst_figure(ev: Evaluation, path: str, rows_per_patient: int = 4) 
                           f"Dice {metrics_lib.dice_score(pred[i], target[i]):.2f} "
                           f"(patient {row['dice_3d']:.2f})")
     report.plot_prediction_grid(np.stack(images), np.stack(targets), np.stack(preds), path,
-                                titles=titles, channel=0, max_rows=len(images))
+                                titles=titles, channel=0, max_rows=len(images),
+                                channel_label=f"channel {ev.display_channel}")
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -167,11 +167,12 @@ def overlay(image2d: np.ndarray, target: np.ndarray, pred: np.ndarray) -> np.nda
 
 def plot_prediction_grid(images: np.ndarray, targets: np.ndarray, preds: np.ndarray, path: str,
                          titles: Sequence[str] | None = None, channel: int = 1,
-                         max_rows: int = 8) -> None:
+                         max_rows: int = 8, channel_label: str | None = None) -> None:
     """One row per example: image channel `channel` in grey, ground truth, overlay; a PNG.
 
     images: float [N, H, W, C]; targets, preds: binary [N, H, W] or [N, H, W, 1].
-    Only the first `max_rows` examples are drawn; `titles[i]` heads row i's overlay.
+    Only the first `max_rows` examples are drawn; `titles[i]` heads row i's overlay;
+    `channel_label` names the image column (default "channel <channel>").
     """
     images = np.asarray(images)
     if images.ndim != 4:
@@ -197,7 +198,7 @@ def plot_prediction_grid(images: np.ndarray, targets: np.ndarray, preds: np.ndar
             ax.set_axis_off()
         if titles is not None:
             axes[i, 2].set_title(textwrap.fill(titles[i], _TITLE_CHARS), fontsize=7)
-    axes[0, 0].set_title(f"image (channel {channel})", fontsize=8)
+    axes[0, 0].set_title(f"image ({channel_label or f'channel {channel}'})", fontsize=8)
     axes[0, 1].set_title("ground truth", fontsize=8)
     if titles is None:
         axes[0, 2].set_title("prediction", fontsize=8)
