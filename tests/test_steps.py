@@ -102,3 +102,18 @@ def test_optimizer_schedules_and_weight_decay_mask():
     assert float(jnp.abs(updates["bias"]).max()) == 0.0 and float(jnp.abs(updates["kernel"]).max()) > 0
     with pytest.raises(ValueError, match="schedule='linear'"):
         steps.make_optimizer(0.1, total_steps=10, schedule="linear")
+
+
+def test_mixed_precision_step_keeps_float32_state_and_learns():
+    model = UNet(features=4, depth=2, norm="batch", dtype=jnp.bfloat16)
+    tx = steps.make_optimizer(1e-2, total_steps=10, schedule="constant")
+    state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_bce_loss, grad_accum_steps=2))
+    batch = jax.tree.map(jnp.asarray, _batch(8))
+    seen = []
+    for _ in range(4):
+        state, m = step(state, batch)
+        seen.append(float(m.compute()["loss"]))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((state.params, state.opt_state))
+               if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating))
+    assert np.isfinite(seen).all() and seen[-1] < seen[0]
