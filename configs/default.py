@@ -25,8 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.clip_norm = 1.0  # global gradient norm; 0 turns clipping off
     config.mixed_precision = False  # bf16 compute, float32 parameters
 
+    # The one U-Net builder (unet_jax/models/unet.py); variants are fields here.
     config.model = ml_collections.ConfigDict(dict(
-        out_channels=1, features=32, depth=4, num_convs=2, norm="batch"))
+        out_channels=1, features=32, depth=4, num_convs=2, norm="batch", block="plain", attention=False))
 
     config.data = ml_collections.ConfigDict()
     config.data.data_dir = "data/lgg"  # a folder written by data_prep

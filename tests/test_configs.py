@@ -1,11 +1,15 @@
-"""Every config file loads, and its data section drives the input pipeline."""
+"""Every config file loads, builds its model, and its data section drives the
+input pipeline, so no config rots."""
 
 import glob
 import importlib.util
 import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 
+from unet_jax import train
 from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
 
@@ -17,6 +21,14 @@ def load_config(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_builds_its_model(path):
+    config = load_config(path)
+    model = train.build_model(config)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
+    assert sum(x.size for x in jax.tree.leaves(variables["params"])) > 0
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

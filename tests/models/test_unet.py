@@ -82,3 +82,61 @@ def test_upconv_equals_a_transposed_convolution():
             ref[:, a::2, b::3] = np.einsum("nijc,co->nijo", xn, w[:, a, b]) + bias
     assert out.shape == (2, 6, 12, 6)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block,attention,expected", [("residual", False, 8_114_241),
+                                                      ("plain", True, 8_286_245),
+                                                      ("residual", True, 8_637_445)])
+def test_residual_and_attention_parameter_counts(block, attention, expected):
+    assert _params(UNet(block=block, attention=attention), (1, 64, 64, 3)) == expected
+
+
+def test_attention_coefficients_in_unit_interval_and_gradients_reach_everything():
+    model = UNet(features=4, depth=2, block="residual", attention=True)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+
+    def loss(params):
+        out, state = model.apply({**variables, "params": params}, x, train=True,
+                                 mutable=["batch_stats", "intermediates"])
+        return jnp.mean(out**2), state["intermediates"]
+
+    grads, inter = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+    for level, size in ((0, 16), (1, 8)):
+        (alpha,) = inter[f"attention_{level}"]
+        assert alpha.shape == (2, size, size, 1)
+        assert float(alpha.min()) > 0 and float(alpha.max()) < 1
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert float(jnp.abs(g).max()) > 0, jax.tree_util.keystr(path)
+
+
+def test_residual_block_shortcut_is_identity_or_projection():
+    from unet_jax.models.layers import ResidualBlock
+
+    same = jax.eval_shape(lambda: ResidualBlock(8).init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 8)), False))
+    wider = jax.eval_shape(lambda: ResidualBlock(8).init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 3)), False))
+    assert "shortcut" not in same["params"]
+    assert wider["params"]["shortcut"]["kernel"].shape == (1, 1, 3, 8)
+    with pytest.raises(ValueError, match="block='dense'"):
+        UNet(block="dense").init(jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)))
+
+
+@pytest.mark.parametrize("block,attention", [("plain", False), ("residual", False), ("plain", True),
+                                             ("residual", True)])
+def test_each_variant_lowers_its_loss_on_phantoms(block, attention, prepared_dir):
+    import functools
+
+    from unet_jax import losses, steps
+    from unet_jax.data import pipeline
+
+    batch = next(iter(pipeline.eval_dataset(prepared_dir, "train", batch_size=16)))
+    batch = {k: jnp.asarray(batch[k]) for k in ("image", "mask", "valid")}
+    model = UNet(features=4, depth=2, block=block, attention=attention)
+    tx = steps.make_optimizer(1e-2, total_steps=20, schedule="constant")
+    state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), batch["image"][:1])
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_bce_loss))
+    seen = []
+    for _ in range(6):
+        state, m = step(state, batch)
+        seen.append(float(m.compute()["loss"]))
+    assert seen[-1] < seen[0] - 0.05, seen

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 NORMS = ("batch", "group", "instance", "none")
@@ -60,6 +61,63 @@ class ConvBlock(nn.Module):
                         use_bias=self.norm == "none", dtype=self.dtype)(x)
             x = nn.relu(Norm(self.norm, dtype=self.dtype)(x, train))
         return x
+
+
+class ResidualBlock(nn.Module):
+    """`num_convs` conv-norm layers with ReLU between them, plus a shortcut
+    (identity, or a 1x1 conv and norm when the width changes), then ReLU."""
+
+    features: int
+    num_convs: int = 2
+    kernel_size: Sequence[int] = (3, 3)
+    norm: str = "batch"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        shortcut = x
+        for i in range(self.num_convs):
+            x = nn.Conv(self.features, tuple(self.kernel_size), padding="SAME",
+                        use_bias=self.norm == "none", dtype=self.dtype)(x)
+            x = Norm(self.norm, dtype=self.dtype)(x, train)
+            if i < self.num_convs - 1:
+                x = nn.relu(x)
+        if shortcut.shape[-1] != self.features:
+            ones = (1,) * (x.ndim - 2)
+            shortcut = nn.Conv(self.features, ones, use_bias=self.norm == "none", dtype=self.dtype,
+                               name="shortcut")(shortcut)
+            shortcut = Norm(self.norm, dtype=self.dtype, name="shortcut_norm")(shortcut, train)
+        return nn.relu(x + shortcut)
+
+
+BLOCKS = {"plain": ConvBlock, "residual": ResidualBlock}
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate of Attention U-Net (Oktay et al. 2018).
+
+    theta: a strided conv bringing the skip to the gate's resolution; phi: a
+    1x1 conv on the gate (the coarser decoder features); psi: a 1x1 conv of
+    ReLU(theta + phi) to one channel and a sigmoid. The coefficients are
+    resized to the skip's resolution and multiplied into it. Returns the gated
+    skip and the coefficients [B, *spatial, 1] in (0, 1).
+    """
+
+    features: int  # width of theta and phi
+    strides: Sequence[int] = (2, 2)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, skip: jnp.ndarray, gate: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        strides = tuple(self.strides)
+        ones = (1,) * len(strides)
+        theta = nn.Conv(self.features, strides, strides=strides, padding="VALID", use_bias=False,
+                        dtype=self.dtype, name="theta")(skip)
+        phi = nn.Conv(self.features, ones, dtype=self.dtype, name="phi")(gate)
+        psi = nn.Conv(1, ones, dtype=self.dtype, name="psi")(nn.relu(theta + phi))
+        alpha = nn.sigmoid(psi.astype(jnp.float32))
+        alpha = jax.image.resize(alpha, (*skip.shape[:-1], 1), method="linear")
+        return skip * alpha.astype(skip.dtype), alpha
 
 
 class UpConv(nn.Module):

@@ -10,6 +10,7 @@ parameters with BatchNorm on 3-channel input.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,11 +18,16 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from unet_jax.models.layers import ConvBlock, UpConv, max_pool
+from unet_jax.models.layers import BLOCKS, AttentionGate, UpConv, max_pool
 
 
 class UNet(nn.Module):
-    """Returns float32 logits [B, *spatial, out_channels]."""
+    """Returns float32 logits [B, *spatial, out_channels].
+
+    With `attention`, each gate's coefficients are sown into the
+    `intermediates` collection as `attention_<level>` (apply with
+    `mutable=["intermediates"]` to inspect them).
+    """
 
     out_channels: int = 1
     features: int = 32
@@ -30,6 +36,8 @@ class UNet(nn.Module):
     kernel_size: Sequence[int] | None = None   # default 3 in every spatial dimension
     pool_strides: Sequence[Sequence[int]] | Sequence[int] | None = None  # default 2 everywhere
     norm: str = "batch"
+    block: str = "plain"                # "plain" conv blocks or "residual" blocks
+    attention: bool = False             # additive attention gates on every skip
     dtype: Any = jnp.float32            # compute dtype; parameters stay float32
 
     def level_strides(self, ndim: int) -> list[tuple[int, ...]]:
@@ -59,17 +67,24 @@ class UNet(nn.Module):
         if len(convs) != self.depth + 1:
             raise ValueError(f"num_convs has {len(convs)} entries; need depth + 1 = {self.depth + 1}")
         strides = self.level_strides(ndim)
+        if self.block not in BLOCKS:
+            raise ValueError(f"block={self.block!r}: choose one of {sorted(BLOCKS)}")
+        block = functools.partial(BLOCKS[self.block], kernel_size=kernel, norm=self.norm, dtype=self.dtype)
         x = x.astype(self.dtype)
         skips = []
         for level in range(self.depth):
-            x = ConvBlock(self.features * 2**level, convs[level], kernel, self.norm, self.dtype)(x, train)
+            x = block(self.features * 2**level, convs[level])(x, train)
             skips.append(x)
             x = max_pool(x, strides[level])
-        x = ConvBlock(self.features * 2**self.depth, convs[-1], kernel, self.norm, self.dtype)(x, train)
+        x = block(self.features * 2**self.depth, convs[-1])(x, train)
         for level in reversed(range(self.depth)):
             width = self.features * 2**level
+            skip = skips[level]
+            if self.attention:
+                skip, alpha = AttentionGate(width, strides[level], self.dtype)(skip, x)
+                self.sow("intermediates", f"attention_{level}", alpha)
             x = UpConv(width, strides[level], self.dtype)(x)
-            x = jnp.concatenate([x, skips[level]], axis=-1)
-            x = ConvBlock(width, 2, kernel, self.norm, self.dtype)(x, train)
+            x = jnp.concatenate([x, skip], axis=-1)
+            x = block(width, 2)(x, train)
         x = nn.Conv(self.out_channels, (1,) * ndim, dtype=self.dtype)(x)
         return x.astype(jnp.float32)
