@@ -140,3 +140,17 @@ def test_each_variant_lowers_its_loss_on_phantoms(block, attention, prepared_dir
         state, m = step(state, batch)
         seen.append(float(m.compute()["loss"]))
     assert seen[-1] < seen[0] - 0.05, seen
+
+
+@pytest.mark.parametrize("config_name,expected", [("lgg_keras_model1", 7_763_041),
+                                                  ("lgg_keras_model2", 10_650_817),
+                                                  ("lgg_res_attention", 8_637_445)])
+def test_variant_config_parameter_counts(config_name, expected):
+    # Reported in document 002: 7,774,049 and 10,655,809; the configs' docstrings
+    # account for the differences.
+    import importlib
+
+    from unet_jax import train
+
+    config = importlib.import_module(f"configs.{config_name}").get_config()
+    assert _params(train.build_model(config), (1, 64, 64, 3)) == expected
