@@ -121,9 +121,14 @@ def test_residual_block_shortcut_is_identity_or_projection():
         UNet(block="dense").init(jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)))
 
 
-@pytest.mark.parametrize("block,attention", [("plain", False), ("residual", False), ("plain", True),
-                                             ("residual", True)])
-def test_each_variant_lowers_its_loss_on_phantoms(block, attention, prepared_dir):
+TINY_TRANSFORMER = dict(bottleneck="transformer", transformer_hidden=16, transformer_layers=2,
+                        transformer_heads=2, transformer_mlp=32, transformer_dropout=0.1)
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(block="residual"), dict(attention=True),
+                                     dict(block="residual", attention=True), TINY_TRANSFORMER],
+                         ids=["plain", "residual", "attention", "residual_attention", "transformer"])
+def test_each_variant_lowers_its_loss_on_phantoms(variant, prepared_dir):
     import functools
 
     from unet_jax import losses, steps
@@ -131,7 +136,7 @@ def test_each_variant_lowers_its_loss_on_phantoms(block, attention, prepared_dir
 
     batch = next(iter(pipeline.eval_dataset(prepared_dir, "train", batch_size=16)))
     batch = {k: jnp.asarray(batch[k]) for k in ("image", "mask", "valid")}
-    model = UNet(features=4, depth=2, block=block, attention=attention)
+    model = UNet(features=4, depth=2, **variant)
     tx = steps.make_optimizer(1e-2, total_steps=20, schedule="constant")
     state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), batch["image"][:1])
     step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_bce_loss))
@@ -144,7 +149,8 @@ def test_each_variant_lowers_its_loss_on_phantoms(block, attention, prepared_dir
 
 @pytest.mark.parametrize("config_name,expected", [("lgg_keras_model1", 7_763_041),
                                                   ("lgg_keras_model2", 10_650_817),
-                                                  ("lgg_res_attention", 8_637_445)])
+                                                  ("lgg_res_attention", 8_637_445),
+                                                  ("lgg_transunet", 93_212_001)])
 def test_variant_config_parameter_counts(config_name, expected):
     # Reported in document 002: 7,774,049 and 10,655,809; the configs' docstrings
     # account for the differences.
@@ -153,4 +159,32 @@ def test_variant_config_parameter_counts(config_name, expected):
     from unet_jax import train
 
     config = importlib.import_module(f"configs.{config_name}").get_config()
-    assert _params(train.build_model(config), (1, 64, 64, 3)) == expected
+    # 256x256 LGG slices: the transformer's position embeddings depend on the size.
+    assert _params(train.build_model(config), (1, 256, 256, 3)) == expected
+
+
+def test_transformer_bottleneck_shapes_counts_dropout_and_gradients():
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    model = UNet(features=4, depth=2, **TINY_TRANSFORMER)
+    assert _params(model, (1, 32, 32, 3)) == 12_013
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    # 32 / 4 = an 8x8 bottleneck map: 64 tokens of width 16.
+    assert variables["params"]["TransformerBottleneck_0"]["position_embedding"].shape == (64, 16)
+
+    def run(params, rng):
+        out, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"],
+                             rngs={"dropout": rng})
+        return out
+
+    a = jax.jit(run)(variables["params"], jax.random.PRNGKey(2))
+    b = jax.jit(run)(variables["params"], jax.random.PRNGKey(3))
+    assert a.shape == (2, 32, 32, 1) and not np.allclose(a, b)  # dropout is on in training
+    grads = jax.jit(jax.grad(lambda p: jnp.mean(run(p, jax.random.PRNGKey(2)) ** 2)))(variables["params"])
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert float(jnp.abs(g).max()) > 0, jax.tree_util.keystr(path)
+    patched = UNet(features=4, depth=2, **{**TINY_TRANSFORMER, "transformer_patch": 2})
+    v2 = jax.jit(patched.init)(jax.random.PRNGKey(0), x)
+    assert v2["params"]["TransformerBottleneck_0"]["position_embedding"].shape == (16, 16)
+    assert jax.jit(patched.apply)(v2, x).shape == (2, 32, 32, 1)
+    with pytest.raises(ValueError, match="not divisible by transformer_patch=3"):
+        UNet(features=4, depth=2, **{**TINY_TRANSFORMER, "transformer_patch": 3}).init(jax.random.PRNGKey(0), x)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unet_jax.models.layers import BLOCKS, AttentionGate, UpConv, max_pool
+from unet_jax.models.transformer import TransformerBottleneck
 
 
 class UNet(nn.Module):
@@ -38,6 +39,13 @@ class UNet(nn.Module):
     norm: str = "batch"
     block: str = "plain"                # "plain" conv blocks or "residual" blocks
     attention: bool = False             # additive attention gates on every skip
+    bottleneck: str = "conv"            # "conv" block or "transformer" (TransUNet style)
+    transformer_hidden: int = 768       # ViT-B sizes by default
+    transformer_layers: int = 12
+    transformer_heads: int = 12
+    transformer_mlp: int = 3072
+    transformer_dropout: float = 0.1
+    transformer_patch: int = 1          # patch size on the deepest encoder map
     dtype: Any = jnp.float32            # compute dtype; parameters stay float32
 
     def level_strides(self, ndim: int) -> list[tuple[int, ...]]:
@@ -76,7 +84,15 @@ class UNet(nn.Module):
             x = block(self.features * 2**level, convs[level])(x, train)
             skips.append(x)
             x = max_pool(x, strides[level])
-        x = block(self.features * 2**self.depth, convs[-1])(x, train)
+        if self.bottleneck == "conv":
+            x = block(self.features * 2**self.depth, convs[-1])(x, train)
+        elif self.bottleneck == "transformer":
+            x = TransformerBottleneck(
+                self.features * 2**self.depth, self.transformer_hidden, self.transformer_layers,
+                self.transformer_heads, self.transformer_mlp, self.transformer_dropout,
+                self.transformer_patch, self.norm, self.dtype)(x, train)
+        else:
+            raise ValueError(f"bottleneck={self.bottleneck!r}: choose 'conv' or 'transformer'")
         for level in reversed(range(self.depth)):
             width = self.features * 2**level
             skip = skips[level]
