@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     # The one U-Net builder (unet_jax/models/unet.py); variants are fields here.
     config.model = ml_collections.ConfigDict(dict(
         out_channels=1, features=32, depth=4, num_convs=2, norm="batch", block="plain", attention=False,
-        bottleneck="conv", transformer_hidden=768, transformer_layers=12, transformer_heads=12,
+        upsample="transpose", bottleneck="conv", transformer_hidden=768, transformer_layers=12, transformer_heads=12,
         transformer_mlp=3072, transformer_dropout=0.1, transformer_patch=1))
 
     config.data = ml_collections.ConfigDict()

@@ -126,8 +126,9 @@ TINY_TRANSFORMER = dict(bottleneck="transformer", transformer_hidden=16, transfo
 
 
 @pytest.mark.parametrize("variant", [dict(), dict(block="residual"), dict(attention=True),
-                                     dict(block="residual", attention=True), TINY_TRANSFORMER],
-                         ids=["plain", "residual", "attention", "residual_attention", "transformer"])
+                                     dict(block="residual", attention=True), TINY_TRANSFORMER,
+                                     dict(upsample="resize")],
+                         ids=["plain", "residual", "attention", "residual_attention", "transformer", "resize"])
 def test_each_variant_lowers_its_loss_on_phantoms(variant, prepared_dir):
     import functools
 
@@ -188,3 +189,15 @@ def test_transformer_bottleneck_shapes_counts_dropout_and_gradients():
     assert jax.jit(patched.apply)(v2, x).shape == (2, 32, 32, 1)
     with pytest.raises(ValueError, match="not divisible by transformer_patch=3"):
         UNet(features=4, depth=2, **{**TINY_TRANSFORMER, "transformer_patch": 3}).init(jax.random.PRNGKey(0), x)
+
+
+def test_resize_upsampling_shapes_and_count():
+    # A 3x3 conv in place of each 2x2 transposed conv: (9 - 4) * Cin * Cout more,
+    # summed over the four levels (512->256, 256->128, 128->64, 64->32).
+    extra = 5 * (512 * 256 + 256 * 128 + 128 * 64 + 64 * 32)
+    assert _params(UNet(upsample="resize"), (1, 64, 64, 3)) == 7_763_041 + extra
+    model3 = UNet(features=4, depth=2, kernel_size=(3, 3, 1), pool_strides=(2, 2, 1), upsample="resize")
+    v = jnp.ones((1, 16, 16, 4, 1))
+    assert jax.jit(model3.apply)(jax.jit(model3.init)(jax.random.PRNGKey(0), v), v).shape == (1, 16, 16, 4, 1)
+    with pytest.raises(ValueError, match="upsample='nearest'"):
+        UNet(upsample="nearest").init(jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)))

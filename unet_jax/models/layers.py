@@ -148,6 +148,24 @@ class UpConv(nn.Module):
         return y + bias.astype(self.dtype)
 
 
+class ResizeConv(nn.Module):
+    """Upsampling by resizing (bilinear or trilinear) then a 3x3 convolution: the
+    alternative to the transposed convolution, free of its checkerboard artefacts."""
+
+    features: int
+    strides: Sequence[int] = (2, 2)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        shape = (x.shape[0], *(d * s for d, s in zip(x.shape[1:-1], self.strides)), x.shape[-1])
+        x = jax.image.resize(x, shape, method="linear")
+        return nn.Conv(self.features, (3,) * len(self.strides), padding="SAME", dtype=self.dtype)(x)
+
+
+UPSAMPLERS = {"transpose": UpConv, "resize": ResizeConv}
+
+
 def max_pool(x: jnp.ndarray, strides: Sequence[int]) -> jnp.ndarray:
     """Non-overlapping max pooling with window = stride."""
     return nn.max_pool(x, tuple(strides), strides=tuple(strides))

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from unet_jax.models.layers import BLOCKS, AttentionGate, UpConv, max_pool
+from unet_jax.models.layers import BLOCKS, UPSAMPLERS, AttentionGate, max_pool
 from unet_jax.models.transformer import TransformerBottleneck
 
 
@@ -39,6 +39,7 @@ class UNet(nn.Module):
     norm: str = "batch"
     block: str = "plain"                # "plain" conv blocks or "residual" blocks
     attention: bool = False             # additive attention gates on every skip
+    upsample: str = "transpose"         # "transpose" conv or "resize" plus conv
     bottleneck: str = "conv"            # "conv" block or "transformer" (TransUNet style)
     transformer_hidden: int = 768       # ViT-B sizes by default
     transformer_layers: int = 12
@@ -78,6 +79,8 @@ class UNet(nn.Module):
         if self.block not in BLOCKS:
             raise ValueError(f"block={self.block!r}: choose one of {sorted(BLOCKS)}")
         block = functools.partial(BLOCKS[self.block], kernel_size=kernel, norm=self.norm, dtype=self.dtype)
+        if self.upsample not in UPSAMPLERS:
+            raise ValueError(f"upsample={self.upsample!r}: choose one of {sorted(UPSAMPLERS)}")
         x = x.astype(self.dtype)
         skips = []
         for level in range(self.depth):
@@ -99,7 +102,7 @@ class UNet(nn.Module):
             if self.attention:
                 skip, alpha = AttentionGate(width, strides[level], self.dtype)(skip, x)
                 self.sow("intermediates", f"attention_{level}", alpha)
-            x = UpConv(width, strides[level], self.dtype)(x)
+            x = UPSAMPLERS[self.upsample](width, strides[level], self.dtype)(x)
             x = jnp.concatenate([x, skip], axis=-1)
             x = block(width, 2)(x, train)
         x = nn.Conv(self.out_channels, (1,) * ndim, dtype=self.dtype)(x)
