@@ -24,11 +24,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.weight_decay = 1e-4  # AdamW, kernels only
     config.clip_norm = 1.0  # global gradient norm; 0 turns clipping off
     config.mixed_precision = False  # bf16 compute, float32 parameters
+    # Loss weights of the auxiliary heads on decoder levels 1..k, one per level
+    # of model.deep_supervision (level 1: half resolution), e.g. (0.5, 0.25).
+    config.deep_supervision_weights = ()
 
     # The one U-Net builder (unet_jax/models/unet.py); variants are fields here.
     config.model = ml_collections.ConfigDict(dict(
         out_channels=1, features=32, depth=4, num_convs=2, norm="batch", block="plain", attention=False,
-        upsample="transpose", bottleneck="conv", transformer_hidden=768, transformer_layers=12, transformer_heads=12,
+        upsample="transpose", deep_supervision=0, bottleneck="conv", transformer_hidden=768, transformer_layers=12, transformer_heads=12,
         transformer_mlp=3072, transformer_dropout=0.1, transformer_patch=1))
 
     config.data = ml_collections.ConfigDict()

@@ -117,3 +117,26 @@ def test_mixed_precision_step_keeps_float32_state_and_learns():
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((state.params, state.opt_state))
                if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating))
     assert np.isfinite(seen).all() and seen[-1] < seen[0]
+
+
+def test_deep_supervision_heads_are_trained_by_their_weights_only():
+    model = UNet(features=4, depth=3, norm="none", deep_supervision=2)
+    x = jnp.zeros((1, 16, 16, 3))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    _, inter = model.apply(variables, x, mutable=["intermediates"])
+    assert [inter["intermediates"][f"aux_logits_{k}"][0].shape for k in (1, 2)] == [(1, 16, 16, 1)] * 2
+    state = steps.create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), x)
+    batch = jax.tree.map(jnp.asarray, _batch(4))
+    results = {}
+    for weights in ((0.0, 0.0), (0.5, 0.25)):
+        step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_bce_loss, aux_weights=weights))
+        new, m = step(state, batch)
+        moved = {k: float(jnp.abs(new.params[k]["kernel"] - state.params[k]["kernel"]).max())
+                 for k in ("aux_head_1", "aux_head_2", "Conv_0")}
+        results[weights] = (moved, float(m.compute()["loss"]))
+    (off, loss_off), (on, loss_on) = results[(0.0, 0.0)], results[(0.5, 0.25)]
+    assert off["aux_head_1"] == off["aux_head_2"] == 0.0 and off["Conv_0"] > 0
+    assert on["aux_head_1"] > 0 and on["aux_head_2"] > 0
+    assert loss_on == pytest.approx(loss_off)  # the reported loss is the main output's
+    with pytest.raises(ValueError, match="deep_supervision=3 must lie in"):
+        UNet(features=4, depth=3, deep_supervision=3).init(jax.random.PRNGKey(0), x)

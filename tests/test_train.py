@@ -139,3 +139,14 @@ def test_cli_errors_are_one_line(tmp_path):
                                 'Did you mean "learning_rate" instead of "learnin_rate"?')
     no_file = _main("--config=configs/nope.py", f"--workdir={tmp_path / 'w'}")
     assert "cannot load --config" in error_line(no_file) and "configs/nope.py" in error_line(no_file)
+
+
+def test_deep_supervision_weights_must_match_the_model(prepared_dir):
+    from unet_jax import parallel
+
+    config = tiny_config(prepared_dir)
+    config.model.deep_supervision = 1
+    with pytest.raises(ValueError, match="deep_supervision_weights has 0 entries but model.deep_supervision=1"):
+        train.compile_steps(config, parallel.make_mesh())
+    config.deep_supervision_weights = (0.5,)
+    assert len(train.compile_steps(config, parallel.make_mesh())) == 2

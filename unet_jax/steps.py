@@ -6,7 +6,7 @@ nothing here knows about devices, files or configs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -71,8 +71,13 @@ def split_micro_batches(batch: dict[str, jnp.ndarray], k: int) -> dict[str, jnp.
 
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: LossFn,
-               grad_accum_steps: int = 1) -> tuple[TrainState, metrics_lib.SegmentationMetrics]:
+               grad_accum_steps: int = 1,
+               aux_weights: Sequence[float] = ()) -> tuple[TrainState, metrics_lib.SegmentationMetrics]:
     """One optimiser update from `grad_accum_steps` micro-batches of `batch`.
+
+    `aux_weights[i]` weighs the loss of the deep-supervision head on decoder
+    level i + 1 (a model built with `deep_supervision=len(aux_weights)`); the
+    reported loss and metrics are the main output's.
 
     Gradients are averaged over micro-batches, so for a per-pixel-mean loss the
     update equals the one from the whole batch at once. BatchNorm statistics
@@ -90,10 +95,15 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: Los
         def loss_of(params):
             logits, updates = state.apply_fn(
                 _variables(params, batch_stats), micro["image"], train=True,
-                mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(step_rng, index)})
-            return loss_fn(logits, micro["mask"], micro["valid"]), (logits, updates)
+                mutable=["batch_stats", "intermediates"], rngs={"dropout": jax.random.fold_in(step_rng, index)})
+            loss = loss_fn(logits, micro["mask"], micro["valid"])
+            total = loss
+            for level, weight in enumerate(aux_weights, start=1):
+                (aux,) = updates["intermediates"][f"aux_logits_{level}"]
+                total = total + weight * loss_fn(aux, micro["mask"], micro["valid"])
+            return total, (loss, logits, updates)
 
-        (loss, (logits, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        (_, (loss, logits, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
         batch_stats = updates.get("batch_stats", batch_stats)
         metrics = metrics.merge(metrics_lib.compute_metrics(logits, micro["mask"], micro["valid"], loss))

@@ -55,8 +55,12 @@ def compile_steps(config, mesh):
     """The jitted train and eval steps: state replicated, batch sharded on `data`."""
     loss_fn = losses.get_loss(config.loss)
     repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    if len(config.deep_supervision_weights) != config.model.deep_supervision:
+        raise ValueError(f"deep_supervision_weights has {len(config.deep_supervision_weights)} entries but "
+                         f"model.deep_supervision={config.model.deep_supervision}; give one weight per level")
     train_step = jax.jit(
-        functools.partial(steps.train_step, loss_fn=loss_fn, grad_accum_steps=config.grad_accum_steps),
+        functools.partial(steps.train_step, loss_fn=loss_fn, grad_accum_steps=config.grad_accum_steps,
+                          aux_weights=tuple(config.deep_supervision_weights)),
         in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
     eval_step = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn),
                         in_shardings=(repl, data), out_shardings=(repl, data))

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,7 +28,9 @@ class UNet(nn.Module):
 
     With `attention`, each gate's coefficients are sown into the
     `intermediates` collection as `attention_<level>` (apply with
-    `mutable=["intermediates"]` to inspect them).
+    `mutable=["intermediates"]` to inspect them). With `deep_supervision=k`,
+    decoder levels 1..k (1: half resolution) also get a 1x1 head whose logits,
+    resized to the input's resolution, are sown as `aux_logits_<level>`.
     """
 
     out_channels: int = 1
@@ -40,6 +43,7 @@ class UNet(nn.Module):
     block: str = "plain"                # "plain" conv blocks or "residual" blocks
     attention: bool = False             # additive attention gates on every skip
     upsample: str = "transpose"         # "transpose" conv or "resize" plus conv
+    deep_supervision: int = 0           # auxiliary 1x1 heads on this many coarser decoder levels
     bottleneck: str = "conv"            # "conv" block or "transformer" (TransUNet style)
     transformer_hidden: int = 768       # ViT-B sizes by default
     transformer_layers: int = 12
@@ -73,6 +77,8 @@ class UNet(nn.Module):
         self.check_input_shape(x.shape[1:-1])
         kernel = tuple(self.kernel_size) if self.kernel_size is not None else (3,) * ndim
         convs = [self.num_convs] * (self.depth + 1) if isinstance(self.num_convs, int) else list(self.num_convs)
+        if not 0 <= self.deep_supervision < self.depth:
+            raise ValueError(f"deep_supervision={self.deep_supervision} must lie in [0, depth={self.depth})")
         if len(convs) != self.depth + 1:
             raise ValueError(f"num_convs has {len(convs)} entries; need depth + 1 = {self.depth + 1}")
         strides = self.level_strides(ndim)
@@ -105,5 +111,10 @@ class UNet(nn.Module):
             x = UPSAMPLERS[self.upsample](width, strides[level], self.dtype)(x)
             x = jnp.concatenate([x, skip], axis=-1)
             x = block(width, 2)(x, train)
+            if 0 < level <= self.deep_supervision:
+                aux = nn.Conv(self.out_channels, (1,) * ndim, dtype=self.dtype, name=f"aux_head_{level}")(x)
+                full = (aux.shape[0], *skips[0].shape[1:-1], self.out_channels)
+                self.sow("intermediates", f"aux_logits_{level}",
+                         jax.image.resize(aux.astype(jnp.float32), full, method="linear"))
         x = nn.Conv(self.out_channels, (1,) * ndim, dtype=self.dtype)(x)
         return x.astype(jnp.float32)
