@@ -150,3 +150,11 @@ def test_deep_supervision_weights_must_match_the_model(prepared_dir):
         train.compile_steps(config, parallel.make_mesh())
     config.deep_supervision_weights = (0.5,)
     assert len(train.compile_steps(config, parallel.make_mesh())) == 2
+
+
+def test_unknown_best_metric_is_refused_before_training(prepared_dir, tmp_path):
+    config = tiny_config(prepared_dir)
+    config.best_metric = "val_dice3d"
+    with pytest.raises(ValueError, match="best_metric='val_dice3d': choose one of"):
+        train.train_and_evaluate(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()

@@ -30,6 +30,7 @@ from unet_jax.models.unet import UNet
 
 CSV_COLUMNS = ["epoch", "step", "train_loss", "train_dice", "train_iou", "val_loss", "val_dice", "val_iou",
                "val_dice_per_image", "val_iou_per_image", "val_dice_3d", "val_dice_3d_lcc", "seconds"]
+VAL_METRICS = [c for c in CSV_COLUMNS if c.startswith("val_")]  # what best_metric may name
 
 
 # --- setup -----------------------------------------------------------------
@@ -114,6 +115,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     Returns the test summary, or None when the run stopped early (a signal or
     `config.halt_after_steps`) after saving a checkpoint to resume from.
     """
+    if config.best_metric not in VAL_METRICS:
+        raise ValueError(f"best_metric={config.best_metric!r}: choose one of {VAL_METRICS}")
     workdir = os.path.abspath(workdir)
     os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
     data_dir = config.data.data_dir
@@ -141,22 +144,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                       best_metric=config.best_metric, best_mode=config.best_mode)
     progress = {"epoch": 0, "step_in_epoch": 0, "history": []}
-    # Replicated like the step's outputs, so restored sums merge with them.
-    epoch_metrics = jax.device_put(metrics_lib.SegmentationMetrics.empty(), parallel.replicated(mesh))
+
+    def empty_metrics():  # replicated like the step's outputs, so restored sums merge with them
+        return jax.device_put(metrics_lib.SegmentationMetrics.empty(), parallel.replicated(mesh))
+
+    epoch_metrics = empty_metrics()
     if manager.latest_step() is not None:
         (state, epoch_metrics), progress = checkpoint.restore(
             manager, manager.latest_step(), (state, epoch_metrics), train_iter)
         logging.info("Resumed from step %d (epoch %d).", int(state.step), progress["epoch"] + 1)
     else:
         logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
-        writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+        writer.write_hparams(_flatten(config.to_dict()))
     train_step, eval_step = compile_steps(config, mesh)
     history = progress["history"]
 
     # ---- train
     report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                                       every_steps=config.log_every_steps)
-    halt_at = int(state.step) + config.halt_after_steps if config.halt_after_steps else None
+    step = int(state.step)  # counted on the host from here: reading state.step would sync every step
+    halt_at = step + config.halt_after_steps if config.halt_after_steps else None
     epoch_start = time.time()
     with StopRequest() as stop:
         for epoch in range(progress["epoch"], config.num_epochs):
@@ -164,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                 batch = parallel.to_global(next(train_iter), mesh)
                 state, batch_metrics = train_step(state, batch)
                 epoch_metrics = epoch_metrics.merge(batch_metrics)
-                step = int(state.step)
+                step += 1
                 report_progress(step, time.time())
                 if step % config.log_every_steps == 0:
                     writer.write_scalars(step, _scalars("train", batch_metrics.compute()))
@@ -180,7 +187,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             train_values = epoch_metrics.compute()
             val = evaluate.evaluate_split(eval_step, state, data_dir, "val", batch_size=config.eval_batch_size,
                                           normalization=config.data.normalization, mesh=mesh)
-            step = int(state.step)
             row = {"epoch": epoch + 1, "step": step, **_scalars("train", train_values),
                    **_scalars("val", val.metrics), "seconds": round(time.time() - epoch_start, 2)}
             history.append(row)
@@ -190,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             logging.info("epoch %d/%d: %s", epoch + 1, config.num_epochs,
                          ", ".join(f"{k}={row[k]:.4f}" for k in CSV_COLUMNS[2:] if k in row))
             progress.update(epoch=epoch + 1, step_in_epoch=0, history=history)
-            epoch_metrics = metrics_lib.SegmentationMetrics.empty()
+            epoch_metrics = empty_metrics()
             checkpoint.save(manager, step, (state, epoch_metrics), train_iter, progress,
                             metrics={config.best_metric: row[config.best_metric]})
             if jax.process_index() == 0:
