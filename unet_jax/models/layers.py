@@ -43,10 +43,18 @@ class Norm(nn.Module):
         raise ValueError(f"norm={self.kind!r}: choose one of {NORMS}")
 
 
+def conv_norm(x: jnp.ndarray, train: bool, features: int, kernel_size: Sequence[int], norm: str,
+              dtype: Any, name: str | None = None) -> jnp.ndarray:
+    """Convolution then norm, inside a compact method; the convolution has a bias
+    only without a norm (before a norm a bias has an exactly-zero true gradient,
+    and AdamW amplifies its rounding noise)."""
+    x = nn.Conv(features, tuple(kernel_size), padding="SAME", use_bias=norm == "none", dtype=dtype,
+                name=name)(x)
+    return Norm(norm, dtype=dtype, name=f"{name}_norm" if name else None)(x, train)
+
+
 class ConvBlock(nn.Module):
-    """`num_convs` x (conv, norm, ReLU); convolutions before a norm have no bias
-    (a bias there has an exactly-zero true gradient, and AdamW amplifies its
-    rounding noise)."""
+    """`num_convs` x (conv, norm, ReLU)."""
 
     features: int
     num_convs: int = 2
@@ -57,36 +65,24 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         for _ in range(self.num_convs):
-            x = nn.Conv(self.features, tuple(self.kernel_size), padding="SAME",
-                        use_bias=self.norm == "none", dtype=self.dtype)(x)
-            x = nn.relu(Norm(self.norm, dtype=self.dtype)(x, train))
+            x = nn.relu(conv_norm(x, train, self.features, self.kernel_size, self.norm, self.dtype))
         return x
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(ConvBlock):
     """`num_convs` conv-norm layers with ReLU between them, plus a shortcut
     (identity, or a 1x1 conv and norm when the width changes), then ReLU."""
-
-    features: int
-    num_convs: int = 2
-    kernel_size: Sequence[int] = (3, 3)
-    norm: str = "batch"
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         shortcut = x
         for i in range(self.num_convs):
-            x = nn.Conv(self.features, tuple(self.kernel_size), padding="SAME",
-                        use_bias=self.norm == "none", dtype=self.dtype)(x)
-            x = Norm(self.norm, dtype=self.dtype)(x, train)
+            x = conv_norm(x, train, self.features, self.kernel_size, self.norm, self.dtype)
             if i < self.num_convs - 1:
                 x = nn.relu(x)
         if shortcut.shape[-1] != self.features:
-            ones = (1,) * (x.ndim - 2)
-            shortcut = nn.Conv(self.features, ones, use_bias=self.norm == "none", dtype=self.dtype,
-                               name="shortcut")(shortcut)
-            shortcut = Norm(self.norm, dtype=self.dtype, name="shortcut_norm")(shortcut, train)
+            shortcut = conv_norm(shortcut, train, self.features, (1,) * (x.ndim - 2), self.norm, self.dtype,
+                                 name="shortcut")
         return nn.relu(x + shortcut)
 
 
