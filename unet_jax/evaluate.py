@@ -4,6 +4,7 @@ workdir's best checkpoint on any prepared folder (`--mode=evaluate`)."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -48,7 +49,7 @@ def evaluate_split(eval_step: Callable, state, data_dir: str, split: str, *, bat
                                shard_count=jax.process_count())
     totals = None
     volumes = metrics_lib.VolumeAccumulator()
-    channels: dict[tuple[int, int], np.ndarray] = {}
+    channels: dict[int, dict[int, np.ndarray]] = collections.defaultdict(dict)
     display_channel = min(display_channel, manifest["image_shape"][-1] - 1)
     for batch in ds:
         batch_metrics, preds = eval_step(state, parallel.to_global(batch, mesh))
@@ -59,13 +60,13 @@ def evaluate_split(eval_step: Callable, state, data_dir: str, split: str, *, bat
              batch["image"][..., display_channel]), tiled=True))
         volumes.add(preds, mask[..., 0] > 0.5, pidx, sl, valid)
         for i in np.flatnonzero(valid):
-            channels[(int(pidx[i]), int(sl[i]))] = image[i].astype(np.float16)
+            channels[int(pidx[i])][int(sl[i])] = image[i].astype(np.float16)
+    # One table (and one connected-component pass) per evaluation.
+    table = volumes.patient_table(names)
     result = {k: float(v) for k, v in totals.compute().items()}
-    result.update(volumes.per_patient_summary())
-    images = {}
-    for p in sorted({p for p, _ in channels}):
-        images[p] = np.stack([channels[k] for k in sorted(k for k in channels if k[0] == p)])
-    return Evaluation(split, result, volumes.patient_table(names), volumes, images, display_channel)
+    result.update(metrics_lib.mean_over_patients(table))
+    images = {p: np.stack([by_slice[n] for n in sorted(by_slice)]) for p, by_slice in channels.items()}
+    return Evaluation(split, result, table, volumes, images, display_channel)
 
 
 def best_and_worst_figure(ev: Evaluation, path: str, rows_per_patient: int = 4) -> None:

@@ -218,8 +218,9 @@ class VolumeAccumulator:
             ))
         return rows
 
-    def per_patient_summary(self) -> dict[str, float]:
-        """Means over patients of `dice_3d` and `dice_3d_lcc` (NaN if none)."""
-        rows = self.patient_table()
-        return {key: float(np.mean([row[key] for row in rows])) if rows else float("nan")
-                for key in ("dice_3d", "dice_3d_lcc")}
+
+def mean_over_patients(table: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Means over the rows of `VolumeAccumulator.patient_table` of `dice_3d` and
+    `dice_3d_lcc` (NaN if there are no patients)."""
+    return {key: float(np.mean([row[key] for row in table])) if table else float("nan")
+            for key in ("dice_3d", "dice_3d_lcc")}
