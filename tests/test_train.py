@@ -158,3 +158,11 @@ def test_unknown_best_metric_is_refused_before_training(prepared_dir, tmp_path):
     with pytest.raises(ValueError, match="best_metric='val_dice3d': choose one of"):
         train.train_and_evaluate(config, str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
+
+
+def test_eval_batch_size_must_split_over_the_devices(trained, prepared_dir):
+    workdir, _ = trained
+    config = tiny_config(prepared_dir)
+    config.eval_batch_size = 6  # 4 simulated devices
+    with pytest.raises(ValueError, match="eval_batch_size=6 must be a multiple of the 4 devices"):
+        train.evaluate_workdir(config, workdir, prepared_dir, "test")

@@ -44,7 +44,8 @@ def evaluate_split(eval_step: Callable, state, data_dir: str, split: str, *, bat
     """
     manifest = pipeline.read_manifest(data_dir)
     names = [p["patient"] for p in manifest["splits"][split]["patients"]]
-    ds = pipeline.eval_dataset(data_dir, split, batch_size=batch_size // jax.process_count(),
+    local_batch = parallel.check_batch_size(batch_size, mesh, name="eval_batch_size")
+    ds = pipeline.eval_dataset(data_dir, split, batch_size=local_batch,
                                normalization=normalization, shard_index=jax.process_index(),
                                shard_count=jax.process_count())
     totals = None

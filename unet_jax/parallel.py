@@ -40,12 +40,12 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def check_batch_size(global_batch: int, mesh: Mesh, grad_accum_steps: int = 1) -> int:
+def check_batch_size(global_batch: int, mesh: Mesh, grad_accum_steps: int = 1, name: str = "batch_size") -> int:
     """The per-process batch size; raises unless the global batch splits evenly
     over processes, devices and accumulation micro-batches."""
     devices = mesh.devices.size
     if global_batch % (devices * grad_accum_steps):
-        raise ValueError(f"batch_size={global_batch} must be a multiple of the {devices} devices times "
+        raise ValueError(f"{name}={global_batch} must be a multiple of the {devices} devices times "
                          f"grad_accum_steps={grad_accum_steps}")
     return global_batch // jax.process_count()
 

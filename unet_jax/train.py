@@ -123,6 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     manifest = pipeline.read_manifest(data_dir)
     mesh = parallel.make_mesh()
     local_batch = parallel.check_batch_size(config.batch_size, mesh, config.grad_accum_steps)
+    parallel.check_batch_size(config.eval_batch_size, mesh, name="eval_batch_size")  # before training, not after
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if jax.process_index() == 0:
         evaluate.write_json(os.path.join(workdir, "config.json"), config.to_dict())
