@@ -17,7 +17,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 16
     config.grad_accum_steps = 1
     config.num_epochs = 100
-    config.loss = "dice"  # "dice", "bce" or "dice_bce"
+    # "segmentation": model.out_channels=1 is a sigmoid (binary), C > 1 a softmax
+    # over C classes; "regression": the raw outputs are compared with the targets.
+    config.task = "segmentation"
+    # segmentation: "dice", "bce"/"ce", "dice_bce"/"dice_ce"; regression: "l1", "l2", "soft_jaccard"
+    config.loss = "dice"
     config.learning_rate = 1e-4
     config.lr_schedule = "constant"  # or "cosine" (decays to zero over the run)
     config.warmup_steps = 0
@@ -45,7 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
     # data_dir (the demo); None reads data_dir.
     config.data.synthetic = ml_collections.config_dict.placeholder(ml_collections.ConfigDict)
 
-    # Checkpoints keep the latest epoch and the best by this validation metric.
+    # Checkpoints keep the latest epoch and the best by this validation metric
+    # (regression: e.g. val_soft_jaccard).
     config.best_metric = "val_dice_3d"
     config.best_mode = "max"
 

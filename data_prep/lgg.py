@@ -9,8 +9,16 @@ Each slice becomes one tf.train.Example with
   slice         slice number from the file name (records sorted by it)
   tumor_pixels  number of mask pixels set
 
+With --volume_depth=D, each patient's slices are stacked into volumes instead:
+consecutive blocks of D slices, the last block padded with zero slices, one
+record per block with image [H, W, D, C], mask [H, W, D], shape [H, W, D, C],
+`slice` the block's first slice number and `slices` the D slice numbers (-1
+for padding). --size shrinks slices in-plane by block averaging (the mask is
+the average thresholded at 0.5), e.g. to 128x128 for the 3-D U-Net.
+
 Usage:
   python -m data_prep.lgg --data_dir=kaggle_3m --out_dir=data/lgg
+  python -m data_prep.lgg --data_dir=kaggle_3m --out_dir=data/lgg_3d --volume_depth=16 --size=128
 """
 
 from __future__ import annotations
@@ -122,35 +130,65 @@ def load_slice(s: Slice, image_shape: tuple[int, ...] | None) -> tuple[np.ndarra
     return image, mask.astype(np.uint8)
 
 
+def shrink(image: np.ndarray, mask: np.ndarray, size: int, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Block-averages an [H, W, C] uint8 image and its 0/1 mask to size x size;
+    the mask is its block average thresholded at 0.5."""
+    h, w = mask.shape
+    if h % size or w % size:
+        raise DataError(f"{path}: slice size {h}x{w} is not a multiple of --size={size}; "
+                        "choose a size that divides it")
+    fh, fw = h // size, w // size
+    image = image.reshape(size, fh, size, fw, -1).astype(np.float32).mean(axis=(1, 3))
+    mask = mask.reshape(size, fh, size, fw).astype(np.float32).mean(axis=(1, 3))
+    return np.round(image).astype(np.uint8), (mask >= 0.5).astype(np.uint8)
+
+
+def volume_blocks(numbers: list[int], images: list[np.ndarray], masks: list[np.ndarray], depth: int):
+    """Yields (slice numbers [depth], image [H, W, depth, C], mask [H, W, depth])
+    for consecutive blocks of `depth` slices; the last is padded with zero
+    slices numbered -1."""
+    for start in range(0, len(numbers), depth):
+        take = slice(start, start + depth)
+        pad = depth - len(numbers[take])
+        image = np.stack(images[take] + [np.zeros_like(images[0])] * pad, axis=2)
+        mask = np.stack(masks[take] + [np.zeros_like(masks[0])] * pad, axis=2)
+        yield np.array(numbers[take] + [-1] * pad), image, mask
+
+
 def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fraction: float = 0.1,
             seed: int = 0, num_folds: int = 0, fold: int = 0, records_per_shard: int = 512,
-            skip_bad: bool = False, overwrite: bool = False, progress: bool = True,
-            command: str | None = None) -> dict:
+            volume_depth: int = 0, size: int = 0, skip_bad: bool = False, overwrite: bool = False,
+            progress: bool = True, command: str | None = None) -> dict:
     """Validates `data_dir`, splits it by patient and writes shards plus manifest.json to `out_dir`.
 
-    Returns the manifest. Raises DataError on the first bad file unless
-    `skip_bad`, in which case bad slices are left out and listed in the manifest.
+    One record per slice, or with `volume_depth` one per block of that many
+    slices; `size` shrinks slices in-plane (0 keeps them). Returns the
+    manifest. Raises DataError on the first bad file unless `skip_bad`, in
+    which case bad slices are left out and listed in the manifest.
     """
     data_dir = os.path.abspath(data_dir)
     if records_per_shard < 1:
         raise DataError(f"--records_per_shard={records_per_shard}: must be at least 1")
+    if volume_depth < 0 or size < 0:
+        raise DataError(f"--volume_depth={volume_depth}, --size={size}: must be 0 (off) or positive")
     slices, problems = scan(data_dir)
     if problems and not skip_bad:
         raise DataError(f"{problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
     split = common.split_patients(list(slices), val_fraction=val_fraction, test_fraction=test_fraction,
                                   seed=seed, num_folds=num_folds, fold=fold)
     all_files = [f for ss in slices.values() for s in ss for f in (s.image, s.mask)] + [p.file for p in problems]
-    image_shape: tuple[int, ...] | None = None
+    image_shape: tuple[int, ...] | None = None  # of the source slices
+    record_shape: tuple[int, ...] | None = None  # of the records written
     splits: dict[str, dict] = {}
     total = sum(len(slices[p]) for p in slices)
     with common.atomic_output_dir(out_dir, overwrite) as tmp, \
             tqdm(total=total, desc="slices", unit="slice", disable=not progress) as bar:
         for name in common.SPLITS:
             writer = common.ShardedWriter(tmp, name, records_per_shard)
-            written = tumor = 0
+            written = tumor = examples = 0
             per_patient = []
             for patient_index, patient in enumerate(split[name]):
-                n_slices = n_tumor = 0
+                numbers, images, masks = [], [], []
                 for s in slices[patient]:
                     bar.update()
                     try:
@@ -161,17 +199,29 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
                         problems.append(Problem(*str(e).split(": ", 1)))
                         continue
                     image_shape = image.shape
-                    tumor_pixels = int(mask.sum())
+                    if size:
+                        image, mask = shrink(image, mask, size, s.image)
+                    numbers.append(s.number)
+                    images.append(image)
+                    masks.append(mask)
+                if volume_depth and numbers:
+                    blocks = volume_blocks(numbers, images, masks, volume_depth)
+                else:
+                    blocks = zip(numbers, images, masks)
+                for number, image, mask in blocks:
                     writer.write(encode_example({
                         "image": image.tobytes(), "mask": mask.tobytes(), "shape": image.shape,
-                        "patient_id": patient, "patient_index": patient_index, "slice": s.number,
-                        "tumor_pixels": tumor_pixels}))
-                    n_slices += 1
-                    n_tumor += tumor_pixels > 0
-                per_patient.append({"patient": patient, "num_slices": n_slices, "num_tumor_slices": n_tumor})
-                written += n_slices
+                        "patient_id": patient, "patient_index": patient_index,
+                        "slice": int(number[0]) if volume_depth else number,
+                        **({"slices": number} if volume_depth else {}),
+                        "tumor_pixels": int(mask.sum())}))
+                    record_shape = image.shape
+                    examples += 1
+                n_tumor = sum(int(m.any()) for m in masks)
+                per_patient.append({"patient": patient, "num_slices": len(numbers), "num_tumor_slices": n_tumor})
+                written += len(numbers)
                 tumor += n_tumor
-            splits[name] = {"num_patients": len(split[name]), "num_slices": written,
+            splits[name] = {"num_patients": len(split[name]), "num_slices": written, "num_examples": examples,
                             "num_tumor_slices": tumor, "patients": per_patient, "shards": writer.close()}
         if image_shape is None:
             raise DataError(f"{data_dir}: no valid slices were found; check the folder or drop --skip_bad "
@@ -182,8 +232,11 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
             "source": data_dir,
             "source_files": len(all_files),
             "source_checksum": common.file_list_checksum(data_dir, all_files),
-            "image_shape": list(image_shape),
-            "mask": "uint8 0/1, H*W",
+            "image_shape": list(record_shape),
+            "source_image_shape": list(image_shape),
+            "layout": "volumes" if volume_depth else "slices",
+            "volume_depth": volume_depth,
+            "mask": "uint8 0/1, H*W*D" if volume_depth else "uint8 0/1, H*W",
             "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
                       "num_folds": num_folds, "fold": fold},
             "splits": splits,
@@ -206,18 +259,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_folds", type=int, default=0, help="k-fold cross-validation over patients (0: off)")
     parser.add_argument("--fold", type=int, default=0, help="which fold is the test set, 0..num_folds-1")
     parser.add_argument("--records_per_shard", type=int, default=512)
+    parser.add_argument("--volume_depth", type=int, default=0,
+                        help="stack each patient's slices into volumes of this many slices (0: one record per slice)")
+    parser.add_argument("--size", type=int, default=0,
+                        help="shrink slices in-plane to size x size by block averaging (0: keep)")
     parser.add_argument("--skip_bad", action="store_true", help="skip bad slices and list them in the manifest")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
     args = parser.parse_args(argv)
     try:
         m = prepare(args.data_dir, args.out_dir, val_fraction=args.val_fraction,
                     test_fraction=args.test_fraction, seed=args.seed, num_folds=args.num_folds,
-                    fold=args.fold, records_per_shard=args.records_per_shard, skip_bad=args.skip_bad,
+                    fold=args.fold, records_per_shard=args.records_per_shard,
+                    volume_depth=args.volume_depth, size=args.size, skip_bad=args.skip_bad,
                     overwrite=args.overwrite)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = ", ".join(f"{k} {v['num_patients']} patients/{v['num_slices']} slices "
+    summary = ", ".join(f"{k} {v['num_patients']} patients/{v['num_slices']} slices/{v['num_examples']} records "
                         f"({v['num_tumor_slices']} with tumour)" for k, v in m["splits"].items())
     print(f"wrote {os.path.abspath(args.out_dir)}: {summary}; skipped {len(m['skipped'])}")
     return 0

@@ -1,4 +1,5 @@
-"""Losses against float64 NumPy references; padding, accumulation and 3-D shapes."""
+"""Losses against float64 NumPy references (sigmoid, softmax and regression);
+padding, accumulation and 3-D shapes."""
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +30,36 @@ def _ref_bce(logits, targets):
     return np.mean(np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x))))
 
 
-REFERENCES = {"dice": _ref_dice, "bce": _ref_bce,
-              "dice_bce": lambda *a: _ref_dice(*a) + _ref_bce(*a)}
+def _ref_softmax_dice(logits, labels, smooth=1.0):
+    x = logits.astype(np.float64)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    t = np.eye(x.shape[-1])[labels[..., 0].astype(int)]
+    axes = tuple(range(x.ndim - 1))
+    per_class = 1 - (2 * (p * t).sum(axes) + smooth) / (p.sum(axes) + t.sum(axes) + smooth)
+    return per_class[1:].mean()
+
+
+def _ref_softmax_ce(logits, labels):
+    x = logits.astype(np.float64)
+    log_p = x - x.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    return -np.take_along_axis(log_p, labels.astype(int), axis=-1).mean()
+
+
+def _ref_soft_jaccard(y, t, smooth=1.0):
+    y, t = y.astype(np.float64), t.astype(np.float64)
+    return 1 - (np.minimum(y, t).sum() + smooth) / (np.maximum(y, t).sum() + smooth)
+
+
+REFERENCES = {"dice": _ref_dice, "bce": _ref_bce, "ce": _ref_bce,
+              "dice_bce": lambda *a: _ref_dice(*a) + _ref_bce(*a),
+              "dice_ce": lambda *a: _ref_dice(*a) + _ref_bce(*a),
+              "l1": lambda y, t: np.abs(y.astype(np.float64) - t).mean(),
+              "l2": lambda y, t: np.square(y.astype(np.float64) - t).mean(),
+              "soft_jaccard": _ref_soft_jaccard}
+SOFTMAX_REFERENCES = {"dice": _ref_softmax_dice, "ce": _ref_softmax_ce,
+                      "dice_ce": lambda *a: _ref_softmax_dice(*a) + _ref_softmax_ce(*a)}
 
 
 @pytest.mark.parametrize("name", sorted(losses.LOSSES))
@@ -62,13 +91,42 @@ def test_bce_micro_batch_mean_equals_full_batch():
 @pytest.mark.parametrize("name", sorted(losses.LOSSES))
 def test_all_invalid_batch_is_finite_and_has_finite_gradient(name):
     logits, targets = _batch()
-    loss_fn = losses.get_loss(name)
+    loss_fn = losses.LOSSES[name]
     weights = jnp.zeros(4, bool)
     loss, grad = jax.jit(jax.value_and_grad(loss_fn))(jnp.asarray(logits), targets, weights)
     assert np.isfinite(loss)
     assert np.all(np.isfinite(grad)) and not np.any(grad)
 
 
-def test_unknown_loss_name_lists_valid_names():
-    with pytest.raises(ValueError, match="unknown loss 'focal'; valid names: bce, dice, dice_bce"):
+@pytest.mark.parametrize("name", sorted(SOFTMAX_REFERENCES))
+@pytest.mark.parametrize("shape", [(4, 8, 8), (2, 6, 6, 4)])
+def test_softmax_losses_match_numpy_for_three_classes(name, shape):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=2.0, size=(*shape, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, size=(*shape, 1)).astype(np.float32)
+    labels[1] = 0  # an example without foreground
+    loss = LOSSES[name](logits, labels, jnp.ones(shape[0], bool))
+    np.testing.assert_allclose(loss, SOFTMAX_REFERENCES[name](logits, labels), rtol=1e-5)
+
+
+def test_two_class_softmax_dice_is_the_sigmoid_dice_of_the_logit_difference():
+    # softmax([0, z])[1] = sigmoid(z): a 2-channel head reduces to the 1-channel one.
+    logits, targets = _batch()
+    two = np.concatenate([np.zeros_like(logits), logits], axis=-1)
+    np.testing.assert_allclose(LOSSES["dice"](two, targets), LOSSES["dice"](logits, targets), rtol=1e-6)
+    np.testing.assert_allclose(LOSSES["ce"](two, targets), LOSSES["ce"](logits, targets), rtol=1e-6)
+
+
+def test_regression_losses_refuse_shapes_that_would_broadcast():
+    with pytest.raises(ValueError, match="set model.out_channels"):
+        losses.l1_loss(jnp.zeros((2, 4, 4, 3)), jnp.zeros((2, 4, 4, 1)))
+
+
+def test_get_loss_checks_the_task():
+    assert losses.get_loss("l1", "regression") is losses.l1_loss
+    with pytest.raises(ValueError, match="loss='dice' is not a regression loss; valid names: l1, l2, soft_jaccard"):
+        losses.get_loss("dice", "regression")
+    with pytest.raises(ValueError, match="loss='focal' is not a segmentation loss; valid names: bce, ce, dice"):
         losses.get_loss("focal")
+    with pytest.raises(ValueError, match="task='classification'"):
+        losses.get_loss("dice", "classification")

@@ -1,6 +1,8 @@
 """Metrics: empty-mask conventions, dataset vs per-image scores, masking and
 merging of clu collections, largest component and per-patient volumes."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,11 +18,11 @@ def _logits(pred):
     return np.where(pred, POS, NEG).astype(np.float32)
 
 
-def test_binary_stats_matches_numpy_reference():
+def test_overlap_stats_matches_numpy_reference():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(5, 6, 6, 1)).astype(np.float32)
     targets = (rng.random((5, 6, 6, 1)) > 0.6).astype(np.float32)
-    stats = jax.jit(metrics.binary_stats)(logits, targets)
+    stats = jax.jit(metrics.overlap_stats)(logits, targets)
     p, t = logits[..., 0] > 0, targets[..., 0] > 0.5
     inter = (p & t).sum((1, 2)).astype(np.float64)
     ps, ts = p.sum((1, 2)), t.sum((1, 2))
@@ -32,23 +34,23 @@ def test_binary_stats_matches_numpy_reference():
     assert all(v.dtype == jnp.float32 and v.shape == (5,) for v in stats.values())
 
 
-def test_binary_stats_empty_mask_conventions():
+def test_overlap_stats_empty_mask_conventions():
     target = np.zeros((3, 4, 4, 1), np.float32)
     target[2, 1:3, 1:3] = 1.0
     pred = np.zeros((3, 4, 4, 1), bool)
     pred[1, 0, 0] = True   # empty mask, non-empty prediction
     pred[2] = target[2] > 0  # perfect prediction
-    stats = jax.jit(metrics.binary_stats)(_logits(pred), target)
+    stats = jax.jit(metrics.overlap_stats)(_logits(pred), target)
     np.testing.assert_allclose(stats["dice"], [1.0, 0.0, 1.0])
     np.testing.assert_allclose(stats["iou"], [1.0, 0.0, 1.0], atol=1e-5)
     assert 0 < stats["iou"][1] < 1e-5
 
 
-def test_binary_stats_threshold_and_3d():
+def test_overlap_stats_threshold_and_3d():
     logits = np.array([-1.0, 0.5, 1.5, 3.0], np.float32).reshape(1, 2, 2, 1, 1)
     target = np.ones_like(logits)
-    assert metrics.binary_stats(logits, target)["pred_sum"][0] == 3
-    assert metrics.binary_stats(logits, target, threshold=0.9)["pred_sum"][0] == 1  # logit 2.2
+    assert metrics.overlap_stats(logits, target)["pred_sum"][0] == 3
+    assert metrics.overlap_stats(logits, target, threshold=0.9)["pred_sum"][0] == 1  # logit 2.2
 
 
 def _crafted_batch():
@@ -218,3 +220,60 @@ def test_volume_accumulator_rejects_duplicate_slices():
     accumulator.add(batch, batch, np.array([0, 0]), np.array([5, 5]), np.array([True, True]))
     with pytest.raises(ValueError, match="slice number more than once"):
         accumulator.volumes()
+
+
+def test_overlap_stats_softmax_micro_averages_foreground_classes():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, 6, 6, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, size=(4, 6, 6, 1)).astype(np.float32)
+    stats = jax.jit(metrics.overlap_stats)(logits, labels)
+    pred, target = logits.argmax(-1), labels[..., 0]
+    inter = sum(((pred == k) & (target == k)).sum((1, 2)) for k in (1, 2))
+    ps, ts = (pred > 0).sum((1, 2)), (target > 0).sum((1, 2))
+    np.testing.assert_array_equal(stats["intersection"], inter)
+    np.testing.assert_array_equal(stats["pred_sum"], ps)
+    np.testing.assert_array_equal(stats["target_sum"], ts)
+    np.testing.assert_allclose(stats["dice"], 2 * inter / (ps + ts), rtol=1e-6)
+    np.testing.assert_array_equal(metrics.predict(logits), pred)
+
+
+def test_predict_by_task():
+    logits = np.array([[[-1.0], [2.0]]], np.float32)  # [1, 2, 1]
+    np.testing.assert_array_equal(metrics.predict(logits), [[0, 1]])
+    assert metrics.predict(logits).dtype == jnp.int32
+    np.testing.assert_array_equal(metrics.predict(logits, "regression"), logits)
+
+
+def test_regression_metrics_match_numpy_with_padding():
+    rng = np.random.default_rng(4)
+    outputs = rng.normal(0.4, 0.3, size=(4, 5, 5, 1)).astype(np.float32)
+    targets = rng.random((4, 5, 5, 1)).astype(np.float32)
+    valid = np.array([True, True, True, False])
+    result = jax.jit(functools.partial(metrics.compute_metrics, task="regression"))(
+        outputs, targets, valid, jnp.float32(0.5)).compute()
+    y, t = outputs[:3].astype(np.float64), targets[:3].astype(np.float64)
+    yc = np.maximum(y, 0)
+    assert set(result) == {"loss", "mae", "rmse", "soft_jaccard", "soft_jaccard_per_image"}
+    np.testing.assert_allclose(result["mae"], np.abs(y - t).mean(), rtol=1e-5)
+    np.testing.assert_allclose(result["rmse"], np.sqrt(np.square(y - t).mean()), rtol=1e-5)
+    np.testing.assert_allclose(result["soft_jaccard"], np.minimum(yc, t).sum() / np.maximum(yc, t).sum(), rtol=1e-5)
+    per_image = np.minimum(yc, t).sum((1, 2, 3)) / np.maximum(yc, t).sum((1, 2, 3))
+    np.testing.assert_allclose(result["soft_jaccard_per_image"], per_image.mean(), rtol=1e-5)
+    zeros = np.zeros((1, 3, 3, 1), np.float32)
+    assert metrics.regression_stats(zeros, zeros)["jaccard"][0] == 1.0  # all zero on all zero
+    assert metrics.metric_names("regression") == list(result)
+
+
+def test_volume_accumulator_scores_each_foreground_class():
+    target = np.zeros((2, 4, 4), np.uint8)
+    target[0, :2, :2] = 1
+    target[1, 2:, 2:] = 2
+    pred = target.copy()
+    pred[1, 3, 3] = 1  # one voxel of class 2 called class 1
+    accumulator = metrics.VolumeAccumulator(num_classes=3)
+    accumulator.add(pred, target, np.zeros(2, np.int32), np.array([0, 1]), np.ones(2, bool))
+    (row,) = accumulator.patient_table()
+    assert row["dice_3d_class1"] == pytest.approx(2 * 4 / (5 + 4))
+    assert row["dice_3d_class2"] == pytest.approx(2 * 3 / (3 + 4))
+    assert row["dice_3d"] == pytest.approx((row["dice_3d_class1"] + row["dice_3d_class2"]) / 2)
+    assert row["tumor_voxels"] == 8 and row["pred_voxels"] == 8

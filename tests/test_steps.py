@@ -37,8 +37,8 @@ def test_gradient_accumulation_equals_the_full_batch():
     # would hide a wrong scale, since it normalises the gradient).
     state = _state("none", optax.sgd(1.0))
     batch = jax.tree.map(jnp.asarray, _batch(8))
-    full = jax.jit(functools.partial(steps.train_step, loss_fn=losses.bce_loss, grad_accum_steps=1))
-    accum = jax.jit(functools.partial(steps.train_step, loss_fn=losses.bce_loss, grad_accum_steps=4))
+    full = jax.jit(functools.partial(steps.train_step, loss_fn=losses.cross_entropy_loss, grad_accum_steps=1))
+    accum = jax.jit(functools.partial(steps.train_step, loss_fn=losses.cross_entropy_loss, grad_accum_steps=4))
     s1, m1 = full(state, batch)
     s4, m4 = accum(state, batch)
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
@@ -56,7 +56,7 @@ def test_one_and_four_devices_give_the_same_losses():
     for devices in (jax.devices()[:1], jax.devices()[:4]):
         mesh = parallel.make_mesh(devices)
         repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-        step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_bce_loss, grad_accum_steps=1),
+        step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_ce_loss, grad_accum_steps=1),
                        in_shardings=(repl, data), out_shardings=(repl, repl))
         # SGD: parameters then differ only as much as the gradients do (Adam's
         # first steps are sign-like and turn rounding noise into full steps).
@@ -108,7 +108,7 @@ def test_mixed_precision_step_keeps_float32_state_and_learns():
     model = UNet(features=4, depth=2, norm="batch", dtype=jnp.bfloat16)
     tx = steps.make_optimizer(1e-2, total_steps=10, schedule="constant")
     state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_bce_loss, grad_accum_steps=2))
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_ce_loss, grad_accum_steps=2))
     batch = jax.tree.map(jnp.asarray, _batch(8))
     seen = []
     for _ in range(4):
@@ -129,7 +129,7 @@ def test_deep_supervision_heads_are_trained_by_their_weights_only():
     batch = jax.tree.map(jnp.asarray, _batch(4))
     results = {}
     for weights in ((0.0, 0.0), (0.5, 0.25)):
-        step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_bce_loss, aux_weights=weights))
+        step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_ce_loss, aux_weights=weights))
         new, m = step(state, batch)
         moved = {k: float(jnp.abs(new.params[k]["kernel"] - state.params[k]["kernel"]).max())
                  for k in ("aux_head_1", "aux_head_2", "Conv_0")}

@@ -166,3 +166,71 @@ def test_eval_batch_size_must_split_over_the_devices(trained, prepared_dir):
     config.eval_batch_size = 6  # 4 simulated devices
     with pytest.raises(ValueError, match="eval_batch_size=6 must be a multiple of the 4 devices"):
         train.evaluate_workdir(config, workdir, prepared_dir, "test")
+
+
+def test_softmax_head_trains_and_scores_like_the_sigmoid_one(prepared_dir, tmp_path):
+    """Two softmax classes on the binary phantoms: the same columns, per-patient
+    Dice of the one foreground class, and the loss falls."""
+    config = tiny_config(prepared_dir)
+    config.model.out_channels = 2
+    config.loss = "dice_ce"
+    config.num_epochs = 2
+    summary = train.train_and_evaluate(config, str(tmp_path / "softmax"))
+    rows = _rows(str(tmp_path / "softmax"))
+    assert list(rows[0]) == train.csv_columns("segmentation")
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert 0 <= summary["metrics"]["dice_3d"] <= 1
+    assert "dice_3d_class1" not in summary["patients"][0]  # one foreground class: no per-class columns
+
+
+def test_regression_head_trains_on_the_mask_as_a_grey_level_target(prepared_dir, tmp_path):
+    config = tiny_config(prepared_dir)
+    config.task = "regression"
+    config.loss = "l1"
+    config.best_metric = "val_soft_jaccard"
+    config.num_epochs = 2
+    workdir = str(tmp_path / "regression")
+    summary = train.train_and_evaluate(config, workdir)
+    rows = _rows(workdir)
+    assert list(rows[0]) == train.csv_columns("regression")
+    assert "val_soft_jaccard" in rows[0] and "val_dice_3d" not in rows[0]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert set(summary["metrics"]) == {"loss", "mae", "rmse", "soft_jaccard", "soft_jaccard_per_image"}
+    assert set(os.listdir(os.path.join(workdir, "figures"))) == {"learning_curves.png", "test_predictions.png"}
+
+
+def test_regression_rejects_a_segmentation_loss_and_metric(prepared_dir, tmp_path):
+    config = tiny_config(prepared_dir)
+    config.task = "regression"
+    with pytest.raises(ValueError, match="best_metric='val_dice_3d': choose one of"):
+        train.train_and_evaluate(config, str(tmp_path / "a"))
+    config.best_metric = "val_mae"
+    config.best_mode = "min"
+    with pytest.raises(ValueError, match="loss='dice_bce' is not a regression loss"):
+        train.train_and_evaluate(config, str(tmp_path / "b"))
+
+
+@pytest.fixture(scope="module")
+def volume_dir(phantom_dir, tmp_path_factory):
+    """The phantoms as 32x32x8 volumes (12 slices per patient: a full block and a half-padded one)."""
+    out = str(tmp_path_factory.mktemp("volumes") / "lgg_3d")
+    lgg.prepare(phantom_dir, out, val_fraction=1 / 6, test_fraction=1 / 6, seed=0, volume_depth=8,
+                progress=False, command="test")
+    return out
+
+
+def test_3d_unet_trains_on_patient_volumes_and_scores_every_slice(volume_dir, tmp_path):
+    config = tiny_config(volume_dir)
+    config.model.kernel_size = ((3, 3, 1), (3, 3, 3), (3, 3, 3))
+    config.model.pool_strides = ((2, 2, 1), (2, 2, 2))
+    config.model.norm = "none"
+    config.batch_size = 4
+    config.eval_batch_size = 4
+    config.num_epochs = 2
+    workdir = str(tmp_path / "volumes")
+    summary = train.train_and_evaluate(config, workdir)
+    rows = _rows(workdir)
+    assert [int(r["step"]) for r in rows] == [2, 4]  # 4 patients x 2 blocks / batch 4
+    # Padding slices are dropped: the test patient's 12 real slices, in order.
+    assert summary["patients"][0]["num_slices"] == 12
+    assert 0 <= summary["metrics"]["dice_3d"] <= 1

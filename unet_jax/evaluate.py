@@ -22,25 +22,51 @@ from unet_jax.data import pipeline
 
 @dataclasses.dataclass
 class Evaluation:
-    """What one pass over a split produced."""
+    """What one pass over a split produced, slice by slice (volume records are
+    cut back into their slices)."""
 
     split: str
-    metrics: dict[str, float]      # per-slice (dataset and per-image) and per-patient scores
-    patients: list[dict]           # one row per patient, see VolumeAccumulator.patient_table
-    volumes: metrics_lib.VolumeAccumulator
+    metrics: dict[str, float]      # the task's metrics, plus per-patient scores for segmentation
+    patients: list[dict]           # segmentation: one row per patient (VolumeAccumulator.patient_table)
+    volumes: metrics_lib.VolumeAccumulator  # segmentation: predicted and true labels per patient
     images: dict[int, np.ndarray]  # patient_index -> display channel [S, H, W], slice order
     display_channel: int           # which input channel `images` holds (1: FLAIR in LGG data)
+    # regression: patient_index -> (output, target) of the first channel [S, H, W], slice order
+    outputs: dict[int, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"split": self.split, "metrics": self.metrics, "patients": self.patients}
 
 
+def unstack_depth(arrays: dict[str, np.ndarray], slices: np.ndarray) -> dict[str, np.ndarray]:
+    """Cuts a batch of volume records into slices: every array [B, H, W, D, ...]
+    becomes [B*D, H, W, ...]; `patient_index` and `valid` [B] are repeated per
+    slice, `slice` takes the numbers of `slices` [B, D], and padding slices
+    (number -1) become invalid."""
+    depth = slices.shape[1]
+    out = {}
+    for key, x in arrays.items():
+        if key == "slice":
+            continue
+        if key in ("patient_index", "valid"):
+            out[key] = np.repeat(x, depth)
+        else:
+            x = np.moveaxis(x, 3, 1)
+            out[key] = x.reshape(-1, *x.shape[2:])
+    out["slice"] = slices.reshape(-1)
+    out["valid"] = out["valid"] & (out["slice"] >= 0)
+    return out
+
+
 def evaluate_split(eval_step: Callable, state, data_dir: str, split: str, *, batch_size: int,
-                   normalization: str, mesh, display_channel: int = 1) -> Evaluation:
+                   normalization: str, mesh, task: str = "segmentation", num_classes: int = 2,
+                   display_channel: int = 1) -> Evaluation:
     """Runs the jitted `eval_step` over every example of `split` once.
 
     `batch_size` is global; padding examples of the last batch are excluded
-    from every metric. `display_channel` of each image is kept for figures.
+    from every metric. Segmentation adds per-patient 3-D Dice over the
+    foreground classes of `num_classes`; `display_channel` of each image is
+    kept for figures.
     """
     manifest = pipeline.read_manifest(data_dir)
     names = [p["patient"] for p in manifest["splits"][split]["patients"]]
@@ -49,25 +75,40 @@ def evaluate_split(eval_step: Callable, state, data_dir: str, split: str, *, bat
                                normalization=normalization, shard_index=jax.process_index(),
                                shard_count=jax.process_count())
     totals = None
-    volumes = metrics_lib.VolumeAccumulator()
+    volumes = metrics_lib.VolumeAccumulator(num_classes)
     channels: dict[int, dict[int, np.ndarray]] = collections.defaultdict(dict)
+    outputs: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = collections.defaultdict(dict)
     display_channel = min(display_channel, manifest["image_shape"][-1] - 1)
     for batch in ds:
         batch_metrics, preds = eval_step(state, parallel.to_global(batch, mesh))
         totals = batch_metrics if totals is None else totals.merge(batch_metrics)
         # Every process gathers every prediction: per-patient volumes need them all.
-        preds, mask, pidx, sl, valid, image = (np.asarray(x) for x in multihost_utils.process_allgather(
-            (preds, batch["mask"], batch["patient_index"], batch["slice"], batch["valid"],
-             batch["image"][..., display_channel]), tiled=True))
-        volumes.add(preds, mask[..., 0] > 0.5, pidx, sl, valid)
-        for i in np.flatnonzero(valid):
-            channels[int(pidx[i])][int(sl[i])] = image[i].astype(np.float16)
-    # One table (and one connected-component pass) per evaluation.
-    table = volumes.patient_table(names)
+        keys = ["patient_index", "slice", "valid"] + (["slices"] if "slices" in batch else [])
+        host = {k: np.asarray(v) for k, v in multihost_utils.process_allgather(
+            {"pred": preds, "target": batch["mask"][..., 0] if task == "segmentation" else batch["mask"],
+             "image": batch["image"][..., display_channel], **{k: batch[k] for k in keys}},
+            tiled=True).items()}
+        if "slices" in host:
+            host = unstack_depth(host, host.pop("slices"))
+        valid = np.flatnonzero(host["valid"])
+        if task == "segmentation":
+            volumes.add(host["pred"], host["target"], host["patient_index"], host["slice"], host["valid"])
+        for i in valid:
+            p, n = int(host["patient_index"][i]), int(host["slice"][i])
+            channels[p][n] = host["image"][i].astype(np.float16)
+            if task == "regression":
+                outputs[p][n] = (host["pred"][i, ..., 0].astype(np.float16),
+                                 host["target"][i, ..., 0].astype(np.float16))
     result = {k: float(v) for k, v in totals.compute().items()}
-    result.update(metrics_lib.mean_over_patients(table))
+    table = []
+    if task == "segmentation":
+        # One table (and one connected-component pass) per evaluation.
+        table = volumes.patient_table(names)
+        result.update(metrics_lib.mean_over_patients(table))
     images = {p: np.stack([by_slice[n] for n in sorted(by_slice)]) for p, by_slice in channels.items()}
-    return Evaluation(split, result, table, volumes, images, display_channel)
+    stacked = {p: tuple(np.stack([by_slice[n][j] for n in sorted(by_slice)]) for j in (0, 1))
+               for p, by_slice in outputs.items()}
+    return Evaluation(split, result, table, volumes, images, display_channel, stacked)
 
 
 def best_and_worst_figure(ev: Evaluation, path: str, rows_per_patient: int = 4) -> None:
@@ -92,6 +133,26 @@ def best_and_worst_figure(ev: Evaluation, path: str, rows_per_patient: int = 4) 
     report.plot_prediction_grid(np.stack(images), np.stack(targets), np.stack(preds), path,
                                 titles=titles, channel=0, max_rows=len(images),
                                 channel_label=f"channel {ev.display_channel}")
+
+
+def regression_figure(ev: Evaluation, path: str, rows: int = 6) -> None:
+    """The slices of largest target mass (input, target, output, error), titled
+    with their grey-level Jaccard."""
+    candidates = []
+    for p, (output, target) in ev.outputs.items():
+        for i in range(len(target)):
+            candidates.append((float(target[i].astype(np.float32).sum()), p, i))
+    chosen = sorted(candidates, reverse=True)[:rows]
+    images, targets, outputs, titles = [], [], [], []
+    for _, p, i in chosen:
+        output, target = (x[i].astype(np.float32) for x in ev.outputs[p])
+        images.append(ev.images[p][i].astype(np.float32))
+        targets.append(target)
+        outputs.append(output)
+        jaccard = float(metrics_lib.regression_stats(output[None], target[None])["jaccard"][0])
+        titles.append(f"patient {p}, slice {i + 1} of {len(ev.outputs[p][1])}  Jaccard {jaccard:.2f}")
+    report.plot_regression_grid(np.stack(images), np.stack(targets), np.stack(outputs), path, titles=titles,
+                                image_label=f"image (channel {ev.display_channel})")
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -1,8 +1,12 @@
-"""Segmentation losses for binary (sigmoid) logits, in pure jax.numpy.
+"""Losses for the three heads, in pure jax.numpy.
 
-Every loss takes logits and 0/1 targets of shape [B, *spatial, 1] for any number
-of spatial dimensions, and an optional per-example validity `weights` [B] so the
-padding examples that fill the last evaluation batch contribute nothing.
+Segmentation: one output channel is a sigmoid (binary), C > 1 channels a
+softmax over C classes; targets are labels [B, *spatial, 1] (0/1, or 0..C-1).
+Regression: the raw outputs are compared with float targets of the same shape.
+
+Every loss works for any number of spatial dimensions and takes an optional
+per-example validity `weights` [B], so the padding examples that fill the last
+evaluation batch contribute nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 LossFn = Callable[..., jnp.ndarray]
+TASKS = ("segmentation", "regression")
 
 
 def _broadcast_weights(weights: jnp.ndarray | None, x: jnp.ndarray) -> jnp.ndarray:
@@ -23,53 +28,119 @@ def _broadcast_weights(weights: jnp.ndarray | None, x: jnp.ndarray) -> jnp.ndarr
     return jnp.asarray(weights, jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def dice_loss(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray | None = None,
-              smooth: float = 1.0) -> jnp.ndarray:
-    """Soft Dice loss over the whole batch at once.
+def _pixel_mean(per_pixel: jnp.ndarray, weights: jnp.ndarray | None) -> jnp.ndarray:
+    """Mean over the elements of valid examples; 0 for an all-invalid batch.
 
-    `1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth)` with p = sigmoid(logits),
-    the sums running over every pixel of every valid example (not a mean of
-    per-example Dice), as in the reference PyTorch training step.
-    """
-    # Losses are computed in float32 whatever the compute dtype of the model.
-    probs = jax.nn.sigmoid(logits.astype(jnp.float32))
-    targets = targets.astype(jnp.float32)
-    w = _broadcast_weights(weights, probs)
-    intersection = jnp.sum(w * probs * targets)
-    denominator = jnp.sum(w * probs) + jnp.sum(w * targets)
-    return 1.0 - (2.0 * intersection + smooth) / (denominator + smooth)
-
-
-def bce_loss(logits: jnp.ndarray, targets: jnp.ndarray,
-             weights: jnp.ndarray | None = None) -> jnp.ndarray:
-    """Binary cross-entropy from logits, mean over the pixels of valid examples.
-
-    A per-pixel mean, so averaging it over k micro-batches with the same number
-    of valid examples equals the loss of the full batch (gradient accumulation is
-    exact). An all-invalid batch gives 0.
-    """
-    logits = logits.astype(jnp.float32)
-    w = _broadcast_weights(weights, logits)
-    per_pixel = optax.sigmoid_binary_cross_entropy(logits, targets.astype(jnp.float32))
+    A per-element mean, so averaging it over k micro-batches with the same
+    number of valid examples equals the loss of the full batch (gradient
+    accumulation is exact)."""
+    w = _broadcast_weights(weights, per_pixel)
     count = jnp.sum(w) * (per_pixel.size // per_pixel.shape[0])
     return jnp.sum(w * per_pixel) / jnp.maximum(count, 1.0)
 
 
-def dice_bce_loss(logits: jnp.ndarray, targets: jnp.ndarray,
-                  weights: jnp.ndarray | None = None) -> jnp.ndarray:
-    """`dice_loss + bce_loss`."""
-    return dice_loss(logits, targets, weights) + bce_loss(logits, targets, weights)
+def one_hot_targets(targets: jnp.ndarray, num_channels: int) -> jnp.ndarray:
+    """Labels [B, *spatial, 1] as float targets with `num_channels` channels: the
+    0/1 mask itself for one channel, one-hot over the classes otherwise."""
+    if num_channels == 1:
+        return targets.astype(jnp.float32)
+    return jax.nn.one_hot(targets[..., 0].astype(jnp.int32), num_channels, dtype=jnp.float32)
 
 
-LOSSES: dict[str, LossFn] = {
+def dice_loss(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray | None = None,
+              smooth: float = 1.0) -> jnp.ndarray:
+    """Soft Dice loss over the whole batch at once.
+
+    `1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth)`, the sums running
+    over every pixel of every valid example (not a mean of per-example Dice),
+    as in the reference PyTorch training step. One channel: p = sigmoid(logits).
+    C channels: p = softmax(logits), and the loss is the mean of the per-class
+    losses of the foreground classes 1..C-1.
+    """
+    # Losses are computed in float32 whatever the compute dtype of the model.
+    logits = logits.astype(jnp.float32)
+    channels = logits.shape[-1]
+    probs = jax.nn.sigmoid(logits) if channels == 1 else jax.nn.softmax(logits)
+    onehot = one_hot_targets(targets, channels)
+    w = _broadcast_weights(weights, probs)
+    axes = tuple(range(probs.ndim - 1))
+    intersection = jnp.sum(w * probs * onehot, axis=axes)
+    denominator = jnp.sum(w * probs, axis=axes) + jnp.sum(w * onehot, axis=axes)
+    per_class = 1.0 - (2.0 * intersection + smooth) / (denominator + smooth)
+    return per_class[0] if channels == 1 else jnp.mean(per_class[1:])
+
+
+def cross_entropy_loss(logits: jnp.ndarray, targets: jnp.ndarray,
+                       weights: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Cross-entropy from logits, mean over the pixels of valid examples: binary
+    (sigmoid) for one channel, categorical (softmax) for C channels."""
+    logits = logits.astype(jnp.float32)
+    if logits.shape[-1] == 1:
+        per_pixel = optax.sigmoid_binary_cross_entropy(logits, targets.astype(jnp.float32))
+    else:
+        per_pixel = optax.softmax_cross_entropy_with_integer_labels(logits, targets[..., 0].astype(jnp.int32))
+    return _pixel_mean(per_pixel, weights)
+
+
+def dice_ce_loss(logits: jnp.ndarray, targets: jnp.ndarray,
+                 weights: jnp.ndarray | None = None) -> jnp.ndarray:
+    """`dice_loss + cross_entropy_loss`."""
+    return dice_loss(logits, targets, weights) + cross_entropy_loss(logits, targets, weights)
+
+
+def regression_pair(outputs: jnp.ndarray, targets: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Outputs and targets as float32, refusing shapes that would broadcast."""
+    if outputs.shape != targets.shape:
+        raise ValueError(f"regression outputs {outputs.shape} and targets {targets.shape} differ in shape; "
+                         "set model.out_channels to the targets' channel count")
+    return outputs.astype(jnp.float32), targets.astype(jnp.float32)
+
+
+def l1_loss(outputs: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Mean absolute error over the elements of valid examples (regression)."""
+    y, t = regression_pair(outputs, targets)
+    return _pixel_mean(jnp.abs(y - t), weights)
+
+
+def l2_loss(outputs: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Mean squared error over the elements of valid examples (regression)."""
+    y, t = regression_pair(outputs, targets)
+    return _pixel_mean(jnp.square(y - t), weights)
+
+
+def soft_jaccard_loss(outputs: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray | None = None,
+                      smooth: float = 1.0) -> jnp.ndarray:
+    """`1 - (sum(min(y, t)) + smooth) / (sum(max(y, t)) + smooth)` over the whole
+    batch: the grey-level Jaccard of document 000 as a loss, for non-negative
+    targets (regression). Outputs are used as they are, so a negative output
+    lowers the overlap and is pushed up."""
+    y, t = regression_pair(outputs, targets)
+    w = _broadcast_weights(weights, y)
+    return 1.0 - (jnp.sum(w * jnp.minimum(y, t)) + smooth) / (jnp.sum(w * jnp.maximum(y, t)) + smooth)
+
+
+SEGMENTATION_LOSSES: dict[str, LossFn] = {
     "dice": dice_loss,
-    "bce": bce_loss,
-    "dice_bce": dice_bce_loss,
+    # "bce" and "ce" name one loss, as do "dice_bce" and "dice_ce": the channel
+    # count chooses sigmoid or softmax.
+    "bce": cross_entropy_loss,
+    "ce": cross_entropy_loss,
+    "dice_bce": dice_ce_loss,
+    "dice_ce": dice_ce_loss,
 }
+REGRESSION_LOSSES: dict[str, LossFn] = {
+    "l1": l1_loss,
+    "l2": l2_loss,
+    "soft_jaccard": soft_jaccard_loss,
+}
+LOSSES: dict[str, LossFn] = {**SEGMENTATION_LOSSES, **REGRESSION_LOSSES}
 
 
-def get_loss(name: str) -> LossFn:
-    """The loss function registered under `name`."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]
+def get_loss(name: str, task: str = "segmentation") -> LossFn:
+    """The loss registered under `name` for a task ("segmentation" or "regression")."""
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}: choose one of {TASKS}")
+    registry = SEGMENTATION_LOSSES if task == "segmentation" else REGRESSION_LOSSES
+    if name not in registry:
+        raise ValueError(f"loss={name!r} is not a {task} loss; valid names: {', '.join(sorted(registry))}")
+    return registry[name]

@@ -19,6 +19,8 @@ import numpy as np
 from clu import metrics as clu_metrics
 from scipy import ndimage
 
+from unet_jax import losses
+
 IOU_SMOOTH = 1e-6
 
 
@@ -26,12 +28,29 @@ IOU_SMOOTH = 1e-6
 # Per-example statistics (inside jit)
 # ---------------------------------------------------------------------------
 
-def binary_stats(logits: jnp.ndarray, targets: jnp.ndarray,
-                 threshold: float = 0.5) -> dict[str, jnp.ndarray]:
-    """Per-example overlap of hard predictions `sigmoid(logits) > threshold`.
+def predict(logits: jnp.ndarray, task: str = "segmentation", threshold: float = 0.5) -> jnp.ndarray:
+    """What the model predicts: for segmentation the labels [B, *spatial] (int32;
+    one channel: `sigmoid(logits) > threshold`, C channels: the argmax), for
+    regression the outputs themselves [B, *spatial, C]."""
+    if task == "regression":
+        return logits
+    if logits.shape[-1] > 1:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    # Compare logits with logit(threshold): sigmoid saturates to 1.0 in float32.
+    log_odds = jnp.log(threshold) - jnp.log1p(-threshold)
+    return (logits[..., 0] > log_odds).astype(jnp.int32)
+
+
+def overlap_stats(logits: jnp.ndarray, targets: jnp.ndarray,
+                  threshold: float = 0.5) -> dict[str, jnp.ndarray]:
+    """Per-example overlap of the predicted labels (`predict`) with the target
+    labels [B, *spatial, 1], over the foreground classes (1 for a one-channel
+    sigmoid output, 1..C-1 for a C-channel softmax).
 
     Returns float32 [B] arrays `intersection`, `pred_sum`, `target_sum`, `dice`
-    and `iou`, summed over every axis but the first (2-D or 3-D alike).
+    and `iou`, summed over every spatial axis (2-D or 3-D alike) and over the
+    foreground classes: with several classes the scores are micro-averaged
+    (a voxel counts once per class it is predicted or labelled as).
 
     Conventions: per-image Dice = 2I / (P + T), and 1 when P + T = 0 (empty
     prediction on an empty mask); a non-empty prediction on an empty mask scores 0.
@@ -39,10 +58,11 @@ def binary_stats(logits: jnp.ndarray, targets: jnp.ndarray,
     the published LGG numbers, so empty on empty scores 1 and a non-empty
     prediction on an empty mask scores about 0.
     """
-    # Compare logits with logit(threshold): sigmoid saturates to 1.0 in float32.
-    log_odds = jnp.log(threshold) - jnp.log1p(-threshold)
-    pred = (logits > log_odds).astype(jnp.float32)
-    target = (targets > 0.5).astype(jnp.float32)
+    labels = predict(logits, "segmentation", threshold)
+    target_labels = jnp.round(targets[..., 0]).astype(jnp.int32)
+    classes = jnp.arange(1, max(logits.shape[-1], 2))
+    pred = (labels[..., None] == classes).astype(jnp.float32)
+    target = (target_labels[..., None] == classes).astype(jnp.float32)
     axes = tuple(range(1, pred.ndim))
     intersection = jnp.sum(pred * target, axis=axes)
     pred_sum = jnp.sum(pred, axis=axes)
@@ -52,6 +72,25 @@ def binary_stats(logits: jnp.ndarray, targets: jnp.ndarray,
     iou = (intersection + IOU_SMOOTH) / (total - intersection + IOU_SMOOTH)
     return dict(intersection=intersection, pred_sum=pred_sum, target_sum=target_sum,
                 dice=dice, iou=iou)
+
+
+def regression_stats(outputs: jnp.ndarray, targets: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    """Per-example float32 [B] errors of a regression output against its targets.
+
+    `mae` and `mse` are means over the example's elements. `min_sum` and
+    `max_sum` are sums of min(y, t) and max(y, t) with the output clipped at 0,
+    and `jaccard` their ratio, the grey-level Jaccard of document 000
+    (1 when both images are all zero).
+    """
+    outputs, t = losses.regression_pair(outputs, targets)
+    y = jnp.maximum(outputs, 0.0)
+    error = outputs - t
+    axes = tuple(range(1, y.ndim))
+    min_sum = jnp.sum(jnp.minimum(y, t), axis=axes)
+    max_sum = jnp.sum(jnp.maximum(y, t), axis=axes)
+    return dict(mae=jnp.mean(jnp.abs(error), axis=axes), mse=jnp.mean(jnp.square(error), axis=axes),
+                min_sum=min_sum, max_sum=max_sum,
+                jaccard=jnp.where(max_sum > 0, min_sum / jnp.maximum(max_sum, 1e-12), 1.0))
 
 
 # ---------------------------------------------------------------------------
@@ -121,7 +160,7 @@ class SegmentationMetrics(clu_metrics.Collection):
     `loss` is the mean of per-batch losses over batches with a valid example;
     `dice` and `iou` are dataset-level (`DatasetDice`, `DatasetIoU`);
     `dice_per_image` and `iou_per_image` are means of the per-example scores of
-    `binary_stats` over valid examples (NaN if there are none).
+    `overlap_stats` over valid examples (NaN if there are none).
     """
 
     loss: clu_metrics.Average.from_fun(_batch_loss)
@@ -131,11 +170,76 @@ class SegmentationMetrics(clu_metrics.Collection):
     iou_per_image: clu_metrics.Average.from_output("iou")
 
 
+@flax.struct.dataclass
+class SoftJaccard(clu_metrics.Metric):
+    """Dataset-level grey-level Jaccard sum(min(y, t)) / sum(max(y, t)) over the
+    valid examples (outputs clipped at 0); 1.0 when everything is zero."""
+
+    min_sum: jnp.ndarray
+    max_sum: jnp.ndarray
+
+    @classmethod
+    def empty(cls):
+        zero = jnp.array(0.0, jnp.float32)
+        return cls(min_sum=zero, max_sum=zero)
+
+    @classmethod
+    def from_model_output(cls, min_sum: jnp.ndarray, max_sum: jnp.ndarray,
+                          mask: jnp.ndarray | None = None, **_):
+        keep = jnp.ones_like(min_sum) if mask is None else mask.astype(jnp.float32)
+        return cls(min_sum=jnp.sum(keep * min_sum), max_sum=jnp.sum(keep * max_sum))
+
+    def merge(self, other):
+        return jax.tree.map(jnp.add, self, other)
+
+    def compute(self):
+        return jnp.where(self.max_sum > 0, self.min_sum / jnp.maximum(self.max_sum, 1e-12), 1.0)
+
+
+@flax.struct.dataclass
+class RootMeanSquare(clu_metrics.Average.from_output("mse")):
+    """Root of the mean squared error over valid examples (examples have equal sizes)."""
+
+    def compute(self):
+        return jnp.sqrt(super().compute())
+
+
+@flax.struct.dataclass
+class RegressionMetrics(clu_metrics.Collection):
+    """Evaluation metrics of a regression head; `mask` excludes padding examples.
+
+    `loss` as in `SegmentationMetrics`; `mae` and `rmse` over all elements of
+    valid examples; `soft_jaccard` dataset-level (`SoftJaccard`) and
+    `soft_jaccard_per_image` the mean of per-example scores of `regression_stats`.
+    """
+
+    loss: clu_metrics.Average.from_fun(_batch_loss)
+    mae: clu_metrics.Average.from_output("mae")
+    rmse: RootMeanSquare
+    soft_jaccard: SoftJaccard
+    soft_jaccard_per_image: clu_metrics.Average.from_output("jaccard")
+
+
+COLLECTIONS = {"segmentation": SegmentationMetrics, "regression": RegressionMetrics}
+
+
+def metric_names(task: str) -> list[str]:
+    """Names of the metrics a task's collection computes, in order."""
+    return list(COLLECTIONS[task].__annotations__)
+
+
+def empty_metrics(task: str = "segmentation") -> SegmentationMetrics | RegressionMetrics:
+    return COLLECTIONS[task].empty()
+
+
 def compute_metrics(logits: jnp.ndarray, targets: jnp.ndarray, valid: jnp.ndarray,
-                    loss: jnp.ndarray) -> SegmentationMetrics:
-    """`SegmentationMetrics` of one batch; jit-able, merge batches with `.merge`."""
-    stats = binary_stats(logits, targets)
-    return SegmentationMetrics.single_from_model_output(loss=loss, mask=valid, **stats)
+                    loss: jnp.ndarray, task: str = "segmentation") -> SegmentationMetrics | RegressionMetrics:
+    """The task's metric collection for one batch; jit-able, merge batches with `.merge`."""
+    if task == "regression":
+        stats = regression_stats(logits, targets)
+    else:
+        stats = overlap_stats(logits, targets)
+    return COLLECTIONS[task].single_from_model_output(loss=loss, mask=valid, **stats)
 
 
 # ---------------------------------------------------------------------------
@@ -167,28 +271,32 @@ def dice_score(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 class VolumeAccumulator:
-    """Collects per-slice predictions on the host and scores them per patient.
+    """Collects per-slice label maps on the host and scores them per patient.
 
     Per-patient 3-D Dice stacks each patient's slices in slice order into one
-    volume, computes one Dice per patient, and averages over patients; a patient
-    with an empty mask and an empty prediction scores 1.
+    volume, computes one Dice per foreground class (1..num_classes-1) and takes
+    their mean (a patient's class absent from both mask and prediction scores
+    1), then averages over patients.
     """
 
-    def __init__(self):
+    def __init__(self, num_classes: int = 2):
+        self.num_classes = max(num_classes, 2)
         self._slices: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = defaultdict(list)
 
     def add(self, pred: Any, target: Any, patient_index: Any, slice: Any, valid: Any) -> None:
-        """Adds one batch: binary `pred` and `target` [B, *spatial], and the
-        batch's `patient_index`, `slice` and `valid` [B]; invalid rows are dropped."""
-        pred, target = np.asarray(pred).astype(bool), np.asarray(target).astype(bool)
+        """Adds one batch: label maps `pred` and `target` [B, *spatial] (bool or
+        integer), and the batch's `patient_index`, `slice` and `valid` [B];
+        invalid rows are dropped."""
+        pred, target = np.asarray(pred).astype(np.uint8), np.asarray(target).astype(np.uint8)
         patient_index, slice_number = np.asarray(patient_index), np.asarray(slice)
         for row in np.flatnonzero(np.asarray(valid)):
             self._slices[int(patient_index[row])].append(
                 (int(slice_number[row]), pred[row], target[row]))
 
     def volumes(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """`{patient_index: (pred, target, slice_numbers)}`, slices stacked along a
-        new first axis in slice order (a stack of 2-D slices is [S, H, W])."""
+        """`{patient_index: (pred, target, slice_numbers)}`, uint8 label slices
+        stacked along a new first axis in slice order (a stack of 2-D slices is
+        [S, H, W])."""
         out = {}
         for patient, items in sorted(self._slices.items()):
             items = sorted(items, key=lambda item: item[0])
@@ -203,19 +311,27 @@ class VolumeAccumulator:
                       ) -> list[dict[str, Any]]:
         """One row per patient: `patient_index`, `patient` (its name from
         `patient_names[patient_index]`, else the index as a string), `num_slices`,
-        `tumor_voxels`, `pred_voxels`, `dice_3d`, and `dice_3d_lcc` (after keeping
-        only the largest connected component of the predicted volume)."""
+        `tumor_voxels` and `pred_voxels` (foreground, any class), `dice_3d`, and
+        `dice_3d_lcc` (keeping only the largest connected component of each
+        predicted class); with more than one foreground class also
+        `dice_3d_class<k>` per class."""
         rows = []
+        classes = range(1, self.num_classes)
         for patient, (pred, target, numbers) in self.volumes().items():
-            rows.append(dict(
+            per_class = [dice_score(pred == k, target == k) for k in classes]
+            lcc = [dice_score(largest_connected_component(pred == k), target == k) for k in classes]
+            row = dict(
                 patient_index=patient,
                 patient=str(patient) if patient_names is None else patient_names[patient],
                 num_slices=len(numbers),
-                tumor_voxels=int(target.sum()),
-                pred_voxels=int(pred.sum()),
-                dice_3d=dice_score(pred, target),
-                dice_3d_lcc=dice_score(largest_connected_component(pred), target),
-            ))
+                tumor_voxels=int(np.count_nonzero(target)),
+                pred_voxels=int(np.count_nonzero(pred)),
+                dice_3d=float(np.mean(per_class)),
+                dice_3d_lcc=float(np.mean(lcc)),
+            )
+            if len(per_class) > 1:
+                row.update({f"dice_3d_class{k}": d for k, d in zip(classes, per_class)})
+            rows.append(row)
         return rows
 
 

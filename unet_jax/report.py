@@ -129,7 +129,7 @@ def plot_learning_curves(rows: list[dict], path: str, best_epoch: int | None = N
 # ----------------------------------------------------------------------------
 
 
-def _normalise(image2d: np.ndarray) -> np.ndarray:
+def normalise(image2d: np.ndarray) -> np.ndarray:
     """Maps the 1st..99th percentile to [0, 1] for display; a flat image becomes 0."""
     image2d = np.asarray(image2d, np.float32)
     lo, hi = np.percentile(image2d, [1, 99])
@@ -153,7 +153,7 @@ def overlay(image2d: np.ndarray, target: np.ndarray, pred: np.ndarray) -> np.nda
 
     The image may have any range; it is normalised by its 1st/99th percentile.
     """
-    grey = _normalise(image2d)
+    grey = normalise(image2d)
     target, pred = _mask2d(target), _mask2d(pred)
     if grey.shape != target.shape or grey.shape != pred.shape:
         raise ValueError(f"shapes differ: image {grey.shape}, target {target.shape}, "
@@ -163,6 +163,22 @@ def overlay(image2d: np.ndarray, target: np.ndarray, pred: np.ndarray) -> np.nda
                           (target & ~pred, FN_COLOUR)):
         rgb[where] = (1 - _ALPHA) * rgb[where] + _ALPHA * np.asarray(colour, np.float32)
     return np.round(rgb * 255).astype(np.uint8)
+
+
+def _panel_grid(rows: int, columns: int, path: str):
+    """A figure of square image panels, `rows` x `columns`, with a title band
+    above each row and a strip for a legend at the bottom."""
+    if rows == 0:
+        raise ValueError(f"no examples to plot for {path}")
+    # Cells sized in inches, not tight_layout, which misplaces fixed-aspect image axes.
+    width = columns * _PANEL_INCHES + (columns + 1) * _GAP_INCHES
+    height = rows * (_PANEL_INCHES + _TITLE_INCHES) + _LEGEND_INCHES
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(rows, columns, squeeze=False, gridspec_kw=dict(
+        left=_GAP_INCHES / width, right=1 - _GAP_INCHES / width,
+        bottom=_LEGEND_INCHES / height, top=1 - _TITLE_INCHES / height,
+        wspace=_GAP_INCHES / _PANEL_INCHES, hspace=_TITLE_INCHES / _PANEL_INCHES))
+    return fig, axes
 
 
 def plot_prediction_grid(images: np.ndarray, targets: np.ndarray, preds: np.ndarray, path: str,
@@ -180,19 +196,10 @@ def plot_prediction_grid(images: np.ndarray, targets: np.ndarray, preds: np.ndar
     if not 0 <= channel < images.shape[-1]:
         raise ValueError(f"channel {channel} out of range for {images.shape[-1]} image channels")
     n = min(len(images), max_rows)
-    if n == 0:
-        raise ValueError(f"no examples to plot for {path}")
-    # Cells sized in inches, not tight_layout, which misplaces fixed-aspect image axes.
-    width = 3 * _PANEL_INCHES + 4 * _GAP_INCHES
-    height = n * (_PANEL_INCHES + _TITLE_INCHES) + _LEGEND_INCHES
-    fig = Figure(figsize=(width, height))
-    axes = fig.subplots(n, 3, squeeze=False, gridspec_kw=dict(
-        left=_GAP_INCHES / width, right=1 - _GAP_INCHES / width,
-        bottom=_LEGEND_INCHES / height, top=1 - _TITLE_INCHES / height,
-        wspace=_GAP_INCHES / _PANEL_INCHES, hspace=_TITLE_INCHES / _PANEL_INCHES))
+    fig, axes = _panel_grid(n, 3, path)
     for i in range(n):
         image = images[i, ..., channel]
-        panels = (_normalise(image), _mask2d(targets[i]), overlay(image, targets[i], preds[i]))
+        panels = (normalise(image), _mask2d(targets[i]), overlay(image, targets[i], preds[i]))
         for ax, panel in zip(axes[i], panels):
             ax.imshow(panel, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_axis_off()
@@ -206,4 +213,31 @@ def plot_prediction_grid(images: np.ndarray, targets: np.ndarray, preds: np.ndar
               ((TP_COLOUR, "true positive"), (FP_COLOUR, "false positive"),
                (FN_COLOUR, "false negative"))]
     fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    _save(fig, path, dpi=100)
+
+
+def plot_regression_grid(images: np.ndarray, targets: np.ndarray, outputs: np.ndarray, path: str,
+                         titles: Sequence[str] | None = None, image_label: str = "image") -> None:
+    """One row per example: the input, the target, the output and |output - target|; a PNG.
+
+    images, targets, outputs: float [N, H, W]. Target and output share one grey
+    scale (0 to the row's largest target value) so their contrast compares
+    directly; the error is shown on the same scale.
+    """
+    images, targets, outputs = (np.asarray(x, np.float32) for x in (images, targets, outputs))
+    if not images.shape == targets.shape == outputs.shape or images.ndim != 3:
+        raise ValueError(f"expected three [N, H, W] arrays, got {images.shape}, {targets.shape}, {outputs.shape}")
+    n = len(images)
+    fig, axes = _panel_grid(n, 4, path)
+    for i in range(n):
+        top = max(float(targets[i].max()), 1e-6)
+        panels = (normalise(images[i]), targets[i] / top, outputs[i] / top, np.abs(outputs[i] - targets[i]) / top)
+        for ax, panel in zip(axes[i], panels):
+            ax.imshow(np.clip(panel, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_axis_off()
+        if titles is not None:
+            axes[i, 2].set_title(textwrap.fill(titles[i], _TITLE_CHARS), fontsize=7)
+    for ax, label in zip(axes[0], (image_label, "target", None if titles else "output", "|error|")):
+        if label:
+            ax.set_title(label, fontsize=8)
     _save(fig, path, dpi=100)

@@ -71,14 +71,15 @@ def split_micro_batches(batch: dict[str, jnp.ndarray], k: int) -> dict[str, jnp.
 
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: LossFn,
-               grad_accum_steps: int = 1,
-               aux_weights: Sequence[float] = ()) -> tuple[TrainState, metrics_lib.SegmentationMetrics]:
+               grad_accum_steps: int = 1, aux_weights: Sequence[float] = (),
+               task: str = "segmentation") -> tuple[TrainState, Any]:
     """One optimiser update from `grad_accum_steps` micro-batches of `batch`.
 
     `aux_weights[i]` weighs the loss of the deep-supervision head on decoder
     level i + 1 (a model built with `deep_supervision=len(aux_weights)`); the
     reported loss and metrics are the main output's.
 
+    Returns the new state and the task's metric collection (`metrics.COLLECTIONS`).
     Gradients are averaged over micro-batches, so for a per-pixel-mean loss the
     update equals the one from the whole batch at once. BatchNorm statistics
     are computed per micro-batch and carried from one to the next. The loop is
@@ -88,7 +89,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: Los
     micro_batches = split_micro_batches(batch, grad_accum_steps)
     grads_sum = jax.tree.map(jnp.zeros_like, state.params)
     batch_stats = state.batch_stats
-    metrics = metrics_lib.SegmentationMetrics.empty()
+    metrics = metrics_lib.empty_metrics(task)
     for index in range(grad_accum_steps):
         micro = jax.tree.map(lambda x: x[index], micro_batches)
 
@@ -106,15 +107,17 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: Los
         (_, (loss, logits, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
         batch_stats = updates.get("batch_stats", batch_stats)
-        metrics = metrics.merge(metrics_lib.compute_metrics(logits, micro["mask"], micro["valid"], loss))
+        metrics = metrics.merge(metrics_lib.compute_metrics(logits, micro["mask"], micro["valid"], loss, task))
     grads = jax.tree.map(lambda g: g / grad_accum_steps, grads_sum)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats, rng=rng)
     return state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jnp.ndarray], *,
-              loss_fn: LossFn) -> tuple[metrics_lib.SegmentationMetrics, jnp.ndarray]:
-    """Metrics of one batch (padding excluded) and the binary predictions [B, *spatial]."""
+def eval_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: LossFn,
+              task: str = "segmentation") -> tuple[Any, jnp.ndarray]:
+    """Metrics of one batch (padding excluded) and its predictions (`metrics.predict`:
+    labels [B, *spatial] for segmentation, outputs [B, *spatial, C] for regression)."""
     logits = state.apply_fn(_variables(state.params, state.batch_stats), batch["image"], train=False)
     loss = loss_fn(logits, batch["mask"], batch["valid"])
-    return metrics_lib.compute_metrics(logits, batch["mask"], batch["valid"], loss), logits[..., 0] > 0
+    return (metrics_lib.compute_metrics(logits, batch["mask"], batch["valid"], loss, task),
+            metrics_lib.predict(logits, task))

@@ -28,9 +28,17 @@ from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
 from unet_jax.models.unet import UNet
 
-CSV_COLUMNS = ["epoch", "step", "train_loss", "train_dice", "train_iou", "val_loss", "val_dice", "val_iou",
-               "val_dice_per_image", "val_iou_per_image", "val_dice_3d", "val_dice_3d_lcc", "seconds"]
-VAL_METRICS = [c for c in CSV_COLUMNS if c.startswith("val_")]  # what best_metric may name
+def csv_columns(task: str) -> list[str]:
+    """metrics.csv's columns: the task's metrics for train and val, and for
+    segmentation the per-patient 3-D Dice on val."""
+    names = metrics_lib.metric_names(task)
+    val = names + (["dice_3d", "dice_3d_lcc"] if task == "segmentation" else [])
+    return ["epoch", "step", *(f"train_{n}" for n in names), *(f"val_{n}" for n in val), "seconds"]
+
+
+def val_metrics(task: str) -> list[str]:
+    """What `config.best_metric` may name."""
+    return [c for c in csv_columns(task) if c.startswith("val_")]
 
 
 # --- setup -----------------------------------------------------------------
@@ -54,16 +62,16 @@ def initial_state(config, model, mesh, image_shape, total_steps: int) -> steps.T
 
 def compile_steps(config, mesh):
     """The jitted train and eval steps: state replicated, batch sharded on `data`."""
-    loss_fn = losses.get_loss(config.loss)
+    loss_fn = losses.get_loss(config.loss, config.task)
     repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     if len(config.deep_supervision_weights) != config.model.deep_supervision:
         raise ValueError(f"deep_supervision_weights has {len(config.deep_supervision_weights)} entries but "
                          f"model.deep_supervision={config.model.deep_supervision}; give one weight per level")
     train_step = jax.jit(
         functools.partial(steps.train_step, loss_fn=loss_fn, grad_accum_steps=config.grad_accum_steps,
-                          aux_weights=tuple(config.deep_supervision_weights)),
+                          aux_weights=tuple(config.deep_supervision_weights), task=config.task),
         in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
-    eval_step = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn),
+    eval_step = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn, task=config.task),
                         in_shardings=(repl, data), out_shardings=(repl, data))
     return train_step, eval_step
 
@@ -94,10 +102,10 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def write_csv(path: str, rows: list[dict]) -> None:
+def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
@@ -115,8 +123,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     Returns the test summary, or None when the run stopped early (a signal or
     `config.halt_after_steps`) after saving a checkpoint to resume from.
     """
-    if config.best_metric not in VAL_METRICS:
-        raise ValueError(f"best_metric={config.best_metric!r}: choose one of {VAL_METRICS}")
+    if config.task not in losses.TASKS:
+        raise ValueError(f"task={config.task!r}: choose one of {losses.TASKS}")
+    columns = csv_columns(config.task)
+    if config.best_metric not in val_metrics(config.task):
+        raise ValueError(f"best_metric={config.best_metric!r}: choose one of {val_metrics(config.task)}")
     workdir = os.path.abspath(workdir)
     os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
     data_dir = config.data.data_dir
@@ -135,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         shard_count=jax.process_count())
     train_iter = pipeline.make_iterator(train_ds, pipeline.LoaderOptions(
         num_workers=config.data.num_workers, prefetch_buffer_size=config.data.prefetch_buffer_size))
-    steps_per_epoch = manifest["splits"]["train"]["num_slices"] // config.batch_size
+    steps_per_epoch = manifest["splits"]["train"]["num_examples"] // config.batch_size
     total_steps = steps_per_epoch * config.num_epochs
     image_shape = tuple(manifest["image_shape"])
 
@@ -147,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     progress = {"epoch": 0, "step_in_epoch": 0, "history": []}
 
     def empty_metrics():  # replicated like the step's outputs, so restored sums merge with them
-        return jax.device_put(metrics_lib.SegmentationMetrics.empty(), parallel.replicated(mesh))
+        return jax.device_put(metrics_lib.empty_metrics(config.task), parallel.replicated(mesh))
 
     epoch_metrics = empty_metrics()
     if manager.latest_step() is not None:
@@ -186,22 +197,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                     return None
             # ---- validate
             train_values = epoch_metrics.compute()
-            val = evaluate.evaluate_split(eval_step, state, data_dir, "val", batch_size=config.eval_batch_size,
-                                          normalization=config.data.normalization, mesh=mesh)
+            val = evaluate_config(eval_step, state, config, data_dir, "val", mesh)
             row = {"epoch": epoch + 1, "step": step, **_scalars("train", train_values),
                    **_scalars("val", val.metrics), "seconds": round(time.time() - epoch_start, 2)}
             history.append(row)
             writer.write_scalars(step, {k: v for k, v in row.items() if k not in ("epoch", "step")})
-            writer.write_images(step, {"val_predictions": _preview(val, config.num_preview_images)})
+            writer.write_images(step, {"val_predictions": _preview(val, config.num_preview_images, config.task)})
             writer.flush()
             logging.info("epoch %d/%d: %s", epoch + 1, config.num_epochs,
-                         ", ".join(f"{k}={row[k]:.4f}" for k in CSV_COLUMNS[2:] if k in row))
+                         ", ".join(f"{k}={row[k]:.4f}" for k in columns[2:] if k in row))
             progress.update(epoch=epoch + 1, step_in_epoch=0, history=history)
             epoch_metrics = empty_metrics()
             checkpoint.save(manager, step, (state, epoch_metrics), train_iter, progress,
                             metrics={config.best_metric: row[config.best_metric]})
             if jax.process_index() == 0:
-                write_csv(os.path.join(workdir, "metrics.csv"), history)
+                write_csv(os.path.join(workdir, "metrics.csv"), history, columns)
             epoch_start = time.time()
     manager.wait_until_finished()
 
@@ -218,16 +228,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     return summary
 
 
+def evaluate_config(eval_step, state, config, data_dir: str, split: str, mesh) -> evaluate.Evaluation:
+    """`evaluate.evaluate_split` with the settings of `config`."""
+    return evaluate.evaluate_split(eval_step, state, data_dir, split, batch_size=config.eval_batch_size,
+                                   normalization=config.data.normalization, mesh=mesh, task=config.task,
+                                   num_classes=config.model.out_channels + (config.model.out_channels == 1))
+
+
 def test(eval_step, state, config, workdir: str, data_dir: str, split: str, mesh, best_epoch: int,
          name: str = "test") -> dict:
     """Evaluates `state` on a split; writes `<name>_metrics.json` and the figure of
     the best and worst patients."""
-    ev = evaluate.evaluate_split(eval_step, state, data_dir, split, batch_size=config.eval_batch_size,
-                                 normalization=config.data.normalization, mesh=mesh)
+    ev = evaluate_config(eval_step, state, config, data_dir, split, mesh)
     summary = {"best_epoch": best_epoch, "data_dir": os.path.abspath(data_dir), **ev.summary()}
     if jax.process_index() == 0:
         evaluate.write_json(os.path.join(workdir, f"{name}_metrics.json"), summary)
-        evaluate.best_and_worst_figure(ev, os.path.join(workdir, "figures", f"{name}_best_worst.png"))
+        if config.task == "segmentation":
+            evaluate.best_and_worst_figure(ev, os.path.join(workdir, "figures", f"{name}_best_worst.png"))
+        else:
+            evaluate.regression_figure(ev, os.path.join(workdir, "figures", f"{name}_predictions.png"))
     logging.info("%s on %s: %s", name, split, ", ".join(f"{k}={v:.4f}" for k, v in ev.metrics.items()))
     return summary
 
@@ -243,15 +262,28 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, data_dir: 
         raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint with validation metrics; "
                                 "train first with --mode=train")
     template = initial_state(config, build_model(config), mesh, tuple(manifest["image_shape"]), 1)
-    (state, _), progress = checkpoint.restore(manager, best, (template, metrics_lib.SegmentationMetrics.empty()))
+    (state, _), progress = checkpoint.restore(manager, best, (template, metrics_lib.empty_metrics(config.task)))
     best_epoch = next((r["epoch"] for r in progress["history"] if r["step"] == best), None)
     _, eval_step = compile_steps(config, mesh)
     name = f"evaluate_{os.path.basename(os.path.normpath(data_dir))}_{split}"
     return test(eval_step, state, config, workdir, data_dir, split, mesh, best_epoch, name=name)
 
 
-def _preview(ev: evaluate.Evaluation, n: int) -> np.ndarray:
-    """Overlays of the validation slices with the largest tumours, [n, H, W, 3] uint8."""
+def _preview(ev: evaluate.Evaluation, n: int, task: str) -> np.ndarray:
+    """[n, H, W', 3] uint8 pictures of the validation slices with the largest
+    tumours (segmentation: overlays) or target mass (regression: image, target
+    and output side by side)."""
+    if task == "regression":
+        chosen = sorted(((float(t[i].astype(np.float32).sum()), p, i) for p, (_, t) in ev.outputs.items()
+                         for i in range(len(t))), reverse=True)[:n]
+        rows = []
+        for _, p, i in chosen:
+            output, target = (x[i].astype(np.float32) for x in ev.outputs[p])
+            top = max(float(target.max()), 1e-6)
+            grey = np.concatenate([report.normalise(ev.images[p][i].astype(np.float32)),
+                                   np.clip(target / top, 0, 1), np.clip(output / top, 0, 1)], axis=1)
+            rows.append(np.round(np.repeat(grey[..., None], 3, axis=-1) * 255).astype(np.uint8))
+        return np.stack(rows)
     vols = ev.volumes.volumes()
     candidates = []
     for p, (pred, target, _) in vols.items():

@@ -64,3 +64,35 @@ def test_image_and_mask_move_together():
         np.testing.assert_allclose(im[..., 0], im[..., 2])
         changed += not np.array_equal(m, mask)
     assert changed >= 19
+
+
+def test_volumes_get_the_same_in_plane_transform_on_every_slice():
+    rng = np.random.default_rng(5)
+    base = np.zeros((32, 32), np.float32)
+    base[8:20, 6:24] = 1
+    volume_mask = np.stack([base] * 4, axis=-1)                    # [H, W, D]
+    volume = np.repeat(volume_mask[..., None] * 200.0, 2, axis=-1)  # [H, W, D, C]
+    opts = AugmentOptions(flip_prob=0.5, rotate_prob=1, scale_prob=1)
+    for _ in range(5):
+        state = rng.bit_generator.state
+        im, m = augment_slice(volume, volume_mask, rng, opts)
+        assert im.shape == volume.shape and m.shape == volume_mask.shape
+        rng.bit_generator.state = state  # the same draw on one slice
+        im2d, m2d = augment_slice(volume[:, :, 0], volume_mask[:, :, 0], rng, opts)
+        for d in range(4):
+            np.testing.assert_allclose(im[:, :, d], im2d, atol=1e-4)
+            np.testing.assert_array_equal(m[:, :, d], m2d)
+
+
+def test_multi_label_masks_keep_their_labels():
+    rng = np.random.default_rng(6)
+    mask = np.zeros((48, 48), np.float32)
+    mask[10:30, 10:30] = 1
+    mask[15:25, 15:25] = 2  # a core inside a rim
+    image = mask[..., None] * 100.0
+    opts = AugmentOptions(flip_prob=0.5, rotate_prob=1, scale_prob=1)
+    for _ in range(10):
+        im, m = augment_slice(image, mask, rng, opts)
+        assert set(np.unique(m)) == {0.0, 1.0, 2.0}
+        # The image carries the labels: rounding it gives the mask back nearly everywhere.
+        assert (np.round(im[..., 0] / 100.0) != m).mean() < 0.02

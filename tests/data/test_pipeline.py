@@ -121,3 +121,18 @@ def test_missing_or_bad_inputs_are_one_line_errors(prepared_dir, tmp_path):
         pipeline.train_dataset(prepared_dir, batch_size=100, seed=0)
     with pytest.raises(ValueError, match="normalization='minmax'"):
         pipeline.train_dataset(prepared_dir, batch_size=2, seed=0, normalization="minmax")
+
+
+def test_volume_records_decode_to_volumes_and_pad_ids(phantom_dir, tmp_path):
+    from data_prep import lgg
+    out = str(tmp_path / "vol")
+    lgg.prepare(phantom_dir, out, val_fraction=1 / 6, test_fraction=1 / 6, volume_depth=8,
+                progress=False, command="test")
+    batch = next(iter(pipeline.train_dataset(out, batch_size=2, seed=0, normalization="zscore")))
+    assert batch["image"].shape == (2, 32, 32, 8, 3) and batch["mask"].shape == (2, 32, 32, 8, 1)
+    assert batch["slices"].shape == (2, 8) and batch["slices"].dtype == np.int32
+    # z-score over the whole volume per channel
+    np.testing.assert_allclose(batch["image"][0].mean(axis=(0, 1, 2)), 0, atol=1e-4)
+    batches = list(pipeline.eval_dataset(out, "test", batch_size=3))
+    assert [b["valid"].tolist() for b in batches] == [[True, True, False]]
+    np.testing.assert_array_equal(batches[0]["slices"][2], -1)

@@ -228,3 +228,35 @@ def test_cli_success_and_one_line_error(phantom_dir, tmp_path):
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ") and "no such folder" in bad.stderr
+
+
+def test_volumes_stack_slices_in_order_and_pad_the_last_block(phantom_dir, tmp_path):
+    out = tmp_path / "volumes"
+    manifest = _prepare(phantom_dir, out, volume_depth=8, size=16)
+    assert manifest["layout"] == "volumes" and manifest["image_shape"] == [16, 16, 8, 3]
+    assert manifest["source_image_shape"] == [32, 32, 3]
+    train = manifest["splits"]["train"]
+    assert train["num_examples"] == 2 * train["num_patients"] and train["num_slices"] == 12 * train["num_patients"]
+    records = _records(out, "train")
+    first, second = records[0], records[1]
+    patient = first["patient_id"].decode()
+    np.testing.assert_array_equal(first["slices"], np.arange(1, 9))
+    np.testing.assert_array_equal(second["slices"], [9, 10, 11, 12, -1, -1, -1, -1])
+    assert first["slice"][0] == 1 and second["slice"][0] == 9
+    image = np.frombuffer(second["image"], np.uint8).reshape(16, 16, 8, 3)
+    mask = np.frombuffer(second["mask"], np.uint8).reshape(16, 16, 8)
+    assert not image[:, :, 4:].any() and not mask[:, :, 4:].any()  # zero padding slices
+    # Slice 10 in-plane: the 2x2 block mean of the TIFF, the mask thresholded at half.
+    tiff = tifffile.imread(os.path.join(phantom_dir, patient, f"{patient}_10.tif")).astype(np.float64)
+    expected = np.round(tiff.reshape(16, 2, 16, 2, 3).mean((1, 3)))
+    np.testing.assert_array_equal(image[:, :, 1], expected)
+    tiff_mask = tifffile.imread(os.path.join(phantom_dir, patient, f"{patient}_10_mask.tif")) > 0
+    np.testing.assert_array_equal(mask[:, :, 1], tiff_mask.reshape(16, 2, 16, 2).mean((1, 3)) >= 0.5)
+    assert second["tumor_pixels"][0] == mask.sum()
+
+
+def test_volume_and_size_flags_are_checked(phantom_dir, tmp_path):
+    with pytest.raises(DataError, match=r"slice size 32x32 is not a multiple of --size=12"):
+        _prepare(phantom_dir, tmp_path / "a", size=12)
+    with pytest.raises(DataError, match="--volume_depth=-1"):
+        _prepare(phantom_dir, tmp_path / "b", volume_depth=-1)

@@ -41,6 +41,25 @@ def test_shapes_2d_and_3d_in_plane():
     assert kernel.shape == (3, 3, 1, 1, 4)
 
 
+def test_per_level_kernels_and_strides_for_thin_volumes():
+    """128x128x16 volumes with in-plane kernels and pooling at the fine levels and
+    full 3-D ones below: kernels follow their level in encoder and decoder."""
+    model = UNet(features=2, depth=3, norm="none",
+                 kernel_size=((3, 3, 1), (3, 3, 1), (3, 3, 3), (3, 3, 3)),
+                 pool_strides=((2, 2, 1), (2, 2, 1), (2, 2, 2)))
+    x = jnp.ones((1, 128, 128, 16, 1))
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    params = variables["params"]
+    assert params["ConvBlock_0"]["Conv_0"]["kernel"].shape == (3, 3, 1, 1, 2)
+    assert params["ConvBlock_2"]["Conv_0"]["kernel"].shape == (3, 3, 3, 4, 8)
+    assert params["ConvBlock_3"]["Conv_0"]["kernel"].shape == (3, 3, 3, 8, 16)  # bottleneck
+    assert params["ConvBlock_4"]["Conv_0"]["kernel"].shape == (3, 3, 3, 16, 8)  # decoder level 2
+    assert params["ConvBlock_6"]["Conv_0"]["kernel"].shape == (3, 3, 1, 4, 2)  # decoder level 0
+    assert jax.eval_shape(model.apply, variables, x).shape == (1, 128, 128, 16, 1)
+    with pytest.raises(ValueError, match="kernel_size has 2 levels; need depth \\+ 1 = 4"):
+        UNet(depth=3, kernel_size=((3, 3, 1), (3, 3, 3))).init(jax.random.PRNGKey(0), x)
+
+
 def test_sizes_the_depth_cannot_divide_are_rejected():
     with pytest.raises(ValueError, match=r"input size \(36, 36\) is not divisible by the total pooling "
                                          r"factor \(8, 8\)"):
@@ -140,7 +159,7 @@ def test_each_variant_lowers_its_loss_on_phantoms(variant, prepared_dir):
     model = UNet(features=4, depth=2, **variant)
     tx = steps.make_optimizer(1e-2, total_steps=20, schedule="constant")
     state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), batch["image"][:1])
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_bce_loss))
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_ce_loss))
     seen = []
     for _ in range(6):
         state, m = step(state, batch)

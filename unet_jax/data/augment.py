@@ -1,8 +1,10 @@
 """Training augmentation on NumPy arrays, run inside the grain workers.
 
 Geometric transforms are applied to image and mask in one interpolation call,
-so both move identically; the mask is interpolated linearly and re-thresholded
-at 0.5, which keeps its edges where the image's edges go.
+so both move identically; a 0/1 mask is interpolated linearly and
+re-thresholded at 0.5, which keeps its edges where the image's edges go (a
+mask of several labels goes through its one-hot channels and an argmax).
+Volumes [H, W, D, C] get the same in-plane transform on every slice.
 """
 
 from __future__ import annotations
@@ -62,14 +64,30 @@ def warp(stack: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return out.reshape(stack.shape)
 
 
+def warp_with_mask(image: np.ndarray, mask: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`warp` of an [H, W, ...] image and its [H, W, ...] label mask together
+    (any extra axes, such as the depth of a volume, are folded into channels)."""
+    h, w = mask.shape[:2]
+    labels = int(mask.max())
+    # Binary: the mask itself; more labels: one channel per label, argmax after.
+    planes = mask[..., None] if labels <= 1 else np.eye(labels + 1, dtype=np.float32)[mask.astype(np.int64)]
+    stack = warp(np.concatenate([image.reshape(h, w, -1), planes.reshape(h, w, -1)], axis=-1), matrix)
+    n = image[0, 0].size
+    image = stack[..., :n].reshape(image.shape)
+    planes = stack[..., n:].reshape(planes.shape)
+    if labels <= 1:
+        return image, (planes[..., 0] >= 0.5).astype(np.float32)
+    return image, np.argmax(planes, axis=-1).astype(np.float32)
+
+
 def augment_slice(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                   opts: AugmentOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Random flip, rotation and scaling of an [H, W, C] image and its [H, W] mask
-    (float32 in, float32 out; mask stays 0/1)."""
+    """Random flip, rotation and scaling of an [H, W, C] image and its [H, W]
+    label mask, or in-plane of an [H, W, D, C] volume and its [H, W, D] mask
+    (float32 in, float32 out; mask labels stay labels)."""
     if rng.random() < opts.flip_prob:
         image, mask = image[:, ::-1], mask[:, ::-1]
     matrix = random_affine(rng, opts)
     if matrix is not None:
-        stack = warp(np.concatenate([image, mask[..., None]], axis=-1), matrix)
-        image, mask = stack[..., :-1], (stack[..., -1] >= 0.5).astype(np.float32)
+        image, mask = warp_with_mask(image, mask, matrix)
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)

@@ -3,10 +3,13 @@ every example exactly once.
 
 An element is a dict of NumPy arrays:
   image          float32 [H, W, C], normalised
-  mask           float32 [H, W, 1], 0/1
+  mask           float32 [H, W, 1], labels (0/1 for LGG)
   patient_index  int32, the patient's position in its split (-1 for padding)
   slice          int32, slice number (-1 for padding)
   valid          bool, False for the padding that fills the last eval batch
+Volume records (data_prep --volume_depth) give image [H, W, D, C], mask
+[H, W, D, 1], `slice` the first slice number and `slices` int32 [D], the
+slice numbers along depth (-1 for padding slices).
 Batches stack these along a new leading axis. Nothing here imports TensorFlow.
 """
 
@@ -55,16 +58,19 @@ def split_source(data_dir: str, split: str) -> TFRecordSource:
 
 
 def decode(record: bytes) -> dict[str, np.ndarray]:
-    """Example bytes -> uint8 image [H, W, C], float32 mask [H, W], ids."""
+    """Example bytes -> float32 image [*spatial, C] and mask [*spatial], ids."""
     ex = decode_example(record)
     shape = tuple(int(d) for d in ex["shape"])
-    return {
+    element = {
         "image": np.frombuffer(ex["image"], np.uint8).reshape(shape).astype(np.float32),
-        "mask": np.frombuffer(ex["mask"], np.uint8).reshape(shape[:2]).astype(np.float32),
+        "mask": np.frombuffer(ex["mask"], np.uint8).reshape(shape[:-1]).astype(np.float32),
         "patient_index": np.int32(ex["patient_index"][0]),
         "slice": np.int32(ex["slice"][0]),
         "valid": np.bool_(True),
     }
+    if "slices" in ex:
+        element["slices"] = ex["slices"].astype(np.int32)
+    return element
 
 
 def augment(element: dict, rng: np.random.Generator, opts: AugmentOptions) -> dict:
@@ -73,15 +79,16 @@ def augment(element: dict, rng: np.random.Generator, opts: AugmentOptions) -> di
 
 
 def normalize(element: dict, method: str) -> dict:
-    """'scale': uint8 range to [0, 1]; 'zscore': per image and channel, zero
-    mean and unit variance (a constant channel becomes 0). Adds the mask's
-    channel axis."""
+    """'scale': uint8 range to [0, 1]; 'zscore': per image (or volume) and
+    channel, zero mean and unit variance (a constant channel becomes 0). Adds
+    the mask's channel axis."""
     image = element["image"]
     if method == "scale":
         image = image / 255.0
     elif method == "zscore":
-        mean = image.mean(axis=(0, 1), keepdims=True)
-        std = image.std(axis=(0, 1), keepdims=True)
+        spatial = tuple(range(image.ndim - 1))
+        mean = image.mean(axis=spatial, keepdims=True)
+        std = image.std(axis=spatial, keepdims=True)
         image = (image - mean) / np.maximum(std, 1e-6)
     else:
         raise ValueError(f"normalization={method!r}: choose one of {NORMALIZATIONS}")
@@ -138,7 +145,7 @@ class PadToMultiple(grain.MapDataset):
             return self.slice(index)
         if index < self._n:
             return self._parent[index]
-        return {k: np.full_like(v, -1) if k in ("patient_index", "slice") else np.zeros_like(v)
+        return {k: np.full_like(v, -1) if k in ("patient_index", "slice", "slices") else np.zeros_like(v)
                 for k, v in self._parent[0].items()}
 
 

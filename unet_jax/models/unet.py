@@ -37,7 +37,9 @@ class UNet(nn.Module):
     features: int = 32
     depth: int = 4                      # number of poolings
     num_convs: int | Sequence[int] = 2  # per level, encoder levels then bottleneck
-    kernel_size: Sequence[int] | None = None   # default 3 in every spatial dimension
+    # One kernel for every level, or one per level (encoder levels then bottleneck;
+    # decoder levels reuse their encoder level's); default 3 in every dimension.
+    kernel_size: Sequence[int] | Sequence[Sequence[int]] | None = None
     pool_strides: Sequence[Sequence[int]] | Sequence[int] | None = None  # default 2 everywhere
     norm: str = "batch"
     block: str = "plain"                # "plain" conv blocks or "residual" blocks
@@ -64,6 +66,17 @@ class UNet(nn.Module):
             raise ValueError(f"pool_strides has {len(s)} levels but depth={self.depth}")
         return [tuple(level) for level in s]
 
+    def level_kernels(self, ndim: int) -> list[tuple[int, ...]]:
+        """Convolution kernel of each of the `depth + 1` levels (bottleneck last)."""
+        k = self.kernel_size
+        if k is None:
+            return [(3,) * ndim] * (self.depth + 1)
+        if isinstance(k[0], int):
+            return [tuple(k)] * (self.depth + 1)
+        if len(k) != self.depth + 1:
+            raise ValueError(f"kernel_size has {len(k)} levels; need depth + 1 = {self.depth + 1}")
+        return [tuple(level) for level in k]
+
     def check_input_shape(self, spatial: Sequence[int]) -> None:
         """Raises if pooling cannot divide the input size exactly at every level."""
         total = np.prod(np.array(self.level_strides(len(spatial))), axis=0)
@@ -75,7 +88,7 @@ class UNet(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         ndim = x.ndim - 2
         self.check_input_shape(x.shape[1:-1])
-        kernel = tuple(self.kernel_size) if self.kernel_size is not None else (3,) * ndim
+        kernels = self.level_kernels(ndim)
         convs = [self.num_convs] * (self.depth + 1) if isinstance(self.num_convs, int) else list(self.num_convs)
         if not 0 <= self.deep_supervision < self.depth:
             raise ValueError(f"deep_supervision={self.deep_supervision} must lie in [0, depth={self.depth})")
@@ -84,17 +97,17 @@ class UNet(nn.Module):
         strides = self.level_strides(ndim)
         if self.block not in BLOCKS:
             raise ValueError(f"block={self.block!r}: choose one of {sorted(BLOCKS)}")
-        block = functools.partial(BLOCKS[self.block], kernel_size=kernel, norm=self.norm, dtype=self.dtype)
+        block = functools.partial(BLOCKS[self.block], norm=self.norm, dtype=self.dtype)
         if self.upsample not in UPSAMPLERS:
             raise ValueError(f"upsample={self.upsample!r}: choose one of {sorted(UPSAMPLERS)}")
         x = x.astype(self.dtype)
         skips = []
         for level in range(self.depth):
-            x = block(self.features * 2**level, convs[level])(x, train)
+            x = block(self.features * 2**level, convs[level], kernels[level])(x, train)
             skips.append(x)
             x = max_pool(x, strides[level])
         if self.bottleneck == "conv":
-            x = block(self.features * 2**self.depth, convs[-1])(x, train)
+            x = block(self.features * 2**self.depth, convs[-1], kernels[-1])(x, train)
         elif self.bottleneck == "transformer":
             x = TransformerBottleneck(
                 self.features * 2**self.depth, self.transformer_hidden, self.transformer_layers,
@@ -110,7 +123,7 @@ class UNet(nn.Module):
                 self.sow("intermediates", f"attention_{level}", alpha)
             x = UPSAMPLERS[self.upsample](width, strides[level], self.dtype)(x)
             x = jnp.concatenate([x, skip], axis=-1)
-            x = block(width, 2)(x, train)
+            x = block(width, 2, kernels[level])(x, train)
             if 0 < level <= self.deep_supervision:
                 aux = nn.Conv(self.out_channels, (1,) * ndim, dtype=self.dtype, name=f"aux_head_{level}")(x)
                 full = (aux.shape[0], *skips[0].shape[1:-1], self.out_channels)
