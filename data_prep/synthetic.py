@@ -176,9 +176,11 @@ def write_phantoms(out_dir: str | os.PathLike, *, num_patients: int = 10, num_sl
 
 
 def prepare_demo(workdir: str, *, num_patients: int = 10, num_slices: int = 20, size: int = 256,
-                 seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> str:
-    """Generates phantoms under `workdir/data` and prepares them as TFRecords,
-    once; returns the prepared folder (the demo config trains on it)."""
+                 seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                 volume_depth: int = 0) -> str:
+    """Generates phantoms under `workdir/data` and prepares them as TFRecords
+    (as volumes with `volume_depth`), once; returns the prepared folder (the
+    demo config trains on it)."""
     root = os.path.join(os.path.abspath(workdir), "data")
     prepared = os.path.join(root, "prepared")
     if not os.path.exists(os.path.join(prepared, "manifest.json")):
@@ -186,7 +188,7 @@ def prepare_demo(workdir: str, *, num_patients: int = 10, num_slices: int = 20, 
         write_phantoms(phantoms, num_patients=num_patients, num_slices=num_slices, size=size, seed=seed,
                        overwrite=True, progress=False)
         lgg.prepare(phantoms, prepared, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                    overwrite=True, progress=False)
+                    volume_depth=volume_depth, overwrite=True, progress=False)
     return prepared
 
 

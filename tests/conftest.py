@@ -38,3 +38,13 @@ def prepared_dir(phantom_dir, tmp_path_factory):
                 records_per_shard=20, progress=False, command="test")
     assert os.path.exists(os.path.join(out, "manifest.json"))
     return out
+
+
+@pytest.fixture(scope="session")
+def volume_dir(phantom_dir, tmp_path_factory):
+    """The phantoms as 32x32x8x3 volumes, split like `prepared_dir`; 12 slices per
+    patient make a full block and a half-padded one."""
+    out = str(tmp_path_factory.mktemp("volumes") / "lgg_3d")
+    lgg.prepare(phantom_dir, out, val_fraction=1 / 6, test_fraction=1 / 6, seed=0, volume_depth=8,
+                progress=False, command="test")
+    return out

@@ -23,20 +23,29 @@ def load_config(path):
     return module.get_config()
 
 
+def spatial_dims(model) -> int:
+    """2 for slice models, 3 for volume models (from the configured kernels)."""
+    return len(model.level_kernels(2)[0])
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_builds_its_model(path):
     config = load_config(path)
     model = train.build_model(config)
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
+    shape = (1, 64, 64, 16, 3) if spatial_dims(model) == 3 else (1, 64, 64, 3)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
     assert sum(x.size for x in jax.tree.leaves(variables["params"])) > 0
+    assert jax.eval_shape(model.apply, variables, jnp.zeros(shape)).shape == shape[:-1] + (
+        config.model.out_channels,)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_config_builds_the_input_pipeline(path, prepared_dir):
+def test_config_builds_the_input_pipeline(path, prepared_dir, volume_dir):
     config = load_config(path)
-    ds = pipeline.train_dataset(prepared_dir, batch_size=2, seed=config.seed,
+    volumes = spatial_dims(train.build_model(config)) == 3
+    ds = pipeline.train_dataset(volume_dir if volumes else prepared_dir, batch_size=2, seed=config.seed,
                                 normalization=config.data.normalization,
                                 augment_options=AugmentOptions(**config.data.augment))
     it = pipeline.make_iterator(ds, pipeline.LoaderOptions(
         num_workers=0, prefetch_buffer_size=config.data.prefetch_buffer_size))
-    assert next(it)["image"].shape == (2, 32, 32, 3)
+    assert next(it)["image"].shape == ((2, 32, 32, 8, 3) if volumes else (2, 32, 32, 3))

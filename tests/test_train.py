@@ -210,15 +210,6 @@ def test_regression_rejects_a_segmentation_loss_and_metric(prepared_dir, tmp_pat
         train.train_and_evaluate(config, str(tmp_path / "b"))
 
 
-@pytest.fixture(scope="module")
-def volume_dir(phantom_dir, tmp_path_factory):
-    """The phantoms as 32x32x8 volumes (12 slices per patient: a full block and a half-padded one)."""
-    out = str(tmp_path_factory.mktemp("volumes") / "lgg_3d")
-    lgg.prepare(phantom_dir, out, val_fraction=1 / 6, test_fraction=1 / 6, seed=0, volume_depth=8,
-                progress=False, command="test")
-    return out
-
-
 def test_3d_unet_trains_on_patient_volumes_and_scores_every_slice(volume_dir, tmp_path):
     config = tiny_config(volume_dir)
     config.model.kernel_size = ((3, 3, 1), (3, 3, 3), (3, 3, 3))

@@ -25,16 +25,16 @@ from unet_jax import losses, parallel, steps
 from unet_jax.models.unet import UNet
 
 
-def measure(size: int, batch: int, *, features: int, steps_timed: int, warmup: int,
-            mixed_precision: bool) -> dict:
+def measure(model, example_shape: tuple[int, ...], batch: int, *, steps_timed: int, warmup: int) -> dict:
+    """Times the jitted train step of `model` on random batches of `batch`
+    examples of `example_shape` ([*spatial, C]); returns one JSON-able row."""
     mesh = parallel.make_mesh()
-    model = UNet(features=features, dtype=jnp.bfloat16 if mixed_precision else jnp.float32)
     tx = steps.make_optimizer(1e-4, total_steps=1000, schedule="constant")
-    state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+    state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, *example_shape)))
     state = jax.device_put(state, parallel.replicated(mesh))
     rng = np.random.default_rng(0)
-    batch_np = {"image": rng.standard_normal((batch, size, size, 3), np.float32),
-                "mask": (rng.random((batch, size, size, 1)) > 0.8).astype(np.float32),
+    batch_np = {"image": rng.standard_normal((batch, *example_shape), np.float32),
+                "mask": (rng.random((batch, *example_shape[:-1], 1)) > 0.8).astype(np.float32),
                 "valid": np.ones(batch, bool)}
     data = parallel.to_global(batch_np, mesh)
     step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_loss),
@@ -54,8 +54,8 @@ def measure(size: int, batch: int, *, features: int, steps_timed: int, warmup: i
         times.append(time.perf_counter() - start)
     med = statistics.median(times)
     return {"framework": "jax", "version": jax.__version__, "device": str(jax.devices()[0].device_kind),
-            "devices": jax.device_count(), "size": size, "batch": batch, "features": features,
-            "mixed_precision": mixed_precision, "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+            "devices": jax.device_count(), "shape": list(example_shape), "batch": batch,
+            "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
             "compile_s": round(compile_s, 2), "step_s": med, "images_per_s": batch / med}
 
 
@@ -78,8 +78,9 @@ def main() -> None:
     parser.add_argument("--torch_threads", type=int, default=0)
     args = parser.parse_args()
     for size in args.sizes:
-        ours = measure(size, args.batch, features=args.features, steps_timed=args.steps, warmup=args.warmup,
-                       mixed_precision=args.mixed_precision)
+        model = UNet(features=args.features, dtype=jnp.bfloat16 if args.mixed_precision else jnp.float32)
+        ours = {**measure(model, (size, size, 3), args.batch, steps_timed=args.steps, warmup=args.warmup),
+                "size": size, "features": args.features, "mixed_precision": args.mixed_precision}
         print(json.dumps(ours), flush=True)
         if args.torch_reference:
             ref = torch_reference(args.torch_reference, size, args.batch, args.steps, args.warmup,
