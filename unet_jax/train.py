@@ -232,13 +232,13 @@ def evaluate_config(eval_step, state, config, data_dir: str, split: str, mesh) -
     """`evaluate.evaluate_split` with the settings of `config`."""
     return evaluate.evaluate_split(eval_step, state, data_dir, split, batch_size=config.eval_batch_size,
                                    normalization=config.data.normalization, mesh=mesh, task=config.task,
-                                   num_classes=config.model.out_channels + (config.model.out_channels == 1))
+                                   num_classes=max(config.model.out_channels, 2))
 
 
 def test(eval_step, state, config, workdir: str, data_dir: str, split: str, mesh, best_epoch: int,
          name: str = "test") -> dict:
-    """Evaluates `state` on a split; writes `<name>_metrics.json` and the figure of
-    the best and worst patients."""
+    """Evaluates `state` on a split; writes `<name>_metrics.json` and a figure (the
+    best and worst patients, or for regression the slices of most target mass)."""
     ev = evaluate_config(eval_step, state, config, data_dir, split, mesh)
     summary = {"best_epoch": best_epoch, "data_dir": os.path.abspath(data_dir), **ev.summary()}
     if jax.process_index() == 0:

@@ -121,13 +121,15 @@ def test_missing_or_bad_inputs_are_one_line_errors(prepared_dir, tmp_path):
         pipeline.train_dataset(prepared_dir, batch_size=100, seed=0)
     with pytest.raises(ValueError, match="normalization='minmax'"):
         pipeline.train_dataset(prepared_dir, batch_size=2, seed=0, normalization="minmax")
+    old = json.load(open(os.path.join(prepared_dir, "manifest.json")))
+    del old["splits"]["train"]["num_examples"]
+    json.dump(old, open(tmp_path / "manifest.json", "w"))
+    with pytest.raises(DataError, match="older data_prep .* rerun data_prep with --overwrite"):
+        pipeline.read_manifest(str(tmp_path))
 
 
-def test_volume_records_decode_to_volumes_and_pad_ids(phantom_dir, tmp_path):
-    from data_prep import lgg
-    out = str(tmp_path / "vol")
-    lgg.prepare(phantom_dir, out, val_fraction=1 / 6, test_fraction=1 / 6, volume_depth=8,
-                progress=False, command="test")
+def test_volume_records_decode_to_volumes_and_pad_ids(volume_dir):
+    out = volume_dir
     batch = next(iter(pipeline.train_dataset(out, batch_size=2, seed=0, normalization="zscore")))
     assert batch["image"].shape == (2, 32, 32, 8, 3) and batch["mask"].shape == (2, 32, 32, 8, 1)
     assert batch["slices"].shape == (2, 8) and batch["slices"].dtype == np.int32

@@ -167,10 +167,38 @@ def test_each_variant_lowers_its_loss_on_phantoms(variant, prepared_dir):
     assert seen[-1] < seen[0] - 0.05, seen
 
 
+@pytest.mark.parametrize("variant,loss,out_channels,data", [
+    (dict(kernel_size=(3, 3, 1), pool_strides=(2, 2, 1), norm="none"), "dice_ce", 1, "volume_dir"),
+    (dict(kernel_size=((3, 3, 1), (3, 3, 3), (3, 3, 3)), pool_strides=((2, 2, 1), (2, 2, 2))), "dice_ce", 1,
+     "volume_dir"),
+    (dict(), "dice_ce", 2, "prepared_dir"),
+    (dict(), "l1", 1, "prepared_dir"),
+], ids=["3d_in_plane", "3d_mixed", "softmax_2_classes", "regression_l1"])
+def test_3d_and_head_variants_lower_their_loss(variant, loss, out_channels, data, request):
+    import functools
+
+    from unet_jax import losses, steps
+    from unet_jax.data import pipeline
+
+    batch = next(iter(pipeline.eval_dataset(request.getfixturevalue(data), "train", batch_size=8)))
+    batch = {k: jnp.asarray(batch[k]) for k in ("image", "mask", "valid")}
+    model = UNet(features=4, depth=2, out_channels=out_channels, **variant)
+    tx = steps.make_optimizer(1e-2, total_steps=20, schedule="constant")
+    state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), batch["image"][:1])
+    task = "regression" if loss == "l1" else "segmentation"
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.get_loss(loss, task), task=task))
+    seen = []
+    for _ in range(6):
+        state, m = step(state, batch)
+        seen.append(float(m.compute()["loss"]))
+    assert seen[-1] < seen[0] - 0.02, seen
+
+
 @pytest.mark.parametrize("config_name,expected", [("lgg_keras_model1", 7_763_041),
                                                   ("lgg_keras_model2", 10_650_817),
                                                   ("lgg_res_attention", 8_637_445),
-                                                  ("lgg_transunet", 93_212_001)])
+                                                  ("lgg_transunet", 93_212_001),
+                                                  ("lgg_3d", 1_288_945)])
 def test_variant_config_parameter_counts(config_name, expected):
     # Reported in document 002: 7,774,049 and 10,655,809; the configs' docstrings
     # account for the differences.
@@ -179,8 +207,10 @@ def test_variant_config_parameter_counts(config_name, expected):
     from unet_jax import train
 
     config = importlib.import_module(f"configs.{config_name}").get_config()
-    # 256x256 LGG slices: the transformer's position embeddings depend on the size.
-    assert _params(train.build_model(config), (1, 256, 256, 3)) == expected
+    # 256x256 LGG slices (the transformer's position embeddings depend on the
+    # size), 128x128x16 volumes for the 3-D config.
+    shape = (1, 128, 128, 16, 3) if config_name == "lgg_3d" else (1, 256, 256, 3)
+    assert _params(train.build_model(config), shape) == expected
 
 
 def test_transformer_bottleneck_shapes_counts_dropout_and_gradients():

@@ -89,13 +89,18 @@ def main() -> None:
         if args.epochs:
             run = os.path.join(args.workdir, name)
             start = time.time()
-            summary = train.train_and_evaluate(phantom_config(name, args.workdir, args.epochs), run)
+            config = phantom_config(name, args.workdir, args.epochs)
+            summary = train.train_and_evaluate(config, run)
+            with open(os.path.join(config.data.data_dir, "manifest.json")) as f:
+                train_examples = json.load(f)["splits"]["train"]["num_examples"]
             row.update(train_minutes=round((time.time() - start) / 60, 2), best_epoch=summary["best_epoch"],
+                       train_steps=args.epochs * (train_examples // config.batch_size),
                        **{f"test_{k}": round(summary["metrics"][k], 4) for k in ("dice", "dice_3d")})
         print(json.dumps(row), flush=True)
         rows.append(row)
     write_json(os.path.join(args.workdir, "variants.json"), rows)
-    header = ["variant", "params", "reported_params", "examples_per_s", "slices_per_s", "test_dice", "test_dice_3d"]
+    header = ["variant", "params", "reported_params", "examples_per_s", "slices_per_s", "train_steps",
+              "test_dice", "test_dice_3d"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("" if r.get(k) is None else f"{r[k]:,}" if isinstance(r.get(k), int) else str(r[k])
                                 for k in header) + " |" for r in rows]

@@ -40,9 +40,13 @@ def read_manifest(data_dir: str) -> dict:
                         f"python -m data_prep.lgg --data_dir=PATH/TO/kaggle_3m --out_dir={data_dir}")
     try:
         with open(path) as f:
-            return json.load(f)
+            manifest = json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e}); rerun data_prep with --overwrite") from None
+    if any("num_examples" not in s for s in manifest.get("splits", {}).values()):
+        raise DataError(f"{path}: written by an older data_prep (no per-split num_examples); "
+                        "rerun data_prep with --overwrite")
+    return manifest
 
 
 def split_source(data_dir: str, split: str) -> TFRecordSource:
