@@ -22,3 +22,13 @@ def test_unstack_depth_cuts_volumes_into_numbered_slices_and_drops_padding():
     padded = evaluate.unstack_depth({"pred": pred, "patient_index": np.array([7, -1]), "slice": np.array([1, -1]),
                                      "valid": np.array([True, False])}, np.array([[1, 2, 3], [-1, -1, -1]]))
     assert padded["valid"].tolist() == [True, True, True, False, False, False]
+
+
+def test_slices_to_show_prefer_foreground_for_uint8_label_volumes():
+    target = np.zeros((6, 4, 4), np.uint8)
+    pred = np.zeros((6, 4, 4), np.uint8)
+    target[4, :2] = 1       # 8 voxels
+    pred[1, 0, 0] = 1       # 1 voxel
+    target[2, :, :3] = 2    # 12 voxels of class 2
+    assert evaluate.slices_to_show(pred, target, 2) == [2, 4]
+    assert evaluate.slices_to_show(pred, target, 3) == [1, 2, 4]

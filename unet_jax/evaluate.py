@@ -111,6 +111,15 @@ def evaluate_split(eval_step: Callable, state, data_dir: str, split: str, *, bat
     return Evaluation(split, result, table, volumes, images, display_channel, stacked)
 
 
+def slices_to_show(pred: np.ndarray, target: np.ndarray, k: int) -> list[int]:
+    """Indices (in slice order) of the k slices of a [S, H, W] label volume with the
+    most foreground in mask plus prediction; ties go to the earlier slice."""
+    # Counted as int64: label maps are uint8, and a negated unsigned sum wraps around.
+    area = np.count_nonzero(target.reshape(len(target), -1), axis=1).astype(np.int64) \
+        + np.count_nonzero(pred.reshape(len(pred), -1), axis=1)
+    return sorted(np.argsort(-area, kind="stable")[:k].tolist())
+
+
 def best_and_worst_figure(ev: Evaluation, path: str, rows_per_patient: int = 4) -> None:
     """A grid of slices (image, ground truth, overlay) from the best and the worst
     patient by 3-D Dice, preferring slices with tumour in mask or prediction."""
@@ -121,9 +130,7 @@ def best_and_worst_figure(ev: Evaluation, path: str, rows_per_patient: int = 4) 
     for row in chosen:
         p = row["patient_index"]
         pred, target, slices = vols[p]
-        area = target.reshape(len(slices), -1).sum(1) + pred.reshape(len(slices), -1).sum(1)
-        picks = sorted(np.argsort(-area, kind="stable")[:rows_per_patient])
-        for i in picks:
+        for i in slices_to_show(pred, target, rows_per_patient):
             images.append(ev.images[p][i].astype(np.float32)[..., None])
             targets.append(target[i])
             preds.append(pred[i])

@@ -288,7 +288,7 @@ def _preview(ev: evaluate.Evaluation, n: int, task: str) -> np.ndarray:
     candidates = []
     for p, (pred, target, _) in vols.items():
         for i in range(len(target)):
-            candidates.append((int(target[i].sum()), p, i))
+            candidates.append((np.count_nonzero(target[i]), p, i))
     chosen = sorted(candidates, reverse=True)[:n]
     return np.stack([report.overlay(ev.images[p][i].astype(np.float32), vols[p][1][i], vols[p][0][i])
                      for _, p, i in chosen])
