@@ -1,0 +1,22 @@
+"""The variants benchmark sets every variant up with the demo's recipe."""
+
+import json
+import os
+
+from configs import demo
+from unet_jax.benchmarks import variants
+
+
+def test_every_variant_gets_the_demo_recipe_and_3d_ones_get_volumes(tmp_path):
+    recipe = demo.get_config()
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    assert set(variants.VARIANTS) <= {f[:-3] for f in os.listdir(configs)}
+    for name in ("lgg_res_attention", "lgg_3d"):
+        config = variants.phantom_config(name, str(tmp_path), epochs=3)
+        assert config.num_epochs == 3 and config.learning_rate == recipe.learning_rate
+        assert config.loss == recipe.loss and config.model == variants.load(name).model
+        manifest = json.load(open(os.path.join(config.data.data_dir, "manifest.json")))
+        if name == "lgg_3d":
+            assert manifest["image_shape"] == [64, 64, variants.DEPTH_3D, 3] and config.batch_size == 2
+        else:
+            assert manifest["image_shape"] == [64, 64, 3] and config.batch_size == recipe.batch_size
