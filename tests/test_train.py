@@ -82,13 +82,15 @@ def test_best_epoch_is_chosen_by_the_validation_metric(trained):
     assert steps == sorted({18, 6 * best})
 
 
-def test_interrupted_run_resumes_with_the_same_batches_and_losses(trained, prepared_dir, tmp_path):
+@pytest.mark.parametrize("halt,epochs_done", [(8, [1]), (12, [1, 2])], ids=["mid_epoch", "epoch_end"])
+def test_interrupted_run_resumes_with_the_same_batches_and_losses(trained, prepared_dir, tmp_path, halt,
+                                                                  epochs_done):
     workdir, _ = trained
     config = tiny_config(prepared_dir)
-    config.halt_after_steps = 8  # stops inside epoch 2
+    config.halt_after_steps = halt  # 8: inside epoch 2; 12: on epoch 2's last step (validated first)
     resumed = str(tmp_path / "resumed")
     assert train.train_and_evaluate(config, resumed) is None
-    assert [int(r["epoch"]) for r in _rows(resumed)] == [1]
+    assert [int(r["epoch"]) for r in _rows(resumed)] == epochs_done
     config.halt_after_steps = 0
     train.train_and_evaluate(config, resumed)
     for a, b in zip(_rows(workdir), _rows(resumed), strict=True):

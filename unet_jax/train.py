@@ -177,6 +177,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     step = int(state.step)  # counted on the host from here: reading state.step would sync every step
     halt_at = step + config.halt_after_steps if config.halt_after_steps else None
     epoch_start = time.time()
+    def stopped() -> None:
+        manager.wait_until_finished()
+        logging.warning("Stopped at step %d with a checkpoint; run the same command to resume.", step)
+        writer.flush()
+
     with StopRequest() as stop:
         for epoch in range(progress["epoch"], config.num_epochs):
             for i in range(progress["step_in_epoch"], steps_per_epoch):
@@ -187,13 +192,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                 report_progress(step, time.time())
                 if step % config.log_every_steps == 0:
                     writer.write_scalars(step, _scalars("train", batch_metrics.compute()))
-                if stop.signal is not None or step == halt_at:
+                # A stop on an epoch's last step waits for that epoch's validation and
+                # checkpoint below: a checkpoint here would take the step number that
+                # the epoch's own checkpoint needs after resuming.
+                if (stop.signal is not None or step == halt_at) and i + 1 < steps_per_epoch:
                     progress.update(epoch=epoch, step_in_epoch=i + 1)
                     checkpoint.save(manager, step, (state, epoch_metrics), train_iter, progress)
-                    manager.wait_until_finished()
-                    logging.warning("Stopped at step %d with a checkpoint; run the same command to resume.",
-                                    step)
-                    writer.flush()
+                    stopped()
                     return None
             # ---- validate
             train_values = epoch_metrics.compute()
@@ -212,6 +217,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                             metrics={config.best_metric: row[config.best_metric]})
             if jax.process_index() == 0:
                 write_csv(os.path.join(workdir, "metrics.csv"), history, columns)
+            if (stop.signal is not None or step == halt_at) and epoch + 1 < config.num_epochs:
+                stopped()
+                return None
             epoch_start = time.time()
     manager.wait_until_finished()
 
