@@ -240,8 +240,10 @@ def test_overlap_stats_softmax_micro_averages_foreground_classes():
 def test_predict_by_task():
     logits = np.array([[[-1.0], [2.0]]], np.float32)  # [1, 2, 1]
     np.testing.assert_array_equal(metrics.predict(logits), [[0, 1]])
-    assert metrics.predict(logits).dtype == jnp.int32
+    assert metrics.predict(logits).dtype == jnp.uint8
     np.testing.assert_array_equal(metrics.predict(logits, "regression"), logits)
+    with pytest.raises(ValueError, match="300 output classes do not fit uint8 labels"):
+        metrics.predict(np.zeros((1, 2, 300), np.float32))
 
 
 def test_regression_metrics_match_numpy_with_padding():

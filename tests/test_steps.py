@@ -79,7 +79,7 @@ def test_eval_step_excludes_padding():
     b = _batch(4)
     step = jax.jit(functools.partial(steps.eval_step, loss_fn=losses.dice_loss))
     m_all, preds = step(state, jax.tree.map(jnp.asarray, b))
-    assert preds.shape == (4, 16, 16) and preds.dtype == jnp.int32  # labels
+    assert preds.shape == (4, 16, 16) and preds.dtype == jnp.uint8  # labels
     padded = {k: np.concatenate([v, np.zeros_like(v[:2])]) for k, v in b.items()}
     m_pad, _ = step(state, jax.tree.map(jnp.asarray, padded))
     for k, v in m_all.compute().items():

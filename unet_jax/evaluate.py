@@ -142,16 +142,18 @@ def best_and_worst_figure(ev: Evaluation, path: str, rows_per_patient: int = 4) 
                                 channel_label=f"channel {ev.display_channel}")
 
 
+def largest_target_slices(ev: Evaluation, n: int) -> list[tuple[int, int]]:
+    """(patient_index, slice index) of the n regression slices of largest target mass."""
+    mass = [(float(target[i].astype(np.float32).sum()), p, i)
+            for p, (_, target) in ev.outputs.items() for i in range(len(target))]
+    return [(p, i) for _, p, i in sorted(mass, reverse=True)[:n]]
+
+
 def regression_figure(ev: Evaluation, path: str, rows: int = 6) -> None:
     """The slices of largest target mass (input, target, output, error), titled
     with their grey-level Jaccard."""
-    candidates = []
-    for p, (output, target) in ev.outputs.items():
-        for i in range(len(target)):
-            candidates.append((float(target[i].astype(np.float32).sum()), p, i))
-    chosen = sorted(candidates, reverse=True)[:rows]
     images, targets, outputs, titles = [], [], [], []
-    for _, p, i in chosen:
+    for p, i in largest_target_slices(ev, rows):
         output, target = (x[i].astype(np.float32) for x in ev.outputs[p])
         images.append(ev.images[p][i].astype(np.float32))
         targets.append(target)

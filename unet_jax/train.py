@@ -282,10 +282,8 @@ def _preview(ev: evaluate.Evaluation, n: int, task: str) -> np.ndarray:
     tumours (segmentation: overlays) or target mass (regression: image, target
     and output side by side)."""
     if task == "regression":
-        chosen = sorted(((float(t[i].astype(np.float32).sum()), p, i) for p, (_, t) in ev.outputs.items()
-                         for i in range(len(t))), reverse=True)[:n]
         rows = []
-        for _, p, i in chosen:
+        for p, i in evaluate.largest_target_slices(ev, n):
             output, target = (x[i].astype(np.float32) for x in ev.outputs[p])
             top = max(float(target.max()), 1e-6)
             grey = np.concatenate([report.normalise(ev.images[p][i].astype(np.float32)),

@@ -58,6 +58,8 @@ def test_per_level_kernels_and_strides_for_thin_volumes():
     assert jax.eval_shape(model.apply, variables, x).shape == (1, 128, 128, 16, 1)
     with pytest.raises(ValueError, match="kernel_size has 2 levels; need depth \\+ 1 = 4"):
         UNet(depth=3, kernel_size=((3, 3, 1), (3, 3, 3))).init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="pool_strides has 2 levels; need depth = 3"):
+        UNet(depth=3, pool_strides=((2, 2, 1), (2, 2, 1))).init(jax.random.PRNGKey(0), x)
 
 
 def test_sizes_the_depth_cannot_divide_are_rejected():

@@ -23,6 +23,18 @@ from unet_jax.models.layers import BLOCKS, UPSAMPLERS, AttentionGate, max_pool
 from unet_jax.models.transformer import TransformerBottleneck
 
 
+def _per_level(value, levels: int, default: tuple[int, ...], name: str, need: str) -> list[tuple[int, ...]]:
+    """A per-level setting given once for all levels (or None: `default`) or as
+    one entry per level, as a list of `levels` tuples."""
+    if value is None:
+        return [default] * levels
+    if isinstance(value[0], int):
+        return [tuple(value)] * levels
+    if len(value) != levels:
+        raise ValueError(f"{name} has {len(value)} levels; need {need} = {levels}")
+    return [tuple(level) for level in value]
+
+
 class UNet(nn.Module):
     """Returns float32 logits [B, *spatial, out_channels].
 
@@ -57,25 +69,11 @@ class UNet(nn.Module):
 
     def level_strides(self, ndim: int) -> list[tuple[int, ...]]:
         """Pooling strides of each of the `depth` levels."""
-        s = self.pool_strides
-        if s is None:
-            return [(2,) * ndim] * self.depth
-        if isinstance(s[0], int):
-            return [tuple(s)] * self.depth
-        if len(s) != self.depth:
-            raise ValueError(f"pool_strides has {len(s)} levels but depth={self.depth}")
-        return [tuple(level) for level in s]
+        return _per_level(self.pool_strides, self.depth, (2,) * ndim, "pool_strides", "depth")
 
     def level_kernels(self, ndim: int) -> list[tuple[int, ...]]:
         """Convolution kernel of each of the `depth + 1` levels (bottleneck last)."""
-        k = self.kernel_size
-        if k is None:
-            return [(3,) * ndim] * (self.depth + 1)
-        if isinstance(k[0], int):
-            return [tuple(k)] * (self.depth + 1)
-        if len(k) != self.depth + 1:
-            raise ValueError(f"kernel_size has {len(k)} levels; need depth + 1 = {self.depth + 1}")
-        return [tuple(level) for level in k]
+        return _per_level(self.kernel_size, self.depth + 1, (3,) * ndim, "kernel_size", "depth + 1")
 
     def check_input_shape(self, spatial: Sequence[int]) -> None:
         """Raises if pooling cannot divide the input size exactly at every level."""
