@@ -34,25 +34,31 @@ def get_config() -> ml_collections.ConfigDict:
 
     # The one U-Net builder (unet_jax/models/unet.py); variants are fields here.
     config.model = ml_collections.ConfigDict(dict(
-        out_channels=1, features=32, depth=4, num_convs=2, norm="batch", block="plain", attention=False,
-        upsample="transpose", deep_supervision=0, bottleneck="conv", transformer_hidden=768, transformer_layers=12, transformer_heads=12,
-        transformer_mlp=3072, transformer_dropout=0.1, transformer_patch=1))
+        out_channels=1, features=32, depth=4, num_convs=2, decoder_num_convs=2, norm="batch", block="plain",
+        attention=False, upsample="transpose", deep_supervision=0, bottleneck="conv",
+        # Sizes of bottleneck="transformer" (ViT-B), patch_size on the deepest encoder map.
+        transformer=dict(hidden=768, num_layers=12, num_heads=12, mlp_dim=3072, dropout=0.1, patch_size=1)))
 
     config.data = ml_collections.ConfigDict()
     config.data.data_dir = "data/lgg"  # a folder written by data_prep
-    config.data.normalization = "scale"  # "scale" to [0, 1] or per-channel "zscore"
+    # "patient_zscore": per patient and channel over the head's non-zero voxels
+    # (robust to a patient whose FLAIR is 3x darker); "zscore": per image and
+    # channel; "scale": the uint8 range to [0, 1].
+    config.data.normalization = "patient_zscore"
     config.data.num_workers = 2  # grain worker processes; 0 loads in the main process
     config.data.prefetch_buffer_size = 2
     config.data.augment = ml_collections.ConfigDict(dict(
         flip_prob=0.5, rotate_prob=0.5, max_rotate_deg=15.0, scale_prob=0.5, max_scale=0.05))
-    # Phantoms to generate and prepare under the workdir instead of reading
-    # data_dir (the demo); None reads data_dir.
+    # Phantoms to generate and prepare under the workdir (the demo) when no
+    # data_dir is given; None reads data_dir.
     config.data.synthetic = ml_collections.config_dict.placeholder(ml_collections.ConfigDict)
 
-    # Checkpoints keep the latest epoch and the best by this validation metric
-    # (regression: e.g. val_soft_jaccard).
-    config.best_metric = "val_dice_3d"
-    config.best_mode = "max"
+    # Checkpoints keep the latest epoch and the best by this validation metric.
+    # None: the task's default, val_dice (Dice over all validation voxels, stable
+    # with few validation patients) or val_soft_jaccard for regression. The
+    # mode, None: the metric's own direction (min for losses and errors).
+    config.best_metric = ml_collections.config_dict.placeholder(str)
+    config.best_mode = ml_collections.config_dict.placeholder(str)
 
     config.log_every_steps = 10
     config.num_preview_images = 4

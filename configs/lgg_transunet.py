@@ -12,10 +12,6 @@ from configs import lgg
 def get_config():
     config = lgg.get_config()
     config.model.bottleneck = "transformer"
-    config.model.transformer_hidden = 768
-    config.model.transformer_layers = 12
-    config.model.transformer_heads = 12
-    config.model.transformer_mlp = 3072
-    config.model.transformer_dropout = 0.1
-    config.model.transformer_patch = 1
+    config.model.transformer = dict(hidden=768, num_layers=12, num_heads=12, mlp_dim=3072, dropout=0.1,
+                                    patch_size=1)
     return config

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -21,11 +20,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from unet_jax.data import DataError
+from unet_jax.data import MANIFEST, DataError
 from unet_jax.data.tfrecord import TFRecordWriter, index_path
+from unet_jax.files import write_json
 
 SPLITS = ("train", "val", "test")
-MANIFEST = "manifest.json"
 
 
 def split_patients(patients: Sequence[str], *, val_fraction: float, test_fraction: float,
@@ -154,9 +153,16 @@ def _module_name() -> str:
 
 def write_manifest(out_dir: str, manifest: dict) -> None:
     """Writes manifest.json (temporary name, then rename)."""
-    manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **manifest}
-    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+    write_json(os.path.join(out_dir, MANIFEST), {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **manifest})
+
+
+def intensity_stats(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation per channel of a patient's images [..., C]
+    over the voxels where any channel is non-zero (the head, not the air around
+    it); 0 and 1 for a patient without such voxels."""
+    channels = images[0].shape[-1]
+    voxels = np.concatenate([x.reshape(-1, channels) for x in images]).astype(np.float64)
+    head = voxels[np.any(voxels != 0, axis=1)]
+    if len(head) == 0:
+        return np.zeros(channels), np.ones(channels)
+    return head.mean(axis=0), head.std(axis=0)

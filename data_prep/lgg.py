@@ -8,6 +8,9 @@ Each slice becomes one tf.train.Example with
   patient_index position of the patient in its split's sorted patient list
   slice         slice number from the file name (records sorted by it)
   tumor_pixels  number of mask pixels set
+  channel_mean, channel_std  float [C], the patient's intensity statistics per
+                channel over the voxels where any channel is non-zero (for the
+                per-patient z-score of the input pipeline)
 
 With --volume_depth=D, each patient's slices are stacked into volumes instead:
 consecutive blocks of D slices, the last block padded with zero slices, one
@@ -204,7 +207,11 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
                     numbers.append(s.number)
                     images.append(image)
                     masks.append(mask)
-                if volume_depth and numbers:
+                if not numbers:  # every slice of the patient was skipped
+                    per_patient.append({"patient": patient, "num_slices": 0, "num_tumor_slices": 0})
+                    continue
+                mean, std = common.intensity_stats(images)
+                if volume_depth:
                     blocks = volume_blocks(numbers, images, masks, volume_depth)
                 else:
                     blocks = zip(numbers, images, masks)
@@ -214,11 +221,13 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
                         "patient_id": patient, "patient_index": patient_index,
                         "slice": int(number[0]) if volume_depth else number,
                         **({"slices": number} if volume_depth else {}),
-                        "tumor_pixels": int(mask.sum())}))
+                        "tumor_pixels": int(mask.sum()), "channel_mean": mean, "channel_std": std}))
                     record_shape = image.shape
                     examples += 1
                 n_tumor = sum(int(m.any()) for m in masks)
-                per_patient.append({"patient": patient, "num_slices": len(numbers), "num_tumor_slices": n_tumor})
+                per_patient.append({"patient": patient, "num_slices": len(numbers), "num_tumor_slices": n_tumor,
+                                    "channel_mean": np.round(mean, 3).tolist(),
+                                    "channel_std": np.round(std, 3).tolist()})
                 written += len(numbers)
                 tumor += n_tumor
             splits[name] = {"num_patients": len(split[name]), "num_slices": written, "num_examples": examples,
@@ -237,6 +246,8 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
             "layout": "volumes" if volume_depth else "slices",
             "volume_depth": volume_depth,
             "mask": "uint8 0/1, H*W*D" if volume_depth else "uint8 0/1, H*W",
+            "num_classes": 2,
+            "intensity_stats": "per patient and channel, over the voxels where any channel is non-zero",
             "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
                       "num_folds": num_folds, "fold": fold},
             "splits": splits,

@@ -1,17 +1,39 @@
-"""Shared fixtures: small phantom datasets and the real LGG subset when present."""
+"""Shared fixtures: small phantom datasets and the real LGG subset when present.
 
+Every test runs with four simulated CPU devices (data parallelism exercised
+everywhere; tests pick 1-device meshes too). Tiny models spend far longer in
+XLA's optimisation passes than in running, so tests compile at optimisation
+level 0 (what they check does not depend on it; speed numbers belong in the
+benchmarks) and
+share compiled executables through a compilation cache for the session.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-# Four simulated CPU devices for every test (set before JAX initialises), so
-# data parallelism is exercised everywhere; tests pick 1-device meshes too.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+# Set before JAX initialises.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0").strip()
 
-import pytest
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
-from data_prep import lgg, synthetic
+from data_prep import lgg, synthetic  # noqa: E402
+
+_CACHE = tempfile.mkdtemp(prefix="unet_jax_test_xla_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 REAL_LGG = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_kaggle_3m_subset"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains or compiles whole models; `pytest -m 'not slow'` skips them")
 
 
 @pytest.fixture(scope="session")

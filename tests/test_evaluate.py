@@ -1,8 +1,9 @@
-"""evaluate: volume records cut back into slices for the per-patient tables."""
+"""evaluate: volume records cut back into slices for the per-patient tables; the
+slices the figures show."""
 
 import numpy as np
 
-from unet_jax import evaluate
+from unet_jax import evaluate, report
 
 
 def test_unstack_depth_cuts_volumes_into_numbered_slices_and_drops_padding():
@@ -30,5 +31,5 @@ def test_slices_to_show_prefer_foreground_for_uint8_label_volumes():
     target[4, :2] = 1       # 8 voxels
     pred[1, 0, 0] = 1       # 1 voxel
     target[2, :, :3] = 2    # 12 voxels of class 2
-    assert evaluate.slices_to_show(pred, target, 2) == [2, 4]
-    assert evaluate.slices_to_show(pred, target, 3) == [1, 2, 4]
+    assert report.slices_to_show(pred, target, 2) == [2, 4]
+    assert report.slices_to_show(pred, target, 3) == [1, 2, 4]

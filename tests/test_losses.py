@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unet_jax import losses
+from unet_jax import losses, tasks
 
-LOSSES = {name: jax.jit(fn) for name, fn in losses.LOSSES.items()}
+ALL_LOSSES = {**losses.SEGMENTATION_LOSSES, **losses.REGRESSION_LOSSES}
+LOSSES = {name: jax.jit(fn) for name, fn in ALL_LOSSES.items()}
 
 
 def _batch(shape=(4, 8, 8, 1), seed=0):
@@ -62,7 +63,7 @@ SOFTMAX_REFERENCES = {"dice": _ref_softmax_dice, "ce": _ref_softmax_ce,
                       "dice_ce": lambda *a: _ref_softmax_dice(*a) + _ref_softmax_ce(*a)}
 
 
-@pytest.mark.parametrize("name", sorted(losses.LOSSES))
+@pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("shape", [(4, 8, 8, 1), (2, 6, 6, 4, 1)])
 def test_losses_match_numpy_in_2d_and_3d(name, shape):
     logits, targets = _batch(shape)
@@ -71,7 +72,7 @@ def test_losses_match_numpy_in_2d_and_3d(name, shape):
     np.testing.assert_allclose(loss, REFERENCES[name](logits, targets), rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(losses.LOSSES))
+@pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("valid", [[True, True, True, False], [1.0, 0.0, 1.0, 0.0]])
 def test_weights_drop_padded_examples(name, valid):
     logits, targets = _batch()
@@ -88,10 +89,10 @@ def test_bce_micro_batch_mean_equals_full_batch():
     np.testing.assert_allclose(np.mean(micro), LOSSES["bce"](logits, targets), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(losses.LOSSES))
+@pytest.mark.parametrize("name", sorted(LOSSES))
 def test_all_invalid_batch_is_finite_and_has_finite_gradient(name):
     logits, targets = _batch()
-    loss_fn = losses.LOSSES[name]
+    loss_fn = ALL_LOSSES[name]
     weights = jnp.zeros(4, bool)
     loss, grad = jax.jit(jax.value_and_grad(loss_fn))(jnp.asarray(logits), targets, weights)
     assert np.isfinite(loss)
@@ -122,11 +123,11 @@ def test_regression_losses_refuse_shapes_that_would_broadcast():
         losses.l1_loss(jnp.zeros((2, 4, 4, 3)), jnp.zeros((2, 4, 4, 1)))
 
 
-def test_get_loss_checks_the_task():
-    assert losses.get_loss("l1", "regression") is losses.l1_loss
-    with pytest.raises(ValueError, match="loss='dice' is not a regression loss; valid names: l1, l2, soft_jaccard"):
-        losses.get_loss("dice", "regression")
-    with pytest.raises(ValueError, match="loss='focal' is not a segmentation loss; valid names: bce, ce, dice"):
-        losses.get_loss("focal")
+def test_each_task_knows_its_losses():
+    assert tasks.make_task("regression").loss("l1") is losses.l1_loss
+    with pytest.raises(ValueError, match="loss='dice' is not a regression loss; choose one of l1, l2, soft_jaccard"):
+        tasks.make_task("regression").loss("dice")
+    with pytest.raises(ValueError, match="loss='focal' is not a segmentation loss; choose one of bce, ce, dice"):
+        tasks.make_task("segmentation").loss("focal")
     with pytest.raises(ValueError, match="task='classification'"):
-        losses.get_loss("dice", "classification")
+        tasks.make_task("classification")

@@ -1,17 +1,16 @@
 """Metrics: empty-mask conventions, dataset vs per-image scores, masking and
 merging of clu collections, largest component and per-patient volumes."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unet_jax import metrics
+from unet_jax import metrics, tasks
 
 POS, NEG = 5.0, -5.0  # logits of a confident positive / negative pixel
-compute_metrics = jax.jit(metrics.compute_metrics)
+compute_metrics = jax.jit(tasks.Segmentation().batch_metrics)
 
 
 def _logits(pred):
@@ -112,6 +111,14 @@ def test_merging_batches_equals_one_batch_under_jit():
     np.testing.assert_allclose(merged["loss"], 0.3, rtol=1e-6)
 
 
+def test_loss_is_weighted_by_the_valid_examples_of_each_batch():
+    """A padded last batch of one valid example weighs one example, not a full batch."""
+    logits, target = np.zeros((4, 2, 2, 1), np.float32), np.zeros((4, 2, 2, 1), np.float32)
+    full = compute_metrics(logits, target, np.ones(4, bool), 0.2)
+    last = compute_metrics(logits, target, np.array([True, False, False, False]), 0.8)
+    np.testing.assert_allclose(full.merge(last).compute()["loss"], (4 * 0.2 + 0.8) / 5, rtol=1e-6)
+
+
 def test_largest_component_uses_full_3d_connectivity():
     volume = np.zeros((10, 10, 10), bool)
     volume[0:2, 0:2, 0:2] = True  # 8 voxels
@@ -195,7 +202,7 @@ def test_volume_accumulator_per_patient_dice_with_and_without_lcc():
     accumulator = metrics.VolumeAccumulator()
     _fill(accumulator, numbers, patients)
     names = ["TCGA_A", "TCGA_B", "TCGA_C", "TCGA_D"]
-    table = accumulator.patient_table(names)
+    table = metrics.segmentation_table(accumulator.volumes(), names=names)
     assert [row["patient"] for row in table] == names
     for row in table:
         pred, target, pred_lcc = patients[row["patient_index"]]
@@ -207,11 +214,11 @@ def test_volume_accumulator_per_patient_dice_with_and_without_lcc():
     assert by_patient[0]["dice_3d"] < by_patient[0]["dice_3d_lcc"] < 1.0
     assert by_patient[2]["dice_3d"] == by_patient[2]["dice_3d_lcc"] == 1.0
     assert by_patient[3]["dice_3d"] == 0.0
-    summary = metrics.mean_over_patients(table)
+    summary = metrics.mean_over_patients(table, ("dice_3d", "dice_3d_lcc"))
     assert summary["dice_3d"] == pytest.approx(np.mean([r["dice_3d"] for r in table]))
     assert summary["dice_3d_lcc"] == pytest.approx(
         np.mean([_ref_dice(lcc, t) for _, t, lcc in patients.values()]))
-    assert accumulator.patient_table()[1]["patient"] == "1"
+    assert metrics.segmentation_table(accumulator.volumes())[1]["patient"] == "1"
 
 
 def test_volume_accumulator_rejects_duplicate_slices():
@@ -234,16 +241,16 @@ def test_overlap_stats_softmax_micro_averages_foreground_classes():
     np.testing.assert_array_equal(stats["pred_sum"], ps)
     np.testing.assert_array_equal(stats["target_sum"], ts)
     np.testing.assert_allclose(stats["dice"], 2 * inter / (ps + ts), rtol=1e-6)
-    np.testing.assert_array_equal(metrics.predict(logits), pred)
+    np.testing.assert_array_equal(metrics.predict_labels(logits), pred)
 
 
 def test_predict_by_task():
     logits = np.array([[[-1.0], [2.0]]], np.float32)  # [1, 2, 1]
-    np.testing.assert_array_equal(metrics.predict(logits), [[0, 1]])
-    assert metrics.predict(logits).dtype == jnp.uint8
-    np.testing.assert_array_equal(metrics.predict(logits, "regression"), logits)
+    np.testing.assert_array_equal(tasks.Segmentation().predict(logits), [[0, 1]])
+    assert tasks.Segmentation().predict(logits).dtype == jnp.uint8
+    np.testing.assert_array_equal(tasks.Regression().predict(logits), logits)
     with pytest.raises(ValueError, match="300 output classes do not fit uint8 labels"):
-        metrics.predict(np.zeros((1, 2, 300), np.float32))
+        metrics.predict_labels(np.zeros((1, 2, 300), np.float32))
 
 
 def test_regression_metrics_match_numpy_with_padding():
@@ -251,8 +258,7 @@ def test_regression_metrics_match_numpy_with_padding():
     outputs = rng.normal(0.4, 0.3, size=(4, 5, 5, 1)).astype(np.float32)
     targets = rng.random((4, 5, 5, 1)).astype(np.float32)
     valid = np.array([True, True, True, False])
-    result = jax.jit(functools.partial(metrics.compute_metrics, task="regression"))(
-        outputs, targets, valid, jnp.float32(0.5)).compute()
+    result = jax.jit(tasks.Regression().batch_metrics)(outputs, targets, valid, jnp.float32(0.5)).compute()
     y, t = outputs[:3].astype(np.float64), targets[:3].astype(np.float64)
     yc = np.maximum(y, 0)
     assert set(result) == {"loss", "mae", "rmse", "soft_jaccard", "soft_jaccard_per_image"}
@@ -263,7 +269,7 @@ def test_regression_metrics_match_numpy_with_padding():
     np.testing.assert_allclose(result["soft_jaccard_per_image"], per_image.mean(), rtol=1e-5)
     zeros = np.zeros((1, 3, 3, 1), np.float32)
     assert metrics.regression_stats(zeros, zeros)["jaccard"][0] == 1.0  # all zero on all zero
-    assert metrics.metric_names("regression") == list(result)
+    assert tasks.Regression().metric_names()[:len(result)] == list(result)
 
 
 def test_volume_accumulator_scores_each_foreground_class():
@@ -272,9 +278,9 @@ def test_volume_accumulator_scores_each_foreground_class():
     target[1, 2:, 2:] = 2
     pred = target.copy()
     pred[1, 3, 3] = 1  # one voxel of class 2 called class 1
-    accumulator = metrics.VolumeAccumulator(num_classes=3)
+    accumulator = metrics.VolumeAccumulator()
     accumulator.add(pred, target, np.zeros(2, np.int32), np.array([0, 1]), np.ones(2, bool))
-    (row,) = accumulator.patient_table()
+    (row,) = metrics.segmentation_table(accumulator.volumes(), num_classes=3)
     assert row["dice_3d_class1"] == pytest.approx(2 * 4 / (5 + 4))
     assert row["dice_3d_class2"] == pytest.approx(2 * 3 / (3 + 4))
     assert row["dice_3d"] == pytest.approx((row["dice_3d_class1"] + row["dice_3d_class2"]) / 2)

@@ -102,3 +102,14 @@ def test_prediction_grid_rejects_missing_channel(tmp_path):
     images, targets, preds = examples(1, channels=1)
     with pytest.raises(ValueError, match="channel"):
         report.plot_prediction_grid(images, targets, preds, str(tmp_path / "x.png"))
+
+
+def test_regression_figure_titles_name_patients_and_slice_numbers(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(report, "plot_regression_grid", lambda *a, titles, **k: seen.setdefault("titles", titles))
+    target = np.zeros((3, 4, 4), np.float32)
+    target[1] = 2.0  # the slice of largest target mass: index 1, slice number 12
+    volumes = {5: (target * 0.5, target, np.array([11, 12, 14]))}
+    report.regression_figure([{"patient_index": 5, "patient": "TCGA_X"}], volumes, {5: np.ones((3, 4, 4))},
+                             str(tmp_path / "r.png"), rows=1)
+    assert seen["titles"] == ["TCGA_X slice 12  Jaccard 0.50"]

@@ -9,8 +9,14 @@ import numpy as np
 import optax
 import pytest
 
-from unet_jax import losses, parallel, steps
+from unet_jax import losses, parallel, steps, tasks
 from unet_jax.models.unet import UNet
+
+SEG = tasks.Segmentation()
+
+
+def _train_step(loss_fn, **kwargs):
+    return functools.partial(steps.train_step, loss_fn=loss_fn, metrics_fn=SEG.batch_metrics, **kwargs)
 
 
 def _batch(n, size=16, seed=0):
@@ -37,8 +43,8 @@ def test_gradient_accumulation_equals_the_full_batch():
     # would hide a wrong scale, since it normalises the gradient).
     state = _state("none", optax.sgd(1.0))
     batch = jax.tree.map(jnp.asarray, _batch(8))
-    full = jax.jit(functools.partial(steps.train_step, loss_fn=losses.cross_entropy_loss, grad_accum_steps=1))
-    accum = jax.jit(functools.partial(steps.train_step, loss_fn=losses.cross_entropy_loss, grad_accum_steps=4))
+    full = jax.jit(_train_step(losses.cross_entropy_loss, grad_accum_steps=1))
+    accum = jax.jit(_train_step(losses.cross_entropy_loss, grad_accum_steps=4))
     s1, m1 = full(state, batch)
     s4, m4 = accum(state, batch)
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
@@ -56,7 +62,7 @@ def test_one_and_four_devices_give_the_same_losses():
     for devices in (jax.devices()[:1], jax.devices()[:4]):
         mesh = parallel.make_mesh(devices)
         repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-        step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_ce_loss, grad_accum_steps=1),
+        step = jax.jit(_train_step(losses.dice_ce_loss, grad_accum_steps=1),
                        in_shardings=(repl, data), out_shardings=(repl, repl))
         # SGD: parameters then differ only as much as the gradients do (Adam's
         # first steps are sign-like and turn rounding noise into full steps).
@@ -77,7 +83,8 @@ def test_one_and_four_devices_give_the_same_losses():
 def test_eval_step_excludes_padding():
     state = _state("batch")
     b = _batch(4)
-    step = jax.jit(functools.partial(steps.eval_step, loss_fn=losses.dice_loss))
+    step = jax.jit(functools.partial(steps.eval_step, loss_fn=losses.dice_loss, metrics_fn=SEG.batch_metrics,
+                                     predict_fn=SEG.predict))
     m_all, preds = step(state, jax.tree.map(jnp.asarray, b))
     assert preds.shape == (4, 16, 16) and preds.dtype == jnp.uint8  # labels
     padded = {k: np.concatenate([v, np.zeros_like(v[:2])]) for k, v in b.items()}
@@ -108,7 +115,7 @@ def test_mixed_precision_step_keeps_float32_state_and_learns():
     model = UNet(features=4, depth=2, norm="batch", dtype=jnp.bfloat16)
     tx = steps.make_optimizer(1e-2, total_steps=10, schedule="constant")
     state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_ce_loss, grad_accum_steps=2))
+    step = jax.jit(_train_step(losses.dice_ce_loss, grad_accum_steps=2))
     batch = jax.tree.map(jnp.asarray, _batch(8))
     seen = []
     for _ in range(4):
@@ -123,20 +130,31 @@ def test_deep_supervision_heads_are_trained_by_their_weights_only():
     model = UNet(features=4, depth=3, norm="none", deep_supervision=2)
     x = jnp.zeros((1, 16, 16, 3))
     variables = model.init(jax.random.PRNGKey(0), x)
-    _, inter = model.apply(variables, x, mutable=["intermediates"])
-    assert [inter["intermediates"][f"aux_logits_{k}"][0].shape for k in (1, 2)] == [(1, 16, 16, 1)] * 2
+    logits, aux = model.apply(variables, x, with_aux=True)
+    assert logits.shape == (1, 16, 16, 1) and [a.shape for a in aux] == [(1, 16, 16, 1)] * 2
+    np.testing.assert_array_equal(model.apply(variables, x), logits)  # without aux: the logits alone
     state = steps.create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), x)
     batch = jax.tree.map(jnp.asarray, _batch(4))
     results = {}
     for weights in ((0.0, 0.0), (0.5, 0.25)):
-        step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_ce_loss, aux_weights=weights))
+        step = jax.jit(_train_step(losses.dice_ce_loss, aux_weights=weights))
         new, m = step(state, batch)
         moved = {k: float(jnp.abs(new.params[k]["kernel"] - state.params[k]["kernel"]).max())
-                 for k in ("aux_head_1", "aux_head_2", "Conv_0")}
+                 for k in ("aux_head_1", "aux_head_2", "head")}
         results[weights] = (moved, float(m.compute()["loss"]))
     (off, loss_off), (on, loss_on) = results[(0.0, 0.0)], results[(0.5, 0.25)]
-    assert off["aux_head_1"] == off["aux_head_2"] == 0.0 and off["Conv_0"] > 0
+    assert off["aux_head_1"] == off["aux_head_2"] == 0.0 and off["head"] > 0
     assert on["aux_head_1"] > 0 and on["aux_head_2"] > 0
     assert loss_on == pytest.approx(loss_off)  # the reported loss is the main output's
     with pytest.raises(ValueError, match="deep_supervision=3 must lie in"):
         UNet(features=4, depth=3, deep_supervision=3).init(jax.random.PRNGKey(0), x)
+
+
+def test_weight_decay_spares_biases_norms_and_position_embeddings():
+    params = {"enc_0": {"conv_0": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.ones(2)}},
+              "bottleneck": {"position_embedding": jnp.ones((4, 8)), "patch_embedding": {"kernel": jnp.ones((1, 1, 2, 8))}},
+              "norm": {"scale": jnp.ones(2)}}
+    mask = steps.decay_mask(params)
+    assert mask == {"enc_0": {"conv_0": {"kernel": True, "bias": False}},
+                    "bottleneck": {"position_embedding": False, "patch_embedding": {"kernel": True}},
+                    "norm": {"scale": False}}

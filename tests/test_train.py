@@ -14,7 +14,9 @@ import pytest
 
 from configs import default
 from data_prep import lgg, synthetic
-from unet_jax import train
+from unet_jax import parallel, tasks, train
+from unet_jax.config_checks import ConfigError, validate_config
+from unet_jax.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +52,8 @@ def trained(prepared_dir, tmp_path_factory):
 def test_workdir_holds_the_whole_run(trained):
     workdir, summary = trained
     files = set(os.listdir(workdir))
-    assert {"config.json", "checkpoints", "metrics.csv", "test_metrics.json", "figures"} <= files
+    assert {"config.json", "train_manifest.json", "checkpoints", "metrics.csv", "test_metrics.json",
+            "figures"} <= files
     assert any(f.startswith("events.out.tfevents") for f in files)
     assert set(os.listdir(os.path.join(workdir, "figures"))) == {"learning_curves.png", "test_best_worst.png"}
     for png in os.listdir(os.path.join(workdir, "figures")):
@@ -69,7 +72,7 @@ def test_workdir_holds_the_whole_run(trained):
 def test_best_epoch_is_chosen_by_the_validation_metric(trained):
     workdir, summary = trained
     rows = _rows(workdir)
-    scores = [float(r["val_dice_3d"]) for r in rows]
+    scores = [float(r["val_dice"]) for r in rows]  # the default: Dice over all validation voxels
     best = int(np.argmax(scores)) + 1
     saved = json.load(open(os.path.join(workdir, "test_metrics.json")))
     assert saved["best_epoch"] == summary["best_epoch"] == best
@@ -106,12 +109,21 @@ def test_stop_request_turns_sigterm_into_a_flag():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def _other_patients(tmp_path, name, *, num_patients, num_slices, size, seed, val_fraction, test_fraction):
+    """Phantoms the run never saw, prepared under tmp_path/<name>_prepared."""
+    phantoms = tmp_path / name
+    synthetic.write_phantoms(phantoms, num_patients=num_patients, num_slices=num_slices, size=size, seed=seed,
+                             progress=False)
+    out = str(tmp_path / f"{name}_prepared")
+    lgg.prepare(str(phantoms), out, val_fraction=val_fraction, test_fraction=test_fraction, progress=False,
+                command="test")
+    return out
+
+
 def test_evaluate_mode_on_another_prepared_folder(trained, prepared_dir, tmp_path):
     workdir, _ = trained
-    phantoms = tmp_path / "other"
-    synthetic.write_phantoms(phantoms, num_patients=3, num_slices=8, size=32, seed=5, progress=False)
-    other = str(tmp_path / "other_prepared")
-    lgg.prepare(str(phantoms), other, val_fraction=0.34, test_fraction=0.34, progress=False, command="test")
+    other = _other_patients(tmp_path, "other", num_patients=3, num_slices=8, size=32, seed=5, val_fraction=0.34,
+                            test_fraction=0.34)
     summary = train.evaluate_workdir(tiny_config(prepared_dir), workdir, other, "test")
     out = json.load(open(os.path.join(workdir, "evaluate_other_prepared_test_metrics.json")))
     assert out["data_dir"] == other and out["metrics"] == summary["metrics"]
@@ -144,20 +156,20 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_deep_supervision_weights_must_match_the_model(prepared_dir):
-    from unet_jax import parallel
-
     config = tiny_config(prepared_dir)
     config.model.deep_supervision = 1
-    with pytest.raises(ValueError, match="deep_supervision_weights has 0 entries but model.deep_supervision=1"):
-        train.compile_steps(config, parallel.make_mesh())
+    manifest = pipeline.read_manifest(prepared_dir)
+    with pytest.raises(ConfigError, match="deep_supervision_weights has 0 entries but model.deep_supervision=1"):
+        validate_config(config, manifest, num_devices=4)
     config.deep_supervision_weights = (0.5,)
-    assert len(train.compile_steps(config, parallel.make_mesh())) == 2
+    validate_config(config, manifest, num_devices=4)
+    assert len(train.compile_steps(config, tasks.get_task(config), parallel.make_mesh())) == 2
 
 
 def test_unknown_best_metric_is_refused_before_training(prepared_dir, tmp_path):
     config = tiny_config(prepared_dir)
     config.best_metric = "val_dice3d"
-    with pytest.raises(ValueError, match="best_metric='val_dice3d': choose one of"):
+    with pytest.raises(ConfigError, match="best_metric='val_dice3d' is not a segmentation metric; choose one of"):
         train.train_and_evaluate(config, str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
 
@@ -166,7 +178,7 @@ def test_eval_batch_size_must_split_over_the_devices(trained, prepared_dir):
     workdir, _ = trained
     config = tiny_config(prepared_dir)
     config.eval_batch_size = 6  # 4 simulated devices
-    with pytest.raises(ValueError, match="eval_batch_size=6 must be a multiple of the 4 devices"):
+    with pytest.raises(ConfigError, match="eval_batch_size=6 must be a positive multiple of the 4 devices"):
         train.evaluate_workdir(config, workdir, prepared_dir, "test")
 
 
@@ -179,7 +191,7 @@ def test_softmax_head_trains_and_scores_like_the_sigmoid_one(prepared_dir, tmp_p
     config.num_epochs = 2
     summary = train.train_and_evaluate(config, str(tmp_path / "softmax"))
     rows = _rows(str(tmp_path / "softmax"))
-    assert list(rows[0]) == train.csv_columns("segmentation")
+    assert list(rows[0]) == train.csv_columns(tasks.get_task(config))
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert 0 <= summary["metrics"]["dice_3d"] <= 1
     assert "dice_3d_class1" not in summary["patients"][0]  # one foreground class: no per-class columns
@@ -194,22 +206,24 @@ def test_regression_head_trains_on_the_mask_as_a_grey_level_target(prepared_dir,
     workdir = str(tmp_path / "regression")
     summary = train.train_and_evaluate(config, workdir)
     rows = _rows(workdir)
-    assert list(rows[0]) == train.csv_columns("regression")
+    assert list(rows[0]) == train.csv_columns(tasks.get_task(config))
     assert "val_soft_jaccard" in rows[0] and "val_dice_3d" not in rows[0]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
-    assert set(summary["metrics"]) == {"loss", "mae", "rmse", "soft_jaccard", "soft_jaccard_per_image"}
+    assert set(summary["metrics"]) == {"loss", "mae", "rmse", "soft_jaccard", "soft_jaccard_per_image",
+                                       "soft_jaccard_3d", "mae_3d", "rmse_3d"}
     assert set(os.listdir(os.path.join(workdir, "figures"))) == {"learning_curves.png", "test_predictions.png"}
 
 
 def test_regression_rejects_a_segmentation_loss_and_metric(prepared_dir, tmp_path):
     config = tiny_config(prepared_dir)
     config.task = "regression"
-    with pytest.raises(ValueError, match="best_metric='val_dice_3d': choose one of"):
+    with pytest.raises(ConfigError, match="loss='dice_bce' is not a regression loss"):
         train.train_and_evaluate(config, str(tmp_path / "a"))
-    config.best_metric = "val_mae"
-    config.best_mode = "min"
-    with pytest.raises(ValueError, match="loss='dice_bce' is not a regression loss"):
+    config.loss = "l1"
+    config.best_metric = "val_dice_3d"
+    with pytest.raises(ConfigError, match="best_metric='val_dice_3d' is not a regression metric; choose one of"):
         train.train_and_evaluate(config, str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_3d_unet_trains_on_patient_volumes_and_scores_every_slice(volume_dir, tmp_path):
@@ -227,3 +241,70 @@ def test_3d_unet_trains_on_patient_volumes_and_scores_every_slice(volume_dir, tm
     # Padding slices are dropped: the test patient's 12 real slices, in order.
     assert summary["patients"][0]["num_slices"] == 12
     assert 0 <= summary["metrics"]["dice_3d"] <= 1
+
+
+def _tensorboard_scalars(workdir, tag):
+    """{step: value} of a scalar that clu's writer logged to the workdir's events."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    events = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.TENSORS: 0})
+    events.Reload()
+    return {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
+
+
+def test_tensorboard_train_scalars_are_means_over_the_logging_window(trained):
+    workdir, _ = trained
+    logged = _tensorboard_scalars(workdir, "train_loss")
+    assert sorted(logged) == list(range(2, 19, 2))  # log_every_steps=2
+    rows = _rows(workdir)
+    # Windows of 2 steps tile each 6-step epoch: their mean is the epoch's mean loss.
+    for row in rows:
+        end = int(row["step"])
+        windows = [logged[s] for s in range(end - 4, end + 1, 2)]
+        np.testing.assert_allclose(np.mean(windows), float(row["train_loss"]), rtol=1e-5)
+
+
+def test_a_run_without_test_patients_trains_and_says_so(phantom_dir, tmp_path):
+    data = str(tmp_path / "no_test")
+    lgg.prepare(phantom_dir, data, val_fraction=1 / 6, test_fraction=0, seed=0, progress=False, command="t")
+    config = tiny_config(data)
+    config.num_epochs = 1
+    workdir = str(tmp_path / "run")
+    summary = train.train_and_evaluate(config, workdir)
+    assert summary["best_epoch"] == 1 and summary["metrics"] == {} and "nothing was tested" in summary["note"]
+    saved = json.load(open(os.path.join(workdir, "test_metrics.json")))
+    assert saved["note"] == summary["note"] and len(_rows(workdir)) == 1
+    assert os.listdir(os.path.join(workdir, "figures")) == ["learning_curves.png"]
+
+
+def test_an_unwritable_workdir_is_one_line(prepared_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(train.ConfigError, match=f"--workdir={blocker}/run: cannot write there"):
+        train.train_and_evaluate(tiny_config(prepared_dir), str(blocker / "run"))
+
+
+def test_the_demo_trains_on_a_data_dir_given_on_the_command_line(prepared_dir, tmp_path):
+    from configs import demo
+    from unet_jax import main
+
+    config = demo.get_config()
+    with config.unlocked():
+        config.data.data_dir = prepared_dir
+    assert main.demo_data(config, str(tmp_path)) == prepared_dir
+    assert not (tmp_path / "data").exists()  # no phantoms were made
+
+
+def test_evaluating_at_another_size_restores_from_the_training_shape(trained, prepared_dir, tmp_path):
+    """The run trained on 32x32: a conv U-Net evaluates 64x64 data; a transformer
+    bottleneck (position embeddings of one size) is refused in one line."""
+    workdir, _ = trained
+    large = _other_patients(tmp_path, "large", num_patients=2, num_slices=4, size=64, seed=3, val_fraction=0,
+                            test_fraction=0.5)
+    summary = train.evaluate_workdir(tiny_config(prepared_dir), workdir, large, "test")
+    assert summary["patients"][0]["num_slices"] == 4 and 0 <= summary["metrics"]["dice"] <= 1
+    config = tiny_config(prepared_dir)
+    config.model.bottleneck = "transformer"
+    with pytest.raises(train.DataError, match="transformer's position embeddings fit one size only"):
+        train.evaluate_workdir(config, workdir, large, "test")

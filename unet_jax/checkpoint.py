@@ -1,6 +1,7 @@
 """orbax checkpoints of a run: the latest (to resume) and the best by a
-validation metric (to test), each holding the whole TrainState, the grain
-iterator state and a small JSON of progress."""
+validation metric (to test), each holding the whole TrainState with the
+epoch's running metrics, the grain iterator state, and the per-epoch history
+(the rows of metrics.csv) as JSON."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 # Items of every checkpoint.
-STATE, DATA_ITER, PROGRESS = "state", "data_iter", "progress"
+STATE, DATA_ITER, HISTORY = "state", "data_iter", "history"
 
 
 def make_manager(directory: str, *, best_metric: str, best_mode: str = "max") -> ocp.CheckpointManager:
@@ -36,24 +37,26 @@ def make_manager(directory: str, *, best_metric: str, best_mode: str = "max") ->
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=best_fn, best_mode=best_mode,
                                            enable_async_checkpointing=False, create=True)
     handlers = {STATE: ocp.StandardCheckpointHandler(), DATA_ITER: grain.checkpoint.CheckpointHandler(),
-                PROGRESS: ocp.JsonCheckpointHandler()}
+                HISTORY: ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: grain.DatasetIterator,
-         progress: dict, metrics: dict[str, float] | None = None) -> None:
+         history: list[dict], metrics: dict[str, float] | None = None) -> None:
+    """Saves `state` (any pytree of arrays), the iterator's position and the
+    history rows at `step`; `metrics` (validation) make it a candidate for best."""
     manager.save(step, args=ocp.args.Composite(**{
         STATE: ocp.args.StandardSave(state),
         DATA_ITER: grain.checkpoint.CheckpointSave(data_iter),
-        PROGRESS: ocp.args.JsonSave(progress)}), metrics=metrics, force=True)
+        HISTORY: ocp.args.JsonSave({"rows": history})}), metrics=metrics, force=True)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, state: Any,
-            data_iter: grain.DatasetIterator | None = None) -> tuple[Any, dict]:
+            data_iter: grain.DatasetIterator | None = None) -> tuple[Any, list[dict]]:
     """Restores `state` (a template with the right structure and shardings) and,
-    if given, the iterator in place; returns (state, progress)."""
-    items = {STATE: ocp.args.StandardRestore(state), PROGRESS: ocp.args.JsonRestore()}
+    if given, the iterator in place; returns (state, history rows)."""
+    items = {STATE: ocp.args.StandardRestore(state), HISTORY: ocp.args.JsonRestore()}
     if data_iter is not None:
         items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-    return restored[STATE], restored[PROGRESS]
+    return restored[STATE], restored[HISTORY]["rows"]

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+# (outputs [B, *spatial, C], targets [B, *spatial, 1 or C], weights [B] or None) -> scalar
 LossFn = Callable[..., jnp.ndarray]
-TASKS = ("segmentation", "regression")
 
 
 def _broadcast_weights(weights: jnp.ndarray | None, x: jnp.ndarray) -> jnp.ndarray:
@@ -56,6 +56,10 @@ def dice_loss(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray | 
     as in the reference PyTorch training step. One channel: p = sigmoid(logits).
     C channels: p = softmax(logits), and the loss is the mean of the per-class
     losses of the foreground classes 1..C-1.
+
+    A ratio of batch sums, not a per-pixel mean: with gradient accumulation the
+    mean of the micro-batches' Dice losses differs from the whole batch's (for
+    `cross_entropy_loss` the two are equal).
     """
     # Losses are computed in float32 whatever the compute dtype of the model.
     logits = logits.astype(jnp.float32)
@@ -133,14 +137,3 @@ REGRESSION_LOSSES: dict[str, LossFn] = {
     "l2": l2_loss,
     "soft_jaccard": soft_jaccard_loss,
 }
-LOSSES: dict[str, LossFn] = {**SEGMENTATION_LOSSES, **REGRESSION_LOSSES}
-
-
-def get_loss(name: str, task: str = "segmentation") -> LossFn:
-    """The loss registered under `name` for a task ("segmentation" or "regression")."""
-    if task not in TASKS:
-        raise ValueError(f"task={task!r}: choose one of {TASKS}")
-    registry = SEGMENTATION_LOSSES if task == "segmentation" else REGRESSION_LOSSES
-    if name not in registry:
-        raise ValueError(f"loss={name!r} is not a {task} loss; valid names: {', '.join(sorted(registry))}")
-    return registry[name]

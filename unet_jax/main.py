@@ -8,7 +8,6 @@
 
 import logging as std_logging
 import os
-import re
 import sys
 
 # TensorFlow (imported by clu's writers) and XLA log C++ banners to stderr at start-up.
@@ -20,6 +19,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from unet_jax import parallel, train  # noqa: E402
+from unet_jax.config_checks import ConfigError  # noqa: E402
 from unet_jax.data import DataError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -46,16 +46,27 @@ def main(argv):
     logging.info("JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
     try:
         if config.data.synthetic is not None:
-            from data_prep import synthetic  # only the demo needs it
             with config.unlocked():
-                config.data.data_dir = synthetic.prepare_demo(FLAGS.workdir, **config.data.synthetic.to_dict())
+                config.data.data_dir = demo_data(config, FLAGS.workdir)
         if FLAGS.mode == "train":
             train.train_and_evaluate(config, FLAGS.workdir)
         else:
             train.evaluate_workdir(config, FLAGS.workdir, FLAGS.data_dir or config.data.data_dir, FLAGS.split)
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def demo_data(config, workdir: str) -> str:
+    """The demo's data: a `data_dir` given on the command line wins; otherwise
+    the phantoms of `config.data.synthetic`, generated and prepared under the
+    workdir once."""
+    if config.data.data_dir:
+        logging.info("Training on --config.data.data_dir=%s, not on phantoms.", config.data.data_dir)
+        return config.data.data_dir
+    from data_prep import synthetic  # only the demo needs it
+
+    return synthetic.prepare_demo(workdir, **config.data.synthetic.to_dict())
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -68,11 +79,10 @@ def parse_flags(argv: list[str]) -> list[str]:
         print(f"error: cannot load --config: {str(e).splitlines()[-1].strip()}", file=sys.stderr)
         sys.exit(2)
     except (AttributeError, KeyError) as e:
-        text = str(e.args[0] if e.args else e)
-        hint = re.search(r"Did you mean [^?]*\?", text)
-        key = re.search(r"[A-Za-z0-9_]+", text)
-        print(f"error: --config has no key {key.group(0) if key else text!r}"
-              + (f"; {hint.group(0)}" if hint else ""), file=sys.stderr)
+        # ml_collections raises AttributeError(KeyError("'key'\nDid you mean ...?")) for an unknown key.
+        cause = e.args[0] if e.args and isinstance(e.args[0], KeyError) else e
+        key, _, hint = str(cause.args[0] if cause.args else cause).partition("\n")
+        print(f"error: --config has no key {key}" + (f"; {hint.strip()}" if hint.strip() else ""), file=sys.stderr)
         sys.exit(2)
     except flags.Error as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""Segmentation metrics: per-example overlap statistics inside jit, aggregation
-through `clu.metrics`, and per-patient 3-D scores assembled on the host.
+"""Segmentation and regression metrics: per-example statistics inside jit,
+aggregation through `clu.metrics`, and per-patient (per-case) scores
+assembled on the host.
 
 Published numbers differ in how they treat empty masks, smoothing and whether
 they average per slice, per patient or over the whole dataset, so each metric
@@ -28,13 +29,10 @@ IOU_SMOOTH = 1e-6
 # Per-example statistics (inside jit)
 # ---------------------------------------------------------------------------
 
-def predict(logits: jnp.ndarray, task: str = "segmentation", threshold: float = 0.5) -> jnp.ndarray:
-    """What the model predicts: for segmentation the labels [B, *spatial] (uint8,
-    a quarter of the bytes of int32 to gather on the host every evaluation
-    batch; one channel: `sigmoid(logits) > threshold`, C <= 256 channels: the
-    argmax), for regression the outputs themselves [B, *spatial, C]."""
-    if task == "regression":
-        return logits
+def predict_labels(logits: jnp.ndarray, threshold: float = 0.5) -> jnp.ndarray:
+    """Segmentation labels [B, *spatial] as uint8 (a quarter of the bytes of int32
+    to gather on the host every evaluation batch): with one channel
+    `sigmoid(logits) > threshold`, with C <= 256 channels the argmax."""
     if logits.shape[-1] > 256:
         raise ValueError(f"{logits.shape[-1]} output classes do not fit uint8 labels; use at most 256")
     if logits.shape[-1] > 1:
@@ -46,7 +44,7 @@ def predict(logits: jnp.ndarray, task: str = "segmentation", threshold: float = 
 
 def overlap_stats(logits: jnp.ndarray, targets: jnp.ndarray,
                   threshold: float = 0.5) -> dict[str, jnp.ndarray]:
-    """Per-example overlap of the predicted labels (`predict`) with the target
+    """Per-example overlap of the predicted labels (`predict_labels`) with the target
     labels [B, *spatial, 1], over the foreground classes (1 for a one-channel
     sigmoid output, 1..C-1 for a C-channel softmax).
 
@@ -61,7 +59,7 @@ def overlap_stats(logits: jnp.ndarray, targets: jnp.ndarray,
     the published LGG numbers, so empty on empty scores 1 and a non-empty
     prediction on an empty mask scores about 0.
     """
-    labels = predict(logits, "segmentation", threshold)
+    labels = predict_labels(logits, threshold)
     target_labels = jnp.round(targets[..., 0]).astype(jnp.int32)
     classes = jnp.arange(1, max(logits.shape[-1], 2))
     pred = (labels[..., None] == classes).astype(jnp.float32)
@@ -150,23 +148,23 @@ class DatasetIoU(_OverlapSums):
         return jnp.where(union > 0, self.intersection / jnp.maximum(union, 1.0), 1.0)
 
 
-def _batch_loss(loss: jnp.ndarray, mask: jnp.ndarray, **_) -> dict[str, jnp.ndarray]:
-    # clu's masks need a leading axis, so the scalar loss becomes a one-element
-    # batch that counts unless every example in it is padding.
-    return dict(values=jnp.reshape(loss, (1,)), mask=jnp.reshape(jnp.any(mask), (1,)))
+def _loss_per_valid_example(loss: jnp.ndarray, mask: jnp.ndarray, **_) -> dict[str, jnp.ndarray]:
+    # The batch's loss counts once per valid example, so a padded last
+    # evaluation batch weighs what it holds, not as much as a full one.
+    return dict(values=jnp.broadcast_to(loss, mask.shape), mask=mask)
 
 
 @flax.struct.dataclass
 class SegmentationMetrics(clu_metrics.Collection):
     """Evaluation metrics; `mask` (the batch's `valid`) excludes padding examples.
 
-    `loss` is the mean of per-batch losses over batches with a valid example;
+    `loss` is the mean of per-batch losses weighted by their valid examples;
     `dice` and `iou` are dataset-level (`DatasetDice`, `DatasetIoU`);
     `dice_per_image` and `iou_per_image` are means of the per-example scores of
     `overlap_stats` over valid examples (NaN if there are none).
     """
 
-    loss: clu_metrics.Average.from_fun(_batch_loss)
+    loss: clu_metrics.Average.from_fun(_loss_per_valid_example)
     dice: DatasetDice
     iou: DatasetIoU
     dice_per_image: clu_metrics.Average.from_output("dice")
@@ -216,33 +214,11 @@ class RegressionMetrics(clu_metrics.Collection):
     `soft_jaccard_per_image` the mean of per-example scores of `regression_stats`.
     """
 
-    loss: clu_metrics.Average.from_fun(_batch_loss)
+    loss: clu_metrics.Average.from_fun(_loss_per_valid_example)
     mae: clu_metrics.Average.from_output("mae")
     rmse: RootMeanSquare
     soft_jaccard: SoftJaccard
     soft_jaccard_per_image: clu_metrics.Average.from_output("jaccard")
-
-
-COLLECTIONS = {"segmentation": SegmentationMetrics, "regression": RegressionMetrics}
-
-
-def metric_names(task: str) -> list[str]:
-    """Names of the metrics a task's collection computes, in order."""
-    return list(COLLECTIONS[task].__annotations__)
-
-
-def empty_metrics(task: str = "segmentation") -> SegmentationMetrics | RegressionMetrics:
-    return COLLECTIONS[task].empty()
-
-
-def compute_metrics(logits: jnp.ndarray, targets: jnp.ndarray, valid: jnp.ndarray,
-                    loss: jnp.ndarray, task: str = "segmentation") -> SegmentationMetrics | RegressionMetrics:
-    """The task's metric collection for one batch; jit-able, merge batches with `.merge`."""
-    if task == "regression":
-        stats = regression_stats(logits, targets)
-    else:
-        stats = overlap_stats(logits, targets)
-    return COLLECTIONS[task].single_from_model_output(loss=loss, mask=valid, **stats)
 
 
 # ---------------------------------------------------------------------------
@@ -273,73 +249,102 @@ def dice_score(pred: np.ndarray, target: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(pred, target).sum()) / total
 
 
+def grey_level_jaccard(output: np.ndarray, target: np.ndarray) -> float:
+    """sum(min(y, t)) / sum(max(y, t)) over every element, the output clipped at 0
+    (document 000's soft Jaccard); 1.0 when both are all zero."""
+    y, t = np.maximum(np.asarray(output, np.float64), 0.0), np.asarray(target, np.float64)
+    top = np.maximum(y, t).sum()
+    return float(np.minimum(y, t).sum() / top) if top > 0 else 1.0
+
+
 class VolumeAccumulator:
-    """Collects per-slice label maps on the host and scores them per patient.
+    """Collects per-slice predictions, targets and display images on the host
+    and stacks them into one volume per patient, in slice order."""
 
-    Per-patient 3-D Dice stacks each patient's slices in slice order into one
-    volume, computes one Dice per foreground class (1..num_classes-1) and takes
-    their mean (a patient's class absent from both mask and prediction scores
-    1), then averages over patients.
-    """
+    def __init__(self):
+        self._slices: dict[int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]] = defaultdict(list)
 
-    def __init__(self, num_classes: int = 2):
-        self.num_classes = max(num_classes, 2)
-        self._slices: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = defaultdict(list)
-
-    def add(self, pred: Any, target: Any, patient_index: Any, slice: Any, valid: Any) -> None:
-        """Adds one batch: label maps `pred` and `target` [B, *spatial] (bool or
-        integer), and the batch's `patient_index`, `slice` and `valid` [B];
-        invalid rows are dropped."""
-        pred, target = np.asarray(pred).astype(np.uint8), np.asarray(target).astype(np.uint8)
+    def add(self, pred: Any, target: Any, patient_index: Any, slice: Any, valid: Any, image: Any = None) -> None:
+        """Adds one batch: `pred` and `target` [B, *spatial, ...] (stored with
+        the dtype given), the batch's `patient_index`, `slice` and `valid` [B],
+        and optionally `image` [B, H, W] to display; invalid rows are dropped."""
+        pred, target = np.asarray(pred), np.asarray(target)
         patient_index, slice_number = np.asarray(patient_index), np.asarray(slice)
         for row in np.flatnonzero(np.asarray(valid)):
             self._slices[int(patient_index[row])].append(
-                (int(slice_number[row]), pred[row], target[row]))
+                (int(slice_number[row]), pred[row], target[row], None if image is None else np.asarray(image[row])))
 
     def volumes(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """`{patient_index: (pred, target, slice_numbers)}`, uint8 label slices
-        stacked along a new first axis in slice order (a stack of 2-D slices is
-        [S, H, W])."""
+        """`{patient_index: (pred, target, slice_numbers)}`, slices stacked along
+        a new first axis in slice order (a stack of 2-D slices is [S, H, W])."""
         out = {}
         for patient, items in sorted(self._slices.items()):
             items = sorted(items, key=lambda item: item[0])
-            numbers = np.array([number for number, _, _ in items])
+            numbers = np.array([item[0] for item in items])
             if np.any(np.diff(numbers) == 0):
                 raise ValueError(f"patient {patient} has a slice number more than once")
-            out[patient] = (np.stack([p for _, p, _ in items]),
-                            np.stack([t for _, _, t in items]), numbers)
+            out[patient] = (np.stack([item[1] for item in items]), np.stack([item[2] for item in items]), numbers)
         return out
 
-    def patient_table(self, patient_names: Sequence[str] | Mapping[int, str] | None = None
-                      ) -> list[dict[str, Any]]:
-        """One row per patient: `patient_index`, `patient` (its name from
-        `patient_names[patient_index]`, else the index as a string), `num_slices`,
-        `tumor_voxels` and `pred_voxels` (foreground, any class), `dice_3d`, and
-        `dice_3d_lcc` (keeping only the largest connected component of each
-        predicted class); with more than one foreground class also
-        `dice_3d_class<k>` per class."""
-        rows = []
-        classes = range(1, self.num_classes)
-        for patient, (pred, target, numbers) in self.volumes().items():
-            per_class = [dice_score(pred == k, target == k) for k in classes]
-            lcc = [dice_score(largest_connected_component(pred == k), target == k) for k in classes]
-            row = dict(
-                patient_index=patient,
-                patient=str(patient) if patient_names is None else patient_names[patient],
-                num_slices=len(numbers),
-                tumor_voxels=int(np.count_nonzero(target)),
-                pred_voxels=int(np.count_nonzero(pred)),
-                dice_3d=float(np.mean(per_class)),
-                dice_3d_lcc=float(np.mean(lcc)),
-            )
-            if len(per_class) > 1:
-                row.update({f"dice_3d_class{k}": d for k, d in zip(classes, per_class)})
-            rows.append(row)
-        return rows
+    def images(self) -> dict[int, np.ndarray]:
+        """`{patient_index: [S, H, W]}` display images in slice order (patients
+        added without images are left out)."""
+        return {p: np.stack([item[3] for item in sorted(items, key=lambda item: item[0])])
+                for p, items in sorted(self._slices.items()) if items[0][3] is not None}
 
 
-def mean_over_patients(table: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Means over the rows of `VolumeAccumulator.patient_table` of `dice_3d` and
-    `dice_3d_lcc` (NaN if there are no patients)."""
-    return {key: float(np.mean([row[key] for row in table])) if table else float("nan")
-            for key in ("dice_3d", "dice_3d_lcc")}
+def _name(patient: int, names: Sequence[str] | Mapping[int, str] | None) -> str:
+    return str(patient) if names is None else names[patient]
+
+
+def segmentation_table(volumes: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int = 2,
+                       names: Sequence[str] | Mapping[int, str] | None = None) -> list[dict[str, Any]]:
+    """One row per patient of label volumes (`VolumeAccumulator.volumes`):
+    `patient_index`, `patient` (its name from `names[patient_index]`, else the
+    index as a string), `num_slices`, `tumor_voxels` and `pred_voxels`
+    (foreground, any class), `dice_3d`, and `dice_3d_lcc` (keeping only the
+    largest connected component of each predicted class).
+
+    `dice_3d` is the mean of one Dice per foreground class 1..num_classes-1 (a
+    class absent from both mask and prediction scores 1); with more than one
+    foreground class the per-class scores are added as `dice_3d_class<k>`.
+    """
+    rows = []
+    classes = range(1, max(num_classes, 2))
+    for patient, (pred, target, numbers) in volumes.items():
+        per_class = [dice_score(pred == k, target == k) for k in classes]
+        lcc = [dice_score(largest_connected_component(pred == k), target == k) for k in classes]
+        row = dict(
+            patient_index=patient,
+            patient=_name(patient, names),
+            num_slices=len(numbers),
+            tumor_voxels=int(np.count_nonzero(target)),
+            pred_voxels=int(np.count_nonzero(pred)),
+            dice_3d=float(np.mean(per_class)),
+            dice_3d_lcc=float(np.mean(lcc)),
+        )
+        if len(per_class) > 1:
+            row.update({f"dice_3d_class{k}": d for k, d in zip(classes, per_class)})
+        rows.append(row)
+    return rows
+
+
+def regression_table(volumes: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                     names: Sequence[str] | Mapping[int, str] | None = None) -> list[dict[str, Any]]:
+    """One row per patient of output and target volumes: `patient_index`,
+    `patient`, `num_slices`, and over the patient's whole volume `mae_3d`,
+    `rmse_3d` and `soft_jaccard_3d` (sum(min(y, t)) / sum(max(y, t)) with the
+    output clipped at 0; 1 when both are all zero)."""
+    rows = []
+    for patient, (output, target, numbers) in volumes.items():
+        error = output.astype(np.float64) - target.astype(np.float64)
+        rows.append(dict(patient_index=patient, patient=_name(patient, names), num_slices=len(numbers),
+                         mae_3d=float(np.abs(error).mean()), rmse_3d=float(np.sqrt(np.square(error).mean())),
+                         soft_jaccard_3d=grey_level_jaccard(output, target)))
+    return rows
+
+
+def mean_over_patients(table: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, float]:
+    """Means of the `keys` columns over the rows of a patient table (NaN if
+    there are no patients)."""
+    return {key: float(np.mean([row[key] for row in table])) if table else float("nan") for key in keys}

@@ -21,7 +21,6 @@ DATA_AXIS = "data"
 def initialize_distributed() -> None:
     """Joins a multi-host run when the launcher set up the environment (SLURM,
     or JAX_COORDINATOR_ADDRESS); a no-op on one host."""
-    import os
     if "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1 \
             or "JAX_COORDINATOR_ADDRESS" in os.environ:
         jax.distributed.initialize()

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
+
+from unet_jax.files import atomic_write
+from unet_jax.metrics import dice_score, grey_level_jaccard
 
 TP_COLOUR = (0.0, 1.0, 0.0)  # green
 FP_COLOUR = (1.0, 0.0, 0.0)  # red
@@ -30,20 +33,10 @@ _LEGEND_INCHES = 0.3
 
 
 def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> None:
-    """Writes `fig` as PNG to a temporary name beside `path`, then renames it."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    root, _ = os.path.splitext(path)
-    tmp = f"{root}.tmp-{os.getpid()}.png"
+    """Writes `fig` as PNG to `path` atomically."""
     FigureCanvasAgg(fig)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
 
 
 # ----------------------------------------------------------------------------
@@ -241,3 +234,84 @@ def plot_regression_grid(images: np.ndarray, targets: np.ndarray, outputs: np.nd
         if label:
             ax.set_title(label, fontsize=8)
     _save(fig, path, dpi=100)
+
+
+# ----------------------------------------------------------------------------
+# Pictures of an evaluation: per-patient volumes {patient_index: (pred, target,
+# slice_numbers)} and display images {patient_index: [S, H, W]}, in slice order
+# ----------------------------------------------------------------------------
+
+
+def slices_to_show(pred: np.ndarray, target: np.ndarray, k: int) -> list[int]:
+    """Indices (in slice order) of the k slices of a [S, H, W] label volume with the
+    most foreground in mask plus prediction; ties go to the earlier slice."""
+    # Counted as int64: label maps are uint8, and a negated unsigned sum wraps around.
+    area = np.count_nonzero(target.reshape(len(target), -1), axis=1).astype(np.int64) \
+        + np.count_nonzero(pred.reshape(len(pred), -1), axis=1)
+    return sorted(np.argsort(-area, kind="stable")[:k].tolist())
+
+
+def largest_target_slices(volumes: Mapping, n: int) -> list[tuple[int, int]]:
+    """(patient_index, slice index) of the n slices of largest target mass
+    (regression), largest first."""
+    mass = [(float(target[i].astype(np.float32).sum()), p, i)
+            for p, (_, target, _) in volumes.items() for i in range(len(target))]
+    return [(p, i) for _, p, i in sorted(mass, key=lambda m: -m[0])[:n]]
+
+
+def segmentation_preview(volumes: Mapping, images: Mapping, n: int) -> np.ndarray:
+    """[n, H, W, 3] uint8 overlays of the n slices with the largest tumours."""
+    candidates = [(np.count_nonzero(target[i]), p, i)
+                  for p, (_, target, _) in volumes.items() for i in range(len(target))]
+    chosen = sorted(candidates, key=lambda c: -c[0])[:n]
+    return np.stack([overlay(images[p][i].astype(np.float32), volumes[p][1][i], volumes[p][0][i])
+                     for _, p, i in chosen])
+
+
+def regression_preview(volumes: Mapping, images: Mapping, n: int) -> np.ndarray:
+    """[n, H, 3W, 3] uint8 strips (image, target, output) of the n slices of largest
+    target mass; target and output share one grey scale."""
+    rows = []
+    for p, i in largest_target_slices(volumes, n):
+        output, target = (x[i].astype(np.float32) for x in volumes[p][:2])
+        top = max(float(target.max()), 1e-6)
+        grey = np.concatenate([normalise(images[p][i].astype(np.float32)),
+                               np.clip(target / top, 0, 1), np.clip(output / top, 0, 1)], axis=1)
+        rows.append(np.round(np.repeat(grey[..., None], 3, axis=-1) * 255).astype(np.uint8))
+    return np.stack(rows)
+
+
+def best_and_worst_figure(table: Sequence[Mapping], volumes: Mapping, images: Mapping, path: str,
+                          rows_per_patient: int = 4, channel_label: str = "image") -> None:
+    """A grid of slices (image, ground truth, overlay) from the best and the worst
+    patient by 3-D Dice, preferring slices with tumour in mask or prediction."""
+    ranked = sorted(table, key=lambda r: r["dice_3d"])
+    chosen = [ranked[-1], ranked[0]] if len(ranked) > 1 else ranked
+    shown, targets, preds, titles = [], [], [], []
+    for row in chosen:
+        p = row["patient_index"]
+        pred, target, numbers = volumes[p]
+        for i in slices_to_show(pred, target, rows_per_patient):
+            shown.append(images[p][i].astype(np.float32)[..., None])
+            targets.append(target[i])
+            preds.append(pred[i])
+            titles.append(f"{row['patient']} slice {numbers[i]}  Dice {dice_score(pred[i], target[i]):.2f} "
+                          f"(patient {row['dice_3d']:.2f})")
+    plot_prediction_grid(np.stack(shown), np.stack(targets), np.stack(preds), path, titles=titles, channel=0,
+                         max_rows=len(shown), channel_label=channel_label)
+
+
+def regression_figure(table: Sequence[Mapping], volumes: Mapping, images: Mapping, path: str, rows: int = 6,
+                      channel_label: str = "image") -> None:
+    """The slices of largest target mass (input, target, output, error), titled
+    with the patient, the slice number and the slice's grey-level Jaccard."""
+    names = {row["patient_index"]: row["patient"] for row in table}
+    shown, targets, outputs, titles = [], [], [], []
+    for p, i in largest_target_slices(volumes, rows):
+        output, target, numbers = volumes[p]
+        shown.append(images[p][i].astype(np.float32))
+        targets.append(target[i].astype(np.float32))
+        outputs.append(output[i].astype(np.float32))
+        titles.append(f"{names.get(p, p)} slice {numbers[i]}  Jaccard {grey_level_jaccard(output[i], target[i]):.2f}")
+    plot_regression_grid(np.stack(shown), np.stack(targets), np.stack(outputs), path, titles=titles,
+                         image_label=f"image ({channel_label})")

@@ -14,9 +14,12 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from unet_jax import metrics as metrics_lib
+from unet_jax.losses import LossFn
 
-LossFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+# (logits, targets, valid, loss) -> a clu metric collection of one batch
+MetricsFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray], Any]
+# Parameters never decayed: the ViT/BERT convention for learned position embeddings.
+NO_DECAY = ("position_embedding",)
 
 
 class TrainState(train_state.TrainState):
@@ -39,8 +42,12 @@ def make_optimizer(learning_rate: float, *, total_steps: int, warmup_steps: int 
                    schedule: str = "cosine", weight_decay: float = 1e-4,
                    clip_norm: float | None = 1.0) -> optax.GradientTransformation:
     """AdamW with linear warm-up then cosine decay to zero or a constant rate,
-    global-norm gradient clipping, and weight decay on kernels only (not on
-    biases or norm scales)."""
+    and global-norm gradient clipping.
+
+    Weight decay applies to convolution and dense kernels (every parameter of
+    two or more dimensions) and to nothing else: not to biases, norm scales and
+    offsets, nor to the transformer's position embeddings, as ViT training does.
+    """
     if schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps,
                                                 max(total_steps, warmup_steps + 1), 0.0)
@@ -49,10 +56,16 @@ def make_optimizer(learning_rate: float, *, total_steps: int, warmup_steps: int 
                                    optax.constant_schedule(learning_rate)], [warmup_steps])
     else:
         raise ValueError(f"schedule={schedule!r}: choose 'cosine' or 'constant'")
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
     chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
     chain.append(optax.adamw(lr, weight_decay=weight_decay, mask=decay_mask))
     return optax.chain(*chain)
+
+
+def decay_mask(params: Any) -> Any:
+    """True for the parameters that weight decay applies to (see `make_optimizer`)."""
+    def decayed(path, p) -> bool:
+        return p.ndim > 1 and getattr(path[-1], "key", None) not in NO_DECAY
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def _variables(params, batch_stats) -> dict:
@@ -70,54 +83,52 @@ def split_micro_batches(batch: dict[str, jnp.ndarray], k: int) -> dict[str, jnp.
     return jax.tree.map(split, batch)
 
 
-def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: LossFn,
-               grad_accum_steps: int = 1, aux_weights: Sequence[float] = (),
-               task: str = "segmentation") -> tuple[TrainState, Any]:
+def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: LossFn, metrics_fn: MetricsFn,
+               grad_accum_steps: int = 1, aux_weights: Sequence[float] = ()) -> tuple[TrainState, Any]:
     """One optimiser update from `grad_accum_steps` micro-batches of `batch`.
 
     `aux_weights[i]` weighs the loss of the deep-supervision head on decoder
     level i + 1 (a model built with `deep_supervision=len(aux_weights)`); the
-    reported loss and metrics are the main output's.
+    reported loss and metrics (`metrics_fn`) are the main output's.
 
-    Returns the new state and the task's metric collection (`metrics.COLLECTIONS`).
-    Gradients are averaged over micro-batches, so for a per-pixel-mean loss the
-    update equals the one from the whole batch at once. BatchNorm statistics
-    are computed per micro-batch and carried from one to the next. The loop is
-    unrolled: under `lax.scan`, XLA's CPU convolutions ran over 10x slower.
+    Gradients are averaged over micro-batches, so the update equals the one
+    from the whole batch at once for a per-pixel-mean loss (cross-entropy, l1,
+    l2), but not for a batch-level ratio such as the Dice loss; BatchNorm
+    statistics are computed per micro-batch and carried from one to the next.
+    The loop is unrolled: under `lax.scan`, XLA's CPU convolutions ran over 10x
+    slower.
     """
     rng, step_rng = jax.random.split(state.rng)
     micro_batches = split_micro_batches(batch, grad_accum_steps)
     grads_sum = jax.tree.map(jnp.zeros_like, state.params)
     batch_stats = state.batch_stats
-    metrics = metrics_lib.empty_metrics(task)
+    metrics = None
     for index in range(grad_accum_steps):
         micro = jax.tree.map(lambda x: x[index], micro_batches)
 
         def loss_of(params):
-            logits, updates = state.apply_fn(
-                _variables(params, batch_stats), micro["image"], train=True,
-                mutable=["batch_stats", "intermediates"], rngs={"dropout": jax.random.fold_in(step_rng, index)})
+            (logits, aux), updates = state.apply_fn(
+                _variables(params, batch_stats), micro["image"], train=True, with_aux=True,
+                mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(step_rng, index)})
             loss = loss_fn(logits, micro["mask"], micro["valid"])
-            total = loss
-            for level, weight in enumerate(aux_weights, start=1):
-                (aux,) = updates["intermediates"][f"aux_logits_{level}"]
-                total = total + weight * loss_fn(aux, micro["mask"], micro["valid"])
+            total = loss + sum(weight * loss_fn(head, micro["mask"], micro["valid"])
+                               for weight, head in zip(aux_weights, aux, strict=True))
             return total, (loss, logits, updates)
 
         (_, (loss, logits, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
         batch_stats = updates.get("batch_stats", batch_stats)
-        metrics = metrics.merge(metrics_lib.compute_metrics(logits, micro["mask"], micro["valid"], loss, task))
+        micro_metrics = metrics_fn(logits, micro["mask"], micro["valid"], loss)
+        metrics = micro_metrics if metrics is None else metrics.merge(micro_metrics)
     grads = jax.tree.map(lambda g: g / grad_accum_steps, grads_sum)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats, rng=rng)
     return state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: LossFn,
-              task: str = "segmentation") -> tuple[Any, jnp.ndarray]:
-    """Metrics of one batch (padding excluded) and its predictions (`metrics.predict`:
-    labels [B, *spatial] for segmentation, outputs [B, *spatial, C] for regression)."""
+def eval_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: LossFn, metrics_fn: MetricsFn,
+              predict_fn: Callable[[jnp.ndarray], jnp.ndarray]) -> tuple[Any, jnp.ndarray]:
+    """Metrics of one batch (padding excluded) and its predictions (`predict_fn`
+    of the logits: labels for segmentation, the outputs for regression)."""
     logits = state.apply_fn(_variables(state.params, state.batch_stats), batch["image"], train=False)
     loss = loss_fn(logits, batch["mask"], batch["valid"])
-    return (metrics_lib.compute_metrics(logits, batch["mask"], batch["valid"], loss, task),
-            metrics_lib.predict(logits, task))
+    return metrics_fn(logits, batch["mask"], batch["valid"], loss), predict_fn(logits)

@@ -23,7 +23,7 @@ def _take(it, n):
 
 
 def test_train_batches_shapes_and_dtypes(prepared_dir):
-    ds = pipeline.train_dataset(prepared_dir, batch_size=5, seed=0)
+    ds = pipeline.train_dataset(prepared_dir, batch_size=5, seed=0, normalization="scale")
     b = next(pipeline.make_iterator(ds))
     assert b["image"].shape == (5, 32, 32, 3) and b["image"].dtype == np.float32
     assert b["mask"].shape == (5, 32, 32, 1) and b["mask"].dtype == np.float32
@@ -138,3 +138,66 @@ def test_volume_records_decode_to_volumes_and_pad_ids(volume_dir):
     batches = list(pipeline.eval_dataset(out, "test", batch_size=3))
     assert [b["valid"].tolist() for b in batches] == [[True, True, False]]
     np.testing.assert_array_equal(batches[0]["slices"][2], -1)
+
+
+def _element(image, mean, std):
+    return {"image": image, "mask": np.zeros(image.shape[:-1] + (1,), np.float32),
+            "channel_mean": mean, "channel_std": std}
+
+
+def test_patient_zscore_makes_a_darker_channel_the_same_input():
+    """A patient whose FLAIR is three times darker (as TCGA_HT_A5RC's is) gets the
+    same normalised input: statistics over the head, per patient and channel."""
+    from data_prep.common import intensity_stats
+
+    rng = np.random.default_rng(0)
+    slices = [rng.uniform(20, 200, (16, 16, 3)) for _ in range(3)]
+    for s in slices:
+        s[:4] = 0.0  # air around the head in every channel
+    dark = [s * np.array([1.0, 1 / 3, 1.0]) for s in slices]
+    out = [pipeline.normalize(_element(s, *intensity_stats(group)), "patient_zscore")["image"]
+           for group in (slices, dark) for s in group[:1]]
+    np.testing.assert_allclose(out[0], out[1], atol=1e-5)
+    head = out[0][4:]
+    np.testing.assert_array_equal(out[0][:4], 0.0)  # the air stays 0, the background of warps too
+    # Over the patient's head voxels each channel has mean 0 and unit variance.
+    all_head = np.concatenate([pipeline.normalize(_element(s, *intensity_stats(slices)), "patient_zscore")
+                               ["image"][4:].reshape(-1, 3) for s in slices])
+    np.testing.assert_allclose(all_head.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(all_head.std(0), 1, atol=1e-5)
+    assert head.dtype == np.float32 and "channel_mean" not in pipeline.normalize(
+        _element(slices[0], *intensity_stats(slices)), "patient_zscore")
+
+
+def test_patient_zscore_through_data_prep_ignores_the_brightness_of_a_channel(phantom_dir, tmp_path):
+    """The phantoms with their FLAIR divided by 3 (rounded to uint8 as real files
+    are) prepare to nearly the same normalised batches."""
+    import shutil
+
+    import tifffile
+
+    from data_prep import lgg
+
+    dark_dir = tmp_path / "dark"
+    shutil.copytree(phantom_dir, dark_dir)
+    for path in dark_dir.glob("*/*[0-9].tif"):
+        image = tifffile.imread(path)
+        image[..., 1] = np.round(image[..., 1] / 3).astype(np.uint8)
+        tifffile.imwrite(path, image, photometric="rgb", metadata=None)
+    batches = []
+    for source in (phantom_dir, str(dark_dir)):
+        out = str(tmp_path / f"prepared_{os.path.basename(source)}")
+        lgg.prepare(source, out, val_fraction=1 / 6, test_fraction=1 / 6, seed=0, progress=False, command="t")
+        batches.append(next(iter(pipeline.eval_dataset(out, "val", batch_size=12)))["image"])
+        scaled = next(iter(pipeline.eval_dataset(out, "val", batch_size=12, normalization="scale")))["image"]
+        batches.append(scaled)
+    normal, normal_scaled, dark, dark_scaled = batches
+    flair = (slice(None), slice(None), slice(None), 1)
+    # uint8 rounding of the darker channel moves values by a few hundredths of a
+    # standard deviation, and drops from the head the rare edge voxels whose only
+    # non-zero value was a FLAIR of 1.
+    difference = np.abs(normal[flair] - dark[flair])
+    assert np.quantile(difference, 0.99) < 0.05 and difference.mean() < 0.02
+    assert dark_scaled[flair].mean() < 0.4 * normal_scaled[flair].mean()  # fixed scaling keeps it 3x darker
+    others = np.abs(normal[..., [0, 2]] - dark[..., [0, 2]])  # same edge voxels; the rest barely move
+    assert np.quantile(others, 0.99) < 0.02 and (others > 0.05).mean() < 0.002

@@ -1,10 +1,14 @@
 """The U-Net builder: parameter counts, shapes in 2-D and 3-D, bad sizes, gradients."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from unet_jax import tasks
+from unet_jax.models.transformer import TransformerOptions
 from unet_jax.models.unet import UNet
 
 
@@ -37,7 +41,7 @@ def test_shapes_2d_and_3d_in_plane():
     variables3 = jax.jit(model3.init)(jax.random.PRNGKey(0), v)
     out = jax.jit(model3.apply)(variables3, v)
     assert out.shape == (1, 16, 16, 4, 1) and out.dtype == jnp.float32
-    kernel = variables3["params"]["ConvBlock_0"]["Conv_0"]["kernel"]
+    kernel = variables3["params"]["enc_0"]["conv_0"]["kernel"]
     assert kernel.shape == (3, 3, 1, 1, 4)
 
 
@@ -50,11 +54,11 @@ def test_per_level_kernels_and_strides_for_thin_volumes():
     x = jnp.ones((1, 128, 128, 16, 1))
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
     params = variables["params"]
-    assert params["ConvBlock_0"]["Conv_0"]["kernel"].shape == (3, 3, 1, 1, 2)
-    assert params["ConvBlock_2"]["Conv_0"]["kernel"].shape == (3, 3, 3, 4, 8)
-    assert params["ConvBlock_3"]["Conv_0"]["kernel"].shape == (3, 3, 3, 8, 16)  # bottleneck
-    assert params["ConvBlock_4"]["Conv_0"]["kernel"].shape == (3, 3, 3, 16, 8)  # decoder level 2
-    assert params["ConvBlock_6"]["Conv_0"]["kernel"].shape == (3, 3, 1, 4, 2)  # decoder level 0
+    assert params["enc_0"]["conv_0"]["kernel"].shape == (3, 3, 1, 1, 2)
+    assert params["enc_2"]["conv_0"]["kernel"].shape == (3, 3, 3, 4, 8)
+    assert params["bottleneck"]["conv_0"]["kernel"].shape == (3, 3, 3, 8, 16)
+    assert params["dec_2"]["conv_0"]["kernel"].shape == (3, 3, 3, 16, 8)
+    assert params["dec_0"]["conv_0"]["kernel"].shape == (3, 3, 1, 4, 2)
     assert jax.eval_shape(model.apply, variables, x).shape == (1, 128, 128, 16, 1)
     with pytest.raises(ValueError, match="kernel_size has 2 levels; need depth \\+ 1 = 4"):
         UNet(depth=3, kernel_size=((3, 3, 1), (3, 3, 3))).init(jax.random.PRNGKey(0), x)
@@ -94,7 +98,7 @@ def test_upconv_equals_a_transposed_convolution():
     variables = layer.init(jax.random.PRNGKey(1), x)
     variables = jax.tree.map(lambda v: v + 0.1 if v.ndim == 1 else v, variables)  # non-zero bias
     out = np.asarray(layer.apply(variables, x))
-    w = np.asarray(variables["params"]["Dense_0"]["kernel"]).reshape(5, 2, 3, 6)
+    w = np.asarray(variables["params"]["kernel"]).reshape(5, 2, 3, 6)
     bias = np.asarray(variables["params"]["bias"])
     ref = np.zeros((2, 6, 12, 6))
     xn = np.asarray(x, np.float64)
@@ -142,8 +146,8 @@ def test_residual_block_shortcut_is_identity_or_projection():
         UNet(block="dense").init(jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)))
 
 
-TINY_TRANSFORMER = dict(bottleneck="transformer", transformer_hidden=16, transformer_layers=2,
-                        transformer_heads=2, transformer_mlp=32, transformer_dropout=0.1)
+TINY = TransformerOptions(hidden=16, num_layers=2, num_heads=2, mlp_dim=32, dropout=0.1)
+TINY_TRANSFORMER = dict(bottleneck="transformer", transformer=TINY)
 
 
 @pytest.mark.parametrize("variant", [dict(), dict(block="residual"), dict(attention=True),
@@ -161,7 +165,8 @@ def test_each_variant_lowers_its_loss_on_phantoms(variant, prepared_dir):
     model = UNet(features=4, depth=2, **variant)
     tx = steps.make_optimizer(1e-2, total_steps=20, schedule="constant")
     state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), batch["image"][:1])
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_ce_loss))
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_ce_loss,
+                                     metrics_fn=tasks.Segmentation().batch_metrics))
     seen = []
     for _ in range(6):
         state, m = step(state, batch)
@@ -187,8 +192,8 @@ def test_3d_and_head_variants_lower_their_loss(variant, loss, out_channels, data
     model = UNet(features=4, depth=2, out_channels=out_channels, **variant)
     tx = steps.make_optimizer(1e-2, total_steps=20, schedule="constant")
     state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), batch["image"][:1])
-    task = "regression" if loss == "l1" else "segmentation"
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.get_loss(loss, task), task=task))
+    task = tasks.make_task("regression" if loss == "l1" else "segmentation", out_channels)
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=task.loss(loss), metrics_fn=task.batch_metrics))
     seen = []
     for _ in range(6):
         state, m = step(state, batch)
@@ -221,7 +226,7 @@ def test_transformer_bottleneck_shapes_counts_dropout_and_gradients():
     assert _params(model, (1, 32, 32, 3)) == 12_013
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
     # 32 / 4 = an 8x8 bottleneck map: 64 tokens of width 16.
-    assert variables["params"]["TransformerBottleneck_0"]["position_embedding"].shape == (64, 16)
+    assert variables["params"]["bottleneck"]["position_embedding"].shape == (64, 16)
 
     def run(params, rng):
         out, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"],
@@ -234,12 +239,13 @@ def test_transformer_bottleneck_shapes_counts_dropout_and_gradients():
     grads = jax.jit(jax.grad(lambda p: jnp.mean(run(p, jax.random.PRNGKey(2)) ** 2)))(variables["params"])
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         assert float(jnp.abs(g).max()) > 0, jax.tree_util.keystr(path)
-    patched = UNet(features=4, depth=2, **{**TINY_TRANSFORMER, "transformer_patch": 2})
+    patched = UNet(features=4, depth=2, bottleneck="transformer", transformer=dataclasses.replace(TINY, patch_size=2))
     v2 = jax.jit(patched.init)(jax.random.PRNGKey(0), x)
-    assert v2["params"]["TransformerBottleneck_0"]["position_embedding"].shape == (16, 16)
+    assert v2["params"]["bottleneck"]["position_embedding"].shape == (16, 16)
     assert jax.jit(patched.apply)(v2, x).shape == (2, 32, 32, 1)
-    with pytest.raises(ValueError, match="not divisible by transformer_patch=3"):
-        UNet(features=4, depth=2, **{**TINY_TRANSFORMER, "transformer_patch": 3}).init(jax.random.PRNGKey(0), x)
+    with pytest.raises(ValueError, match="not divisible by transformer.patch_size=3"):
+        UNet(features=4, depth=2, bottleneck="transformer",
+             transformer=dataclasses.replace(TINY, patch_size=3)).init(jax.random.PRNGKey(0), x)
 
 
 def test_resize_upsampling_shapes_and_count():
@@ -252,3 +258,22 @@ def test_resize_upsampling_shapes_and_count():
     assert jax.jit(model3.apply)(jax.jit(model3.init)(jax.random.PRNGKey(0), v), v).shape == (1, 16, 16, 4, 1)
     with pytest.raises(ValueError, match="upsample='nearest'"):
         UNet(upsample="nearest").init(jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)))
+
+
+def test_submodules_are_named_by_role_and_level():
+    model = UNet(features=2, depth=2, attention=True, deep_supervision=1, decoder_num_convs=3)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)))["params"]
+    assert sorted(params) == ["aux_head_1", "bottleneck", "dec_0", "dec_1", "enc_0", "enc_1", "gate_0", "gate_1",
+                              "head", "up_0", "up_1"]
+    assert sorted(params["enc_0"]) == ["conv_0", "conv_0_norm", "conv_1", "conv_1_norm"]
+    # decoder_num_convs: three convolutions in every decoder block, two in the encoder
+    assert sorted(k for k in params["dec_1"] if not k.endswith("_norm")) == ["conv_0", "conv_1", "conv_2"]
+    assert sorted(params["up_0"]) == ["bias", "kernel"]
+    vit = UNet(features=2, depth=2, **TINY_TRANSFORMER)
+    bottleneck = jax.eval_shape(vit.init, jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)))["params"]["bottleneck"]
+    assert sorted(bottleneck) == ["encoder_norm", "layer_0", "layer_1", "patch_embedding", "position_embedding",
+                                  "to_features"]
+    assert sorted(bottleneck["layer_0"]) == ["attention", "attention_norm", "mlp_in", "mlp_norm", "mlp_out"]
+    # One more conv per decoder level: (3*3*w*w) per level of widths 2 and 4.
+    assert _params(UNet(features=2, depth=2, decoder_num_convs=3), (1, 16, 16, 3)) == \
+        _params(UNet(features=2, depth=2), (1, 16, 16, 3)) + 9 * (2 * 2 + 4 * 4) + 2 * (2 + 4)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unet_jax import losses, parallel, steps
+from unet_jax import losses, parallel, steps, tasks
 from unet_jax.models.unet import UNet
 
 
@@ -37,7 +37,8 @@ def measure(model, example_shape: tuple[int, ...], batch: int, *, steps_timed: i
                 "mask": (rng.random((batch, *example_shape[:-1], 1)) > 0.8).astype(np.float32),
                 "valid": np.ones(batch, bool)}
     data = parallel.to_global(batch_np, mesh)
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_loss),
+    step = jax.jit(functools.partial(steps.train_step, loss_fn=losses.dice_loss,
+                                     metrics_fn=tasks.Segmentation().batch_metrics),
                    in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)), donate_argnums=0)
     start = time.perf_counter()
     state, m = step(state, data)

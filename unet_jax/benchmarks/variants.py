@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from configs import demo
 from unet_jax import train
 from unet_jax.benchmarks.train_step import measure
-from unet_jax.evaluate import write_json
+from unet_jax.files import atomic_write, write_json
 from data_prep import synthetic
 
 VARIANTS = ["lgg", "lgg_res_attention", "lgg_keras_model1", "lgg_keras_model2", "lgg_transunet", "lgg_3d"]
@@ -104,10 +104,8 @@ def main() -> None:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("" if r.get(k) is None else f"{r[k]:,}" if isinstance(r.get(k), int) else str(r[k])
                                 for k in header) + " |" for r in rows]
-    tmp = os.path.join(args.workdir, "variants.md.tmp")
-    with open(tmp, "w") as f:
+    with atomic_write(os.path.join(args.workdir, "variants.md")) as f:
         f.write("\n".join(lines) + "\n")
-    os.replace(tmp, os.path.join(args.workdir, "variants.md"))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 every example exactly once.
 
 An element is a dict of NumPy arrays:
-  image          float32 [H, W, C], normalised
+  image          float32 [H, W, C], normalised (then augmented, in training)
   mask           float32 [H, W, 1], labels (0/1 for LGG)
   patient_index  int32, the patient's position in its split (-1 for padding)
   slice          int32, slice number (-1 for padding)
@@ -24,17 +24,21 @@ import grain
 from absl import flags
 import numpy as np
 
-from unet_jax.data import DataError
+from unet_jax.data import MANIFEST, DataError
 from unet_jax.data.augment import AugmentOptions, augment_slice
 from unet_jax.data.tfrecord import TFRecordSource, decode_example
 
-NORMALIZATIONS = ("scale", "zscore")
-MANIFEST = "manifest.json"
+# "patient_zscore": per patient and channel, over the voxels where any channel is
+# non-zero (the head), with statistics that data_prep stores in each record;
+# "zscore": per image (or volume) and channel, over all voxels; "scale": the
+# uint8 range to [0, 1].
+NORMALIZATIONS = ("patient_zscore", "zscore", "scale")
 
 
-def read_manifest(data_dir: str) -> dict:
-    """Loads a prepared folder's manifest.json, with a one-line error if absent."""
-    path = os.path.join(data_dir, MANIFEST)
+def read_manifest(data_dir: str, name: str = MANIFEST) -> dict:
+    """Loads a prepared folder's manifest.json (or the copy `name` a workdir
+    keeps), with a one-line error if it is absent or unreadable."""
+    path = os.path.join(data_dir, name)
     if not os.path.exists(path):
         raise DataError(f"{path}: no prepared data here; make it with "
                         f"python -m data_prep.lgg --data_dir=PATH/TO/kaggle_3m --out_dir={data_dir}")
@@ -62,53 +66,71 @@ def split_source(data_dir: str, split: str) -> TFRecordSource:
 
 
 def decode(record: bytes) -> dict[str, np.ndarray]:
-    """Example bytes -> float32 image [*spatial, C] and mask [*spatial], ids."""
+    """Example bytes -> float32 image [*spatial, C] and mask [*spatial, 1], ids,
+    and the patient's intensity statistics where data_prep stored them."""
     ex = decode_example(record)
     shape = tuple(int(d) for d in ex["shape"])
     element = {
         "image": np.frombuffer(ex["image"], np.uint8).reshape(shape).astype(np.float32),
-        "mask": np.frombuffer(ex["mask"], np.uint8).reshape(shape[:-1]).astype(np.float32),
+        "mask": np.frombuffer(ex["mask"], np.uint8).reshape(*shape[:-1], 1).astype(np.float32),
         "patient_index": np.int32(ex["patient_index"][0]),
         "slice": np.int32(ex["slice"][0]),
         "valid": np.bool_(True),
     }
     if "slices" in ex:
         element["slices"] = ex["slices"].astype(np.int32)
+    for key in ("channel_mean", "channel_std"):
+        if key in ex:
+            element[key] = ex[key]
     return element
 
 
 def augment(element: dict, rng: np.random.Generator, opts: AugmentOptions) -> dict:
-    image, mask = augment_slice(element["image"], element["mask"], rng, opts)
-    return {**element, "image": image, "mask": mask}
+    image, mask = augment_slice(element["image"], element["mask"][..., 0], rng, opts)
+    return {**element, "image": image, "mask": mask[..., None]}
 
 
 def normalize(element: dict, method: str) -> dict:
-    """'scale': uint8 range to [0, 1]; 'zscore': per image (or volume) and
-    channel, zero mean and unit variance (a constant channel becomes 0). Adds
-    the mask's channel axis."""
+    """Normalises the image by `method` (see NORMALIZATIONS) and drops the
+    statistics it used.
+
+    'patient_zscore' maps each channel to zero mean and unit variance over the
+    patient's head (voxels where any channel is non-zero) and leaves the rest
+    at 0, as nnU-Net does for MRI, so a patient whose FLAIR is three times
+    darker gets the same input; 'zscore' does it per image (or volume) over all
+    voxels; a constant channel becomes 0.
+    """
+    element = dict(element)
+    mean, std = element.pop("channel_mean", None), element.pop("channel_std", None)
     image = element["image"]
     if method == "scale":
         image = image / 255.0
     elif method == "zscore":
         spatial = tuple(range(image.ndim - 1))
-        mean = image.mean(axis=spatial, keepdims=True)
-        std = image.std(axis=spatial, keepdims=True)
-        image = (image - mean) / np.maximum(std, 1e-6)
+        image = (image - image.mean(axis=spatial, keepdims=True)) / np.maximum(
+            image.std(axis=spatial, keepdims=True), 1e-6)
+    elif method == "patient_zscore":
+        head = np.any(image != 0, axis=-1, keepdims=True)
+        image = np.where(head, (image - mean) / np.maximum(std, 1e-6), 0.0)
     else:
         raise ValueError(f"normalization={method!r}: choose one of {NORMALIZATIONS}")
-    return {**element, "image": image.astype(np.float32), "mask": element["mask"][..., None]}
+    element["image"] = image.astype(np.float32)
+    return element
 
 
-def _check(batch_size: int, shard_index: int, shard_count: int, normalization: str) -> None:
+def _check(data_dir: str, batch_size: int, shard_index: int, shard_count: int, normalization: str) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be at least 1")
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index={shard_index} must lie in [0, shard_count={shard_count})")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization={normalization!r}: choose one of {NORMALIZATIONS}")
+    if normalization == "patient_zscore" and not read_manifest(data_dir).get("intensity_stats"):
+        raise DataError(f"{os.path.join(data_dir, MANIFEST)}: prepared without per-patient intensity statistics; "
+                        "rerun data_prep with --overwrite, or set config.data.normalization=scale")
 
 
-def train_dataset(data_dir: str, *, batch_size: int, seed: int, normalization: str = "scale",
+def train_dataset(data_dir: str, *, batch_size: int, seed: int, normalization: str = "patient_zscore",
                   augment_options: AugmentOptions | None = AugmentOptions(), num_epochs: int | None = None,
                   split: str = "train", shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
     """Shuffled, augmented batches of this process's share of a split.
@@ -117,15 +139,17 @@ def train_dataset(data_dir: str, *, batch_size: int, seed: int, normalization: s
     each other (`num_epochs=None`: forever) and the last incomplete batch of
     the stream is dropped. `batch_size` is per process.
     """
-    _check(batch_size, shard_index, shard_count, normalization)
+    _check(data_dir, batch_size, shard_index, shard_count, normalization)
     ds = grain.MapDataset.source(split_source(data_dir, split))[shard_index::shard_count]
     if len(ds) < batch_size:
         raise DataError(f"{data_dir}: split {split!r} has {len(ds)} examples for this process, fewer than "
                         f"one batch of {batch_size}; lower the batch size")
     ds = ds.seed(seed).shuffle().repeat(num_epochs).map(decode)
+    # Normalised first: the zeros that warps bring in from outside then match the
+    # normalised background.
+    ds = ds.map(functools.partial(normalize, method=normalization))
     if augment_options is not None:
         ds = ds.random_map(functools.partial(augment, opts=augment_options))
-    ds = ds.map(functools.partial(normalize, method=normalization))
     return ds.batch(batch_size, drop_remainder=True)
 
 
@@ -153,12 +177,12 @@ class PadToMultiple(grain.MapDataset):
                 for k, v in self._parent[0].items()}
 
 
-def eval_dataset(data_dir: str, split: str, *, batch_size: int, normalization: str = "scale",
+def eval_dataset(data_dir: str, split: str, *, batch_size: int, normalization: str = "patient_zscore",
                  shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
     """Batches covering every example of a split once, in stored order (patient,
     then slice). The last batch is padded with `valid=False` entries, and every
     process gets the same number of batches."""
-    _check(batch_size, shard_index, shard_count, normalization)
+    _check(data_dir, batch_size, shard_index, shard_count, normalization)
     ds = grain.MapDataset.source(split_source(data_dir, split))
     if len(ds) == 0:
         raise DataError(f"{data_dir}: split {split!r} is empty; prepare the data with a non-zero fraction for it")

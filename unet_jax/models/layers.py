@@ -18,43 +18,37 @@ import jax.numpy as jnp
 NORMS = ("batch", "group", "instance", "none")
 
 
-class Norm(nn.Module):
-    """Batch, group (8 groups or fewer), instance, or no normalisation.
+def normalize(x: jnp.ndarray, train: bool, kind: str, dtype: Any, name: str) -> jnp.ndarray:
+    """Batch, group (8 groups or fewer), instance, or no normalisation, as a
+    submodule `name` of the calling compact method.
 
     BatchNorm reduces over every axis but the channels of the global batch: under
     jit with a sharded batch, XLA computes the statistics across devices.
     """
-
-    kind: str = "batch"
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        features = x.shape[-1]
-        if self.kind == "batch":
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                dtype=self.dtype)(x)
-        if self.kind == "group":
-            return nn.GroupNorm(num_groups=min(8, features), epsilon=1e-5, dtype=self.dtype)(x)
-        if self.kind == "instance":
-            return nn.GroupNorm(num_groups=features, epsilon=1e-5, dtype=self.dtype)(x)
-        if self.kind == "none":
-            return x
-        raise ValueError(f"norm={self.kind!r}: choose one of {NORMS}")
+    features = x.shape[-1]
+    if kind == "batch":
+        return nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)(x, use_running_average=not train)
+    if kind == "group":
+        return nn.GroupNorm(num_groups=min(8, features), epsilon=1e-5, dtype=dtype, name=name)(x)
+    if kind == "instance":
+        return nn.GroupNorm(num_groups=features, epsilon=1e-5, dtype=dtype, name=name)(x)
+    if kind == "none":
+        return x
+    raise ValueError(f"norm={kind!r}: choose one of {NORMS}")
 
 
 def conv_norm(x: jnp.ndarray, train: bool, features: int, kernel_size: Sequence[int], norm: str,
-              dtype: Any, name: str | None = None) -> jnp.ndarray:
-    """Convolution then norm, inside a compact method; the convolution has a bias
-    only without a norm (before a norm a bias has an exactly-zero true gradient,
-    and AdamW amplifies its rounding noise)."""
+              dtype: Any, name: str) -> jnp.ndarray:
+    """Convolution `name` then norm `<name>_norm`, inside a compact method; the
+    convolution has a bias only without a norm (before a norm a bias has an
+    exactly-zero true gradient, and AdamW amplifies its rounding noise)."""
     x = nn.Conv(features, tuple(kernel_size), padding="SAME", use_bias=norm == "none", dtype=dtype,
                 name=name)(x)
-    return Norm(norm, dtype=dtype, name=f"{name}_norm" if name else None)(x, train)
+    return normalize(x, train, norm, dtype, name=f"{name}_norm")
 
 
 class ConvBlock(nn.Module):
-    """`num_convs` x (conv, norm, ReLU)."""
+    """`num_convs` x (conv, norm, ReLU); submodules `conv_<i>`, `conv_<i>_norm`."""
 
     features: int
     num_convs: int = 2
@@ -64,25 +58,26 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        for _ in range(self.num_convs):
-            x = nn.relu(conv_norm(x, train, self.features, self.kernel_size, self.norm, self.dtype))
+        for i in range(self.num_convs):
+            x = nn.relu(conv_norm(x, train, self.features, self.kernel_size, self.norm, self.dtype, f"conv_{i}"))
         return x
 
 
 class ResidualBlock(ConvBlock):
     """`num_convs` conv-norm layers with ReLU between them, plus a shortcut
-    (identity, or a 1x1 conv and norm when the width changes), then ReLU."""
+    (identity, or a 1x1 conv and norm named `shortcut` when the width changes),
+    then ReLU."""
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         shortcut = x
         for i in range(self.num_convs):
-            x = conv_norm(x, train, self.features, self.kernel_size, self.norm, self.dtype)
+            x = conv_norm(x, train, self.features, self.kernel_size, self.norm, self.dtype, f"conv_{i}")
             if i < self.num_convs - 1:
                 x = nn.relu(x)
         if shortcut.shape[-1] != self.features:
             shortcut = conv_norm(shortcut, train, self.features, (1,) * (x.ndim - 2), self.norm, self.dtype,
-                                 name="shortcut")
+                                 "shortcut")
         return nn.relu(x + shortcut)
 
 
@@ -134,13 +129,15 @@ class UpConv(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         strides = tuple(self.strides)
         batch, spatial = x.shape[0], x.shape[1:-1]
-        y = nn.Dense(self.features * math.prod(strides), use_bias=False, dtype=self.dtype)(x)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (x.shape[-1], self.features * math.prod(strides)))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
         y = y.reshape(batch, *spatial, *strides, self.features)
         # [B, d1..dn, s1..sn, F] -> [B, d1, s1, ..., dn, sn, F] -> [B, d1*s1, ..., F]
         n = len(spatial)
         order = [0] + [a for i in range(n) for a in (1 + i, 1 + n + i)] + [1 + 2 * n]
         y = y.transpose(order).reshape(batch, *(d * s for d, s in zip(spatial, strides)), self.features)
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         return y + bias.astype(self.dtype)
 
 
@@ -156,7 +153,7 @@ class ResizeConv(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         shape = (x.shape[0], *(d * s for d, s in zip(x.shape[1:-1], self.strides)), x.shape[-1])
         x = jax.image.resize(x, shape, method="linear")
-        return nn.Conv(self.features, (3,) * len(self.strides), padding="SAME", dtype=self.dtype)(x)
+        return nn.Conv(self.features, (3,) * len(self.strides), padding="SAME", dtype=self.dtype, name="conv")(x)
 
 
 UPSAMPLERS = {"transpose": UpConv, "resize": ResizeConv}

@@ -6,6 +6,10 @@ pooling strides may differ per level, and the width doubles per level from
 `features`. The defaults are the classic brain-MRI U-Net (Buda et al. 2019):
 4 poolings, 32 base features, two 3x3 conv-norm-ReLU per level, 7,763,041
 parameters with BatchNorm on 3-channel input.
+
+Submodules are named by role and level: `enc_<l>`, `bottleneck`, `gate_<l>`
+(attention), `up_<l>`, `dec_<l>`, `aux_head_<l>` (deep supervision) and `head`;
+level 0 is the full resolution.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unet_jax.models.layers import BLOCKS, UPSAMPLERS, AttentionGate, max_pool
-from unet_jax.models.transformer import TransformerBottleneck
+from unet_jax.models.layers import BLOCKS, NORMS, UPSAMPLERS, AttentionGate, max_pool
+from unet_jax.models.transformer import TransformerBottleneck, TransformerOptions
+
+BOTTLENECKS = ("conv", "transformer")
 
 
 def _per_level(value, levels: int, default: tuple[int, ...], name: str, need: str) -> list[tuple[int, ...]]:
@@ -36,19 +42,21 @@ def _per_level(value, levels: int, default: tuple[int, ...], name: str, need: st
 
 
 class UNet(nn.Module):
-    """Returns float32 logits [B, *spatial, out_channels].
+    """Returns float32 logits [B, *spatial, out_channels]; with `with_aux=True`,
+    the pair (logits, aux) where aux holds the deep-supervision logits of
+    decoder levels 1..`deep_supervision` (level 1: half resolution), each
+    resized to the input's resolution.
 
     With `attention`, each gate's coefficients are sown into the
-    `intermediates` collection as `attention_<level>` (apply with
-    `mutable=["intermediates"]` to inspect them). With `deep_supervision=k`,
-    decoder levels 1..k (1: half resolution) also get a 1x1 head whose logits,
-    resized to the input's resolution, are sown as `aux_logits_<level>`.
+    `intermediates` collection as `attention_<level>` for inspection (apply
+    with `mutable=["intermediates"]`).
     """
 
     out_channels: int = 1
     features: int = 32
     depth: int = 4                      # number of poolings
     num_convs: int | Sequence[int] = 2  # per level, encoder levels then bottleneck
+    decoder_num_convs: int = 2          # convolutions of every decoder block
     # One kernel for every level, or one per level (encoder levels then bottleneck;
     # decoder levels reuse their encoder level's); default 3 in every dimension.
     kernel_size: Sequence[int] | Sequence[Sequence[int]] | None = None
@@ -59,12 +67,7 @@ class UNet(nn.Module):
     upsample: str = "transpose"         # "transpose" conv or "resize" plus conv
     deep_supervision: int = 0           # auxiliary 1x1 heads on this many coarser decoder levels
     bottleneck: str = "conv"            # "conv" block or "transformer" (TransUNet style)
-    transformer_hidden: int = 768       # ViT-B sizes by default
-    transformer_layers: int = 12
-    transformer_heads: int = 12
-    transformer_mlp: int = 3072
-    transformer_dropout: float = 0.1
-    transformer_patch: int = 1          # patch size on the deepest encoder map
+    transformer: TransformerOptions = TransformerOptions()  # used by the transformer bottleneck
     dtype: Any = jnp.float32            # compute dtype; parameters stay float32
 
     def level_strides(self, ndim: int) -> list[tuple[int, ...]]:
@@ -75,57 +78,76 @@ class UNet(nn.Module):
         """Convolution kernel of each of the `depth + 1` levels (bottleneck last)."""
         return _per_level(self.kernel_size, self.depth + 1, (3,) * ndim, "kernel_size", "depth + 1")
 
-    def check_input_shape(self, spatial: Sequence[int]) -> None:
-        """Raises if pooling cannot divide the input size exactly at every level."""
-        total = np.prod(np.array(self.level_strides(len(spatial))), axis=0)
+    def level_convs(self) -> list[int]:
+        """Convolutions per block of each of the `depth + 1` levels (bottleneck last)."""
+        if isinstance(self.num_convs, int):
+            return [self.num_convs] * (self.depth + 1)
+        if len(self.num_convs) != self.depth + 1:
+            raise ValueError(f"num_convs has {len(self.num_convs)} entries; need depth + 1 = {self.depth + 1}")
+        return list(self.num_convs)
+
+    def check(self, spatial: Sequence[int]) -> None:
+        """Raises ValueError, naming the field, unless this network can take
+        inputs of `spatial` size: known switches, per-level settings of the
+        right length and dimension, and pooling that divides the size exactly."""
+        ndim = len(spatial)
+        for name, value, allowed in (("block", self.block, tuple(BLOCKS)), ("norm", self.norm, NORMS),
+                                     ("upsample", self.upsample, tuple(UPSAMPLERS)),
+                                     ("bottleneck", self.bottleneck, BOTTLENECKS)):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
+        for name in ("out_channels", "features", "depth", "decoder_num_convs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
+        if not 0 <= self.deep_supervision < self.depth:
+            raise ValueError(f"deep_supervision={self.deep_supervision} must lie in [0, depth={self.depth})")
+        if min(self.level_convs()) < 1:
+            raise ValueError(f"num_convs={self.num_convs}: every level needs at least 1")
+        for name, levels in (("kernel_size", self.level_kernels(ndim)), ("pool_strides", self.level_strides(ndim))):
+            if any(len(level) != ndim or min(level) < 1 for level in levels):
+                raise ValueError(f"{name}={levels}: give {ndim} positive sizes per level for "
+                                 f"{ndim}-D inputs")
+        if self.bottleneck == "transformer":
+            self.transformer.check()
+        total = np.prod(np.array(self.level_strides(ndim)), axis=0)
         if any(size % t for size, t in zip(spatial, total)):
             raise ValueError(f"input size {tuple(spatial)} is not divisible by the total pooling factor "
                              f"{tuple(int(t) for t in total)} of depth {self.depth}; crop or pad the input")
+        if self.bottleneck == "transformer" and any(
+                (size // t) % self.transformer.patch_size for size, t in zip(spatial, total)):
+            raise ValueError(f"the bottleneck map {tuple(int(s // t) for s, t in zip(spatial, total))} is not "
+                             f"divisible by transformer.patch_size={self.transformer.patch_size}")
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool = False, with_aux: bool = False):
         ndim = x.ndim - 2
-        self.check_input_shape(x.shape[1:-1])
-        kernels = self.level_kernels(ndim)
-        convs = [self.num_convs] * (self.depth + 1) if isinstance(self.num_convs, int) else list(self.num_convs)
-        if not 0 <= self.deep_supervision < self.depth:
-            raise ValueError(f"deep_supervision={self.deep_supervision} must lie in [0, depth={self.depth})")
-        if len(convs) != self.depth + 1:
-            raise ValueError(f"num_convs has {len(convs)} entries; need depth + 1 = {self.depth + 1}")
-        strides = self.level_strides(ndim)
-        if self.block not in BLOCKS:
-            raise ValueError(f"block={self.block!r}: choose one of {sorted(BLOCKS)}")
+        self.check(x.shape[1:-1])
+        kernels, strides, convs = self.level_kernels(ndim), self.level_strides(ndim), self.level_convs()
         block = functools.partial(BLOCKS[self.block], norm=self.norm, dtype=self.dtype)
-        if self.upsample not in UPSAMPLERS:
-            raise ValueError(f"upsample={self.upsample!r}: choose one of {sorted(UPSAMPLERS)}")
         x = x.astype(self.dtype)
         skips = []
         for level in range(self.depth):
-            x = block(self.features * 2**level, convs[level], kernels[level])(x, train)
+            x = block(self.features * 2**level, convs[level], kernels[level], name=f"enc_{level}")(x, train)
             skips.append(x)
             x = max_pool(x, strides[level])
+        width = self.features * 2**self.depth
         if self.bottleneck == "conv":
-            x = block(self.features * 2**self.depth, convs[-1], kernels[-1])(x, train)
-        elif self.bottleneck == "transformer":
-            x = TransformerBottleneck(
-                self.features * 2**self.depth, self.transformer_hidden, self.transformer_layers,
-                self.transformer_heads, self.transformer_mlp, self.transformer_dropout,
-                self.transformer_patch, self.norm, self.dtype)(x, train)
+            x = block(width, convs[-1], kernels[-1], name="bottleneck")(x, train)
         else:
-            raise ValueError(f"bottleneck={self.bottleneck!r}: choose 'conv' or 'transformer'")
+            x = TransformerBottleneck(width, self.transformer, self.norm, self.dtype, name="bottleneck")(x, train)
+        aux = []
         for level in reversed(range(self.depth)):
             width = self.features * 2**level
             skip = skips[level]
             if self.attention:
-                skip, alpha = AttentionGate(width, strides[level], self.dtype)(skip, x)
+                skip, alpha = AttentionGate(width, strides[level], self.dtype, name=f"gate_{level}")(skip, x)
                 self.sow("intermediates", f"attention_{level}", alpha)
-            x = UPSAMPLERS[self.upsample](width, strides[level], self.dtype)(x)
+            x = UPSAMPLERS[self.upsample](width, strides[level], self.dtype, name=f"up_{level}")(x)
             x = jnp.concatenate([x, skip], axis=-1)
-            x = block(width, 2, kernels[level])(x, train)
+            x = block(width, self.decoder_num_convs, kernels[level], name=f"dec_{level}")(x, train)
             if 0 < level <= self.deep_supervision:
-                aux = nn.Conv(self.out_channels, (1,) * ndim, dtype=self.dtype, name=f"aux_head_{level}")(x)
-                full = (aux.shape[0], *skips[0].shape[1:-1], self.out_channels)
-                self.sow("intermediates", f"aux_logits_{level}",
-                         jax.image.resize(aux.astype(jnp.float32), full, method="linear"))
-        x = nn.Conv(self.out_channels, (1,) * ndim, dtype=self.dtype)(x)
-        return x.astype(jnp.float32)
+                logits = nn.Conv(self.out_channels, (1,) * ndim, dtype=self.dtype, name=f"aux_head_{level}")(x)
+                full = (logits.shape[0], *skips[0].shape[1:-1], self.out_channels)
+                aux.insert(0, jax.image.resize(logits.astype(jnp.float32), full, method="linear"))
+        logits = nn.Conv(self.out_channels, (1,) * ndim, dtype=self.dtype, name="head")(x).astype(jnp.float32)
+        return (logits, tuple(aux)) if with_aux else logits

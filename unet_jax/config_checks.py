@@ -1,0 +1,125 @@
+"""`validate_config`: every check that can fail before training, made before
+anything is created (after maxtext's `validate_train_config`).
+
+Each failure is a `ConfigError` with one line naming the config key, the value
+and what is allowed; `main.py` prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from unet_jax import tasks
+from unet_jax.data import pipeline
+from unet_jax.data.augment import AugmentOptions
+from unet_jax.models.transformer import TransformerOptions
+from unet_jax.models.unet import UNet
+
+SCHEDULES = ("cosine", "constant")
+BEST_MODES = ("max", "min")
+MODES = ("train", "evaluate")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the fix."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def model_from_config(config: ml_collections.ConfigDict, **overrides) -> UNet:
+    """The U-Net of `config.model` (transformer sizes as one `TransformerOptions`)."""
+    fields = config.model.to_dict()
+    fields["transformer"] = TransformerOptions(**fields["transformer"])
+    return UNet(**fields, **overrides)
+
+
+def best_metric(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(metric, mode) that picks the best epoch: `config.best_metric` or the
+    task's default, and `config.best_mode` or the metric's direction."""
+    task = tasks.get_task(config)
+    metric = config.best_metric or task.default_best_metric
+    return metric, config.best_mode or task.best_mode(metric)
+
+
+def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devices: int,
+                    mode: str = "train") -> None:
+    """Raises ConfigError unless `config` can train on (`mode="train"`) or
+    evaluate on (`mode="evaluate"`) the prepared data that `manifest`
+    describes, on `num_devices` devices (all processes)."""
+    _require(mode in MODES, f"--mode={mode}: choose one of {', '.join(MODES)}")
+    try:
+        task = tasks.get_task(config)
+        task.loss(config.loss)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
+    metrics = [f"val_{name}" for name in task.metric_names()]
+    metric, direction = best_metric(config)
+    _require(metric in metrics, f"config.best_metric={metric!r} is not a {task.name} metric; choose one of "
+                                f"{', '.join(metrics)}")
+    _require(direction in BEST_MODES, f"config.best_mode={config.best_mode!r}: choose one of {', '.join(BEST_MODES)} "
+                                 "(or leave it unset: the metric's own direction)")
+
+    # ---- optimisation
+    for key in ("num_epochs", "grad_accum_steps", "log_every_steps"):
+        _require(config[key] >= 1, f"config.{key}={config[key]}: must be at least 1")
+    for key in ("warmup_steps", "weight_decay", "clip_norm", "halt_after_steps", "num_preview_images"):
+        _require(config[key] >= 0, f"config.{key}={config[key]}: must be 0 or more")
+    _require(config.learning_rate > 0, f"config.learning_rate={config.learning_rate}: must be positive")
+    _require(config.lr_schedule in SCHEDULES,
+             f"config.lr_schedule={config.lr_schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    for key, accum in (("batch_size", config.grad_accum_steps), ("eval_batch_size", 1)):
+        _require(config[key] >= 1 and config[key] % (num_devices * accum) == 0,
+                 f"config.{key}={config[key]} must be a positive multiple of the {num_devices} devices"
+                 + (f" times grad_accum_steps={accum}" if accum > 1 else ""))
+
+    # ---- model against the data
+    spatial = tuple(manifest["image_shape"][:-1])
+    try:
+        model_from_config(config).check(spatial)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.model: {e}") from None
+    weights = tuple(config.deep_supervision_weights)
+    _require(len(weights) == config.model.deep_supervision,
+             f"config.deep_supervision_weights has {len(weights)} entries but model.deep_supervision="
+             f"{config.model.deep_supervision}; give one weight per level")
+    _require(all(w >= 0 for w in weights), f"config.deep_supervision_weights={weights}: weights must be 0 or more")
+    problem = task.output_problem(config.model.out_channels, manifest)
+    _require(problem is None, f"config.model.out_channels={config.model.out_channels}: {problem}")
+
+    # ---- data
+    data = config.data
+    _require(data.normalization in pipeline.NORMALIZATIONS,
+             f"config.data.normalization={data.normalization!r}: choose one of {', '.join(pipeline.NORMALIZATIONS)}")
+    _require(data.normalization != "patient_zscore" or bool(manifest.get("intensity_stats")),
+             f"config.data.normalization=patient_zscore needs per-patient statistics that {data.data_dir} lacks; "
+             "rerun data_prep with --overwrite, or set config.data.normalization=scale")
+    _require(data.num_workers >= 0, f"config.data.num_workers={data.num_workers}: must be 0 or more")
+    _require(data.prefetch_buffer_size >= 1,
+             f"config.data.prefetch_buffer_size={data.prefetch_buffer_size}: must be at least 1")
+    if data.augment:
+        known = [f.name for f in dataclasses.fields(AugmentOptions)]
+        for key, value in data.augment.items():
+            _require(key in known, f"config.data.augment.{key}: no such field; choose from {', '.join(known)}")
+            if key.endswith("_prob"):
+                _require(0 <= value <= 1, f"config.data.augment.{key}={value}: a probability in [0, 1]")
+        _require(0 <= data.augment.get("max_rotate_deg", 0) <= 180,
+                 f"config.data.augment.max_rotate_deg={data.augment.get('max_rotate_deg')}: degrees in [0, 180]")
+        _require(0 <= data.augment.get("max_scale", 0) < 1,
+                 f"config.data.augment.max_scale={data.augment.get('max_scale')}: a fraction in [0, 1)")
+
+    # ---- splits
+    if mode != "train":
+        return
+    splits = manifest["splits"]
+    train = splits["train"]["num_examples"]
+    _require(train >= config.batch_size,
+             f"config.batch_size={config.batch_size} is larger than the {train} training examples of "
+             f"{data.data_dir}; lower it")
+    _require(splits.get("val", {}).get("num_examples", 0) > 0,
+             f"{data.data_dir} has no validation examples, so no best epoch can be chosen; prepare it with "
+             "--val_fraction above 0")
