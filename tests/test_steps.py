@@ -38,6 +38,7 @@ def test_split_micro_batches_interleaves_rows():
     np.testing.assert_array_equal(steps.split_micro_batches(x, 2)["a"], [[0, 2, 4, 6], [1, 3, 5, 7]])
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_full_batch():
     # Plain SGD with rate 1, so the update is the averaged gradient itself (Adam
     # would hide a wrong scale, since it normalises the gradient).
@@ -56,6 +57,7 @@ def test_gradient_accumulation_equals_the_full_batch():
 
 
 @pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (simulated) devices; tests/conftest.py sets them")
+@pytest.mark.slow
 def test_one_and_four_devices_give_the_same_losses():
     batches = [_batch(8, seed=s) for s in range(3)]
     results = []
@@ -111,6 +113,7 @@ def test_optimizer_schedules_and_weight_decay_mask():
         steps.make_optimizer(0.1, total_steps=10, schedule="linear")
 
 
+@pytest.mark.slow
 def test_mixed_precision_step_keeps_float32_state_and_learns():
     model = UNet(features=4, depth=2, norm="batch", dtype=jnp.bfloat16)
     tx = steps.make_optimizer(1e-2, total_steps=10, schedule="constant")
@@ -126,6 +129,7 @@ def test_mixed_precision_step_keeps_float32_state_and_learns():
     assert np.isfinite(seen).all() and seen[-1] < seen[0]
 
 
+@pytest.mark.slow
 def test_deep_supervision_heads_are_trained_by_their_weights_only():
     model = UNet(features=4, depth=3, norm="none", deep_supervision=2)
     x = jnp.zeros((1, 16, 16, 3))

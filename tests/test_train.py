@@ -49,6 +49,7 @@ def trained(prepared_dir, tmp_path_factory):
     return workdir, summary
 
 
+@pytest.mark.slow
 def test_workdir_holds_the_whole_run(trained):
     workdir, summary = trained
     files = set(os.listdir(workdir))
@@ -69,6 +70,7 @@ def test_workdir_holds_the_whole_run(trained):
     assert json.load(open(os.path.join(workdir, "config.json")))["model"]["features"] == 4
 
 
+@pytest.mark.slow
 def test_best_epoch_is_chosen_by_the_validation_metric(trained):
     workdir, summary = trained
     rows = _rows(workdir)
@@ -85,6 +87,7 @@ def test_best_epoch_is_chosen_by_the_validation_metric(trained):
     assert steps == sorted({18, 6 * best})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("halt,epochs_done", [(8, [1]), (12, [1, 2])], ids=["mid_epoch", "epoch_end"])
 def test_interrupted_run_resumes_with_the_same_batches_and_losses(trained, prepared_dir, tmp_path, halt,
                                                                   epochs_done):
@@ -120,6 +123,7 @@ def _other_patients(tmp_path, name, *, num_patients, num_slices, size, seed, val
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_mode_on_another_prepared_folder(trained, prepared_dir, tmp_path):
     workdir, _ = trained
     other = _other_patients(tmp_path, "other", num_patients=3, num_slices=8, size=32, seed=5, val_fraction=0.34,
@@ -137,7 +141,8 @@ def _main(*args):
                           text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
-def test_cli_errors_are_one_line(tmp_path):
+@pytest.mark.slow
+def test_cli_errors_are_one_line(tmp_path, prepared_dir):
     def error_line(result):
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
@@ -153,6 +158,10 @@ def test_cli_errors_are_one_line(tmp_path):
                                 'Did you mean "learning_rate" instead of "learnin_rate"?')
     no_file = _main("--config=configs/nope.py", f"--workdir={tmp_path / 'w'}")
     assert "cannot load --config" in error_line(no_file) and "configs/nope.py" in error_line(no_file)
+    (tmp_path / "a_file").write_text("")
+    unwritable = _main("--config=configs/lgg.py", f"--workdir={tmp_path / 'a_file' / 'run'}",
+                       f"--config.data.data_dir={prepared_dir}")
+    assert error_line(unwritable).startswith(f"error: --workdir={tmp_path / 'a_file' / 'run'}: cannot write there")
 
 
 def test_deep_supervision_weights_must_match_the_model(prepared_dir):
@@ -174,6 +183,7 @@ def test_unknown_best_metric_is_refused_before_training(prepared_dir, tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_eval_batch_size_must_split_over_the_devices(trained, prepared_dir):
     workdir, _ = trained
     config = tiny_config(prepared_dir)
@@ -182,6 +192,7 @@ def test_eval_batch_size_must_split_over_the_devices(trained, prepared_dir):
         train.evaluate_workdir(config, workdir, prepared_dir, "test")
 
 
+@pytest.mark.slow
 def test_softmax_head_trains_and_scores_like_the_sigmoid_one(prepared_dir, tmp_path):
     """Two softmax classes on the binary phantoms: the same columns, per-patient
     Dice of the one foreground class, and the loss falls."""
@@ -197,6 +208,7 @@ def test_softmax_head_trains_and_scores_like_the_sigmoid_one(prepared_dir, tmp_p
     assert "dice_3d_class1" not in summary["patients"][0]  # one foreground class: no per-class columns
 
 
+@pytest.mark.slow
 def test_regression_head_trains_on_the_mask_as_a_grey_level_target(prepared_dir, tmp_path):
     config = tiny_config(prepared_dir)
     config.task = "regression"
@@ -226,6 +238,7 @@ def test_regression_rejects_a_segmentation_loss_and_metric(prepared_dir, tmp_pat
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_3d_unet_trains_on_patient_volumes_and_scores_every_slice(volume_dir, tmp_path):
     config = tiny_config(volume_dir)
     config.model.kernel_size = ((3, 3, 1), (3, 3, 3), (3, 3, 3))
@@ -244,19 +257,24 @@ def test_3d_unet_trains_on_patient_volumes_and_scores_every_slice(volume_dir, tm
 
 
 def _tensorboard_scalars(workdir, tag):
-    """{step: value} of a scalar that clu's writer logged to the workdir's events."""
+    """{step: value} of a scalar that clu's writer logged to the workdir's
+    events; a step logged twice raises."""
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.util import tensor_util
 
     events = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.TENSORS: 0})
     events.Reload()
-    return {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
+    values = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+    assert len({step for step, _ in values}) == len(values), f"{tag} logged twice at a step"
+    return dict(values)
 
 
+@pytest.mark.slow
 def test_tensorboard_train_scalars_are_means_over_the_logging_window(trained):
     workdir, _ = trained
     logged = _tensorboard_scalars(workdir, "train_loss")
-    assert sorted(logged) == list(range(2, 19, 2))  # log_every_steps=2
+    assert sorted(logged) == list(range(2, 19, 2))  # log_every_steps=2, one value per step
+    assert sorted(_tensorboard_scalars(workdir, "val_dice")) == [6, 12, 18]
     rows = _rows(workdir)
     # Windows of 2 steps tile each 6-step epoch: their mean is the epoch's mean loss.
     for row in rows:
@@ -265,6 +283,7 @@ def test_tensorboard_train_scalars_are_means_over_the_logging_window(trained):
         np.testing.assert_allclose(np.mean(windows), float(row["train_loss"]), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_run_without_test_patients_trains_and_says_so(phantom_dir, tmp_path):
     data = str(tmp_path / "no_test")
     lgg.prepare(phantom_dir, data, val_fraction=1 / 6, test_fraction=0, seed=0, progress=False, command="t")
@@ -296,6 +315,7 @@ def test_the_demo_trains_on_a_data_dir_given_on_the_command_line(prepared_dir, t
     assert not (tmp_path / "data").exists()  # no phantoms were made
 
 
+@pytest.mark.slow
 def test_evaluating_at_another_size_restores_from_the_training_shape(trained, prepared_dir, tmp_path):
     """The run trained on 32x32: a conv U-Net evaluates 64x64 data; a transformer
     bottleneck (position embeddings of one size) is refused in one line."""

@@ -144,11 +144,13 @@ def epoch_row(epoch: int, step: int, train: dict, val: dict, seconds: float) -> 
 
 def log_epoch(writer, workdir: str, task: tasks.Task, history: list[dict], val: evaluate.Evaluation,
               config) -> None:
-    """The last epoch's row to TensorBoard, the log and metrics.csv, with a
-    picture of its validation predictions."""
+    """The last epoch's row to the log and metrics.csv, and its validation
+    scores and a picture of its predictions to TensorBoard (which has the
+    training scores per logging window already)."""
     row = history[-1]
     values = {key: value for key, value in row.items() if key.startswith(("train_", "val_"))}
-    writer.write_scalars(row["step"], {**values, "seconds": row["seconds"]})
+    writer.write_scalars(row["step"], {key: value for key, value in row.items() if key.startswith("val_")}
+                         | {"epoch_seconds": row["seconds"]})
     if config.num_preview_images:
         writer.write_images(row["step"], {"val_predictions": task.preview(val.volumes, val.images,
                                                                           config.num_preview_images)})

@@ -116,6 +116,7 @@ def test_residual_and_attention_parameter_counts(block, attention, expected):
     assert _params(UNet(block=block, attention=attention), (1, 64, 64, 3)) == expected
 
 
+@pytest.mark.slow
 def test_attention_coefficients_in_unit_interval_and_gradients_reach_everything():
     model = UNet(features=4, depth=2, block="residual", attention=True)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
@@ -150,6 +151,7 @@ TINY = TransformerOptions(hidden=16, num_layers=2, num_heads=2, mlp_dim=32, drop
 TINY_TRANSFORMER = dict(bottleneck="transformer", transformer=TINY)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [dict(), dict(block="residual"), dict(attention=True),
                                      dict(block="residual", attention=True), TINY_TRANSFORMER,
                                      dict(upsample="resize")],
@@ -174,6 +176,7 @@ def test_each_variant_lowers_its_loss_on_phantoms(variant, prepared_dir):
     assert seen[-1] < seen[0] - 0.05, seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,loss,out_channels,data", [
     (dict(kernel_size=(3, 3, 1), pool_strides=(2, 2, 1), norm="none"), "dice_ce", 1, "volume_dir"),
     (dict(kernel_size=((3, 3, 1), (3, 3, 3), (3, 3, 3)), pool_strides=((2, 2, 1), (2, 2, 2))), "dice_ce", 1,
@@ -220,6 +223,7 @@ def test_variant_config_parameter_counts(config_name, expected):
     assert _params(train.build_model(config), shape) == expected
 
 
+@pytest.mark.slow
 def test_transformer_bottleneck_shapes_counts_dropout_and_gradients():
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
     model = UNet(features=4, depth=2, **TINY_TRANSFORMER)
