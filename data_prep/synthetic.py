@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import math
 import os
 import sys
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from data_prep import lgg
 from data_prep.common import atomic_output_dir
-from unet_jax.data import DataError
+from unet_jax.data import MANIFEST, DataError
 
 INSTITUTION = "PH"
 MAX_PATIENTS = 9999  # patient numbers are four digits, starting at 0001
@@ -175,6 +176,16 @@ def write_phantoms(out_dir: str | os.PathLike, *, num_patients: int = 10, num_sl
     return sorted(names)
 
 
+def _is_prepared(folder: str) -> bool:
+    """Whether `folder` holds phantoms prepared by this data_prep (an older one
+    left out the per-patient intensity statistics)."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return "intensity_stats" in json.load(f)
+
+
 def prepare_demo(workdir: str, *, num_patients: int = 10, num_slices: int = 20, size: int = 256,
                  seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2,
                  volume_depth: int = 0) -> str:
@@ -183,7 +194,7 @@ def prepare_demo(workdir: str, *, num_patients: int = 10, num_slices: int = 20, 
     demo config trains on it)."""
     root = os.path.join(os.path.abspath(workdir), "data")
     prepared = os.path.join(root, "prepared")
-    if not os.path.exists(os.path.join(prepared, "manifest.json")):
+    if not _is_prepared(prepared):
         phantoms = os.path.join(root, "phantoms")
         write_phantoms(phantoms, num_patients=num_patients, num_slices=num_slices, size=size, seed=seed,
                        overwrite=True, progress=False)

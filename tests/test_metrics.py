@@ -285,3 +285,23 @@ def test_volume_accumulator_scores_each_foreground_class():
     assert row["dice_3d_class2"] == pytest.approx(2 * 3 / (3 + 4))
     assert row["dice_3d"] == pytest.approx((row["dice_3d_class1"] + row["dice_3d_class2"]) / 2)
     assert row["tumor_voxels"] == 8 and row["pred_voxels"] == 8
+
+
+def test_regression_table_matches_numpy_per_patient():
+    rng = np.random.default_rng(5)
+    accumulator = metrics.VolumeAccumulator()
+    outputs = rng.normal(0.3, 0.4, (2, 3, 4, 4)).astype(np.float32)  # [patient, slice, H, W]
+    targets = rng.random((2, 3, 4, 4)).astype(np.float32)
+    for s in (2, 0, 1):  # slices arrive out of order, with display images
+        accumulator.add(outputs[:, s], targets[:, s], np.array([0, 1]), np.array([s, s]), np.ones(2, bool),
+                        image=np.full((2, 4, 4), s, np.float32))
+    table = metrics.regression_table(accumulator.volumes(), names=["A", "B"])
+    for p, row in enumerate(table):
+        y, t = outputs[p].astype(np.float64), targets[p].astype(np.float64)
+        assert row["patient"] == "AB"[p] and row["num_slices"] == 3
+        assert row["mae_3d"] == pytest.approx(np.abs(y - t).mean())
+        assert row["rmse_3d"] == pytest.approx(np.sqrt(np.square(y - t).mean()))
+        assert row["soft_jaccard_3d"] == pytest.approx(np.minimum(np.maximum(y, 0), t).sum()
+                                                       / np.maximum(np.maximum(y, 0), t).sum())
+    np.testing.assert_array_equal(accumulator.images()[1][:, 0, 0], [0, 1, 2])  # slice order
+    assert metrics.grey_level_jaccard(np.zeros(3), np.zeros(3)) == 1.0  # all zero on all zero

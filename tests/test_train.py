@@ -4,6 +4,7 @@ mode, and the command line's one-line errors."""
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -90,7 +91,7 @@ def test_best_epoch_is_chosen_by_the_validation_metric(trained):
 @pytest.mark.slow
 @pytest.mark.parametrize("halt,epochs_done", [(8, [1]), (12, [1, 2])], ids=["mid_epoch", "epoch_end"])
 def test_interrupted_run_resumes_with_the_same_batches_and_losses(trained, prepared_dir, tmp_path, halt,
-                                                                  epochs_done):
+                                                                  epochs_done, caplog):
     workdir, _ = trained
     config = tiny_config(prepared_dir)
     config.halt_after_steps = halt  # 8: inside epoch 2; 12: on epoch 2's last step (validated first)
@@ -98,7 +99,9 @@ def test_interrupted_run_resumes_with_the_same_batches_and_losses(trained, prepa
     assert train.train_and_evaluate(config, resumed) is None
     assert [int(r["epoch"]) for r in _rows(resumed)] == epochs_done
     config.halt_after_steps = 0
-    train.train_and_evaluate(config, resumed)
+    with caplog.at_level(logging.INFO):
+        train.train_and_evaluate(config, resumed)
+    assert f"Resumed at step {halt} of 18 (epoch {halt // 6 + 1} of 3)." in caplog.text
     for a, b in zip(_rows(workdir), _rows(resumed), strict=True):
         for k in a:
             if k != "seconds":
@@ -328,3 +331,12 @@ def test_evaluating_at_another_size_restores_from_the_training_shape(trained, pr
     config.model.bottleneck = "transformer"
     with pytest.raises(train.DataError, match="transformer's position embeddings fit one size only"):
         train.evaluate_workdir(config, workdir, large, "test")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_model_is_refused_in_one_line(trained, prepared_dir):
+    workdir, _ = trained
+    config = tiny_config(prepared_dir)
+    config.model.attention = True  # gate_<level> modules the checkpoint does not have
+    with pytest.raises(train.ConfigError, match="holds another model than this config builds"):
+        train.evaluate_workdir(config, workdir, prepared_dir, "test")

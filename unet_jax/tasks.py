@@ -63,6 +63,7 @@ class Task:
         return self.collection.single_from_model_output(loss=loss, mask=valid, **self.stats(logits, targets))
 
     def stats(self, logits: jnp.ndarray, targets: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        """Per-example statistics [B] that the collection aggregates (jit-able)."""
         raise NotImplementedError
 
     def predict(self, logits: jnp.ndarray) -> jnp.ndarray:

@@ -17,6 +17,7 @@ import tempfile
 import time
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -72,7 +73,7 @@ def make_evaluator(config, task, eval_step, mesh, data_dir: str, split: str) -> 
                               normalization=config.data.normalization, mesh=mesh)
 
 
-def train_iterator(config, mesh) -> pipeline.grain.DatasetIterator:
+def train_iterator(config, mesh) -> grain.DatasetIterator:
     """This process's share of the shuffled, augmented training batches."""
     augment = AugmentOptions(**config.data.augment) if config.data.augment else None
     ds = pipeline.train_dataset(config.data.data_dir, batch_size=config.batch_size // jax.process_count(),
@@ -119,6 +120,18 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def restore(manager, step: int, template, data_iter=None):
+    """`checkpoint.restore`, with a checkpoint of another model (another config,
+    or module names of an older unet_jax) refused in one line."""
+    try:
+        return checkpoint.restore(manager, step, template, data_iter)
+    except ValueError as e:
+        if "do not match" not in str(e):  # orbax's words for a tree of another structure
+            raise
+        raise ConfigError(f"{manager.directory}: the checkpoint of step {step} holds another model than this config "
+                          "builds (another config, or an older unet_jax); use a new --workdir") from None
+
+
 def csv_columns(task: tasks.Task) -> list[str]:
     """metrics.csv's columns, derived from what the task computes."""
     train = [f"train_{n}" for n in task.collection.__annotations__]
@@ -160,6 +173,38 @@ def log_epoch(writer, workdir: str, task: tasks.Task, history: list[dict], val: 
         write_csv(os.path.join(workdir, "metrics.csv"), history, csv_columns(task))
 
 
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as TensorBoard hyperparameters: dotted keys, plain values."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def test(task, state, workdir: str, name: str, best_epoch: int | None, evaluator: evaluate.Evaluator | None) -> dict:
+    """Evaluates `state` and writes `<name>_metrics.json` and the task's figure;
+    without an evaluator (a split without examples) says that nothing was tested."""
+    summary = {"best_epoch": best_epoch, "metrics": {}, "patients": []}
+    if evaluator is None:
+        logging.warning("%s: the split has no examples, so nothing was tested; the best epoch is %s.", name,
+                        best_epoch)
+        summary["note"] = "the split has no examples: nothing was tested"
+    else:
+        ev = evaluator(state)
+        summary.update(data_dir=evaluator.data_dir, **ev.summary())
+        logging.info("%s on %s: %s", name, ev.split, ", ".join(f"{k}={v:.4f}" for k, v in ev.metrics.items()))
+        if jax.process_index() == 0:
+            task.figure(ev.patients, ev.volumes, ev.images,
+                        os.path.join(workdir, "figures", f"{name}_{task.figure_name}.png"),
+                        channel_label=f"channel {ev.display_channel}")
+    if jax.process_index() == 0:
+        write_json(os.path.join(workdir, f"{name}_metrics.json"), summary)
+    return summary
+
+
 # --- the run -----------------------------------------------------------------
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
@@ -184,8 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     empty_metrics = jax.device_put(task.empty_metrics(), parallel.replicated(mesh))  # like the step's outputs
     train_metrics, window, history = empty_metrics, empty_metrics, []
     if manager.latest_step() is not None:
-        (state, train_metrics), history = checkpoint.restore(manager, manager.latest_step(),
-                                                             (state, train_metrics), train_iter)
+        (state, train_metrics), history = restore(manager, manager.latest_step(), (state, train_metrics),
+                                                  train_iter)
         logging.info("Resumed at step %d of %d (epoch %d of %d).", int(state.step), total_steps,
                      min(int(state.step) // steps_per_epoch + 1, config.num_epochs), config.num_epochs)
     else:
@@ -230,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
 
     # ---- test the best epoch
     best = manager.best_step()
-    (state, _), _ = checkpoint.restore(manager, best, (state, empty_metrics))
+    (state, _), _ = restore(manager, best, (state, empty_metrics))
     if jax.process_index() == 0:
         report.plot_learning_curves(history, os.path.join(workdir, "figures", "learning_curves.png"),
                                     best_epoch=best // steps_per_epoch)
@@ -239,26 +284,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                    if manifest["splits"].get("test", {}).get("num_examples") else None)
     writer.write_scalars(best, scalars("test", summary["metrics"]))
     writer.close()
-    return summary
-
-
-def test(task, state, workdir: str, name: str, best_epoch: int | None, evaluator: evaluate.Evaluator | None) -> dict:
-    """Evaluates `state` and writes `<name>_metrics.json` and the task's figure;
-    without an evaluator (an empty test split) says that nothing was tested."""
-    summary = {"best_epoch": best_epoch, "metrics": {}, "patients": []}
-    if evaluator is None:
-        logging.warning("The data has no test examples: nothing to test; the best epoch is %s.", best_epoch)
-        summary["note"] = "the test split is empty: nothing was tested"
-    else:
-        ev = evaluator(state)
-        summary.update(data_dir=evaluator.data_dir, **ev.summary())
-        logging.info("%s on %s: %s", name, ev.split, ", ".join(f"{k}={v:.4f}" for k, v in ev.metrics.items()))
-        if jax.process_index() == 0:
-            task.figure(ev.patients, ev.volumes, ev.images,
-                        os.path.join(workdir, "figures", f"{name}_{task.figure_name}.png"),
-                        channel_label=f"channel {ev.display_channel}")
-    if jax.process_index() == 0:
-        write_json(os.path.join(workdir, f"{name}_metrics.json"), summary)
     return summary
 
 
@@ -287,20 +312,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, data_dir: 
         raise ConfigError(f"{workdir}/checkpoints: no checkpoint with validation metrics; train first with "
                           "--mode=train")
     template = initial_state(config, build_model(config), mesh, trained, 1)
-    (state, _), history = checkpoint.restore(manager, best, (template, task.empty_metrics()))
+    (state, _), history = restore(manager, best, (template, task.empty_metrics()))
     best_epoch = next((row["epoch"] for row in history if row["step"] == best), None)
     _, eval_step = compile_steps(config, task, mesh)
     evaluator = make_evaluator(config, task, eval_step, mesh, data_dir, split) \
         if manifest["splits"][split]["num_examples"] else None
     return test(task, state, workdir, f"evaluate_{os.path.basename(os.path.normpath(data_dir))}_{split}",
                 best_epoch, evaluator)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out

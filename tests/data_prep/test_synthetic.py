@@ -136,3 +136,21 @@ def test_cli_rejects_bad_arguments(tmp_path, bad):
     assert done.returncode == 2
     assert bad[0] in done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr
     assert not out.exists()
+
+
+def test_demo_data_is_prepared_once_and_again_when_it_lacks_intensity_statistics(tmp_path):
+    import json
+
+    prepared = synthetic.prepare_demo(str(tmp_path), num_patients=3, num_slices=4, size=32, val_fraction=0.34,
+                                      test_fraction=0.34)
+    manifest_path = os.path.join(prepared, "manifest.json")
+    manifest = json.load(open(manifest_path))
+    assert manifest["intensity_stats"] and len(manifest["splits"]["train"]["patients"]) == 1
+    first = os.path.getmtime(manifest_path)
+    assert synthetic.prepare_demo(str(tmp_path), num_patients=3, num_slices=4, size=32) == prepared
+    assert os.path.getmtime(manifest_path) == first  # kept
+    del manifest["intensity_stats"]  # as an older data_prep wrote it
+    json.dump(manifest, open(manifest_path, "w"))
+    synthetic.prepare_demo(str(tmp_path), num_patients=3, num_slices=4, size=32, val_fraction=0.34,
+                           test_fraction=0.34)
+    assert json.load(open(manifest_path))["intensity_stats"]
