@@ -187,7 +187,7 @@ def test_each_variant_lowers_its_loss_on_phantoms(variant, prepared_dir):
 def test_3d_and_head_variants_lower_their_loss(variant, loss, out_channels, data, request):
     import functools
 
-    from unet_jax import losses, steps
+    from unet_jax import steps
     from unet_jax.data import pipeline
 
     batch = next(iter(pipeline.eval_dataset(request.getfixturevalue(data), "train", batch_size=8)))
