@@ -7,6 +7,7 @@ import pytest
 
 from configs import default, lgg_3d, lgg_transunet
 from unet_jax.config_checks import ConfigError, best_metric, validate_config
+from unet_jax.data import DataError
 
 MANIFEST = {"image_shape": [32, 32, 3], "num_classes": 2, "intensity_stats": "per patient",
             "splits": {"train": {"num_examples": 48}, "val": {"num_examples": 12}, "test": {"num_examples": 0}}}
@@ -88,7 +89,7 @@ def test_checks_against_the_data():
     validate_config(base(), no_val, num_devices=4, mode="evaluate")  # evaluation needs no val split
     with pytest.raises(ConfigError, match="out_channels=1: cannot predict the 4 classes of the data; set it to 4"):
         validate_config(base(), {**MANIFEST, "num_classes": 4}, num_devices=4)
-    with pytest.raises(ConfigError, match="normalization=patient_zscore needs per-patient statistics"):
+    with pytest.raises(DataError, match="prepared without per-patient intensity statistics; rerun data_prep"):
         validate_config(base(), {**MANIFEST, "intensity_stats": None}, num_devices=4)
     config = base()
     config.task, config.loss, config.model.out_channels = "regression", "l1", 2

@@ -11,7 +11,7 @@ import dataclasses
 
 import ml_collections
 
-from unet_jax import tasks
+from unet_jax import parallel, tasks
 from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
 from unet_jax.models.transformer import TransformerOptions
@@ -72,10 +72,11 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
     _require(config.learning_rate > 0, f"config.learning_rate={config.learning_rate}: must be positive")
     _require(config.lr_schedule in SCHEDULES,
              f"config.lr_schedule={config.lr_schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    for key, accum in (("batch_size", config.grad_accum_steps), ("eval_batch_size", 1)):
-        _require(config[key] >= 1 and config[key] % (num_devices * accum) == 0,
-                 f"config.{key}={config[key]} must be a positive multiple of the {num_devices} devices"
-                 + (f" times grad_accum_steps={accum}" if accum > 1 else ""))
+    try:
+        parallel.check_batch_size(config.batch_size, num_devices, config.grad_accum_steps)
+        parallel.check_batch_size(config.eval_batch_size, num_devices, name="eval_batch_size")
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
 
     # ---- model against the data
     spatial = tuple(manifest["image_shape"][:-1])
@@ -95,9 +96,7 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
     data = config.data
     _require(data.normalization in pipeline.NORMALIZATIONS,
              f"config.data.normalization={data.normalization!r}: choose one of {', '.join(pipeline.NORMALIZATIONS)}")
-    _require(data.normalization != "patient_zscore" or bool(manifest.get("intensity_stats")),
-             f"config.data.normalization=patient_zscore needs per-patient statistics that {data.data_dir} lacks; "
-             "rerun data_prep with --overwrite, or set config.data.normalization=scale")
+    pipeline.check_normalization(data.data_dir, manifest, data.normalization)  # DataError: the data must change
     _require(data.num_workers >= 0, f"config.data.num_workers={data.num_workers}: must be 0 or more")
     _require(data.prefetch_buffer_size >= 1,
              f"config.data.prefetch_buffer_size={data.prefetch_buffer_size}: must be at least 1")

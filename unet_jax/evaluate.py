@@ -78,7 +78,7 @@ class Evaluator:
         self.names = [p["patient"] for p in manifest["splits"][split]["patients"]]
         self.display_channel = min(display_channel, manifest["image_shape"][-1] - 1)
         self.dataset = pipeline.eval_dataset(
-            data_dir, split, batch_size=parallel.check_batch_size(batch_size, mesh, name="eval_batch_size"),
+            data_dir, split, batch_size=parallel.check_batch_size(batch_size, mesh.size, name="eval_batch_size"),
             normalization=normalization, shard_index=jax.process_index(), shard_count=jax.process_count())
 
     def __call__(self, state) -> Evaluation:

@@ -39,13 +39,13 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def check_batch_size(global_batch: int, mesh: Mesh, grad_accum_steps: int = 1, name: str = "batch_size") -> int:
-    """The per-process batch size; raises unless the global batch splits evenly
-    over processes, devices and accumulation micro-batches."""
-    devices = mesh.devices.size
-    if global_batch % (devices * grad_accum_steps):
-        raise ValueError(f"{name}={global_batch} must be a multiple of the {devices} devices times "
-                         f"grad_accum_steps={grad_accum_steps}")
+def check_batch_size(global_batch: int, num_devices: int, grad_accum_steps: int = 1,
+                     name: str = "batch_size") -> int:
+    """The per-process batch size; ValueError unless the global batch splits
+    evenly over the devices (of every process) and accumulation micro-batches."""
+    if global_batch < 1 or global_batch % (num_devices * grad_accum_steps):
+        raise ValueError(f"{name}={global_batch} must be a positive multiple of the {num_devices} devices"
+                         + (f" times grad_accum_steps={grad_accum_steps}" if grad_accum_steps > 1 else ""))
     return global_batch // jax.process_count()
 
 

@@ -76,7 +76,9 @@ def make_evaluator(config, task, eval_step, mesh, data_dir: str, split: str) -> 
 def train_iterator(config, mesh) -> grain.DatasetIterator:
     """This process's share of the shuffled, augmented training batches."""
     augment = AugmentOptions(**config.data.augment) if config.data.augment else None
-    ds = pipeline.train_dataset(config.data.data_dir, batch_size=config.batch_size // jax.process_count(),
+    ds = pipeline.train_dataset(config.data.data_dir,
+                                batch_size=parallel.check_batch_size(config.batch_size, mesh.size,
+                                                                     config.grad_accum_steps),
                                 seed=config.seed, normalization=config.data.normalization,
                                 augment_options=augment, shard_index=jax.process_index(),
                                 shard_count=jax.process_count())

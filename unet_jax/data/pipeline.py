@@ -125,7 +125,12 @@ def _check(data_dir: str, batch_size: int, shard_index: int, shard_count: int, n
         raise ValueError(f"shard_index={shard_index} must lie in [0, shard_count={shard_count})")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization={normalization!r}: choose one of {NORMALIZATIONS}")
-    if normalization == "patient_zscore" and not read_manifest(data_dir).get("intensity_stats"):
+    check_normalization(data_dir, read_manifest(data_dir), normalization)
+
+
+def check_normalization(data_dir: str, manifest: dict, normalization: str) -> None:
+    """DataError unless the prepared data carries what `normalization` needs."""
+    if normalization == "patient_zscore" and not manifest.get("intensity_stats"):
         raise DataError(f"{os.path.join(data_dir, MANIFEST)}: prepared without per-patient intensity statistics; "
                         "rerun data_prep with --overwrite, or set config.data.normalization=scale")
 
