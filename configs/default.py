@@ -49,6 +49,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.prefetch_buffer_size = 2
     config.data.augment = ml_collections.ConfigDict(dict(
         flip_prob=0.5, rotate_prob=0.5, max_rotate_deg=15.0, scale_prob=0.5, max_scale=0.05))
+    # Patch training on whole volumes (data_prep.volumes): None trains on whole
+    # records. Each epoch draws patches_per_volume patches from every training
+    # volume, a foreground_prob share of them centred on a labelled voxel;
+    # validation and test then run on whole volumes by sliding window.
+    config.data.patch_size = ml_collections.config_dict.placeholder(tuple)
+    config.data.foreground_prob = 1 / 3
+    config.data.patches_per_volume = 1
+    config.data.sliding_window = ml_collections.ConfigDict(dict(
+        overlap=0.5, importance="gaussian", flip_tta=False))
     # Phantoms to generate and prepare under the workdir (the demo) when no
     # data_dir is given; None reads data_dir.
     config.data.synthetic = ml_collections.config_dict.placeholder(ml_collections.ConfigDict)

@@ -10,6 +10,7 @@ Output layout of a prepared folder:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shlex
@@ -25,6 +26,17 @@ from unet_jax.data.tfrecord import TFRecordWriter, index_path
 from unet_jax.files import write_json
 
 SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A source file that cannot be used, and why (one line)."""
+
+    file: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.reason}"
 
 
 def split_patients(patients: Sequence[str], *, val_fraction: float, test_fraction: float,

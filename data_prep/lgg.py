@@ -51,16 +51,7 @@ class Slice:
     mask: str
 
 
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.reason}"
-
-
-def scan(data_dir: str) -> tuple[dict[str, list[Slice]], list[Problem]]:
+def scan(data_dir: str) -> tuple[dict[str, list[Slice]], list[common.Problem]]:
     """Pairs images with masks in every patient folder, slices in numeric order.
 
     Returns the slices per patient and the files that could not be paired.
@@ -75,7 +66,7 @@ def scan(data_dir: str) -> tuple[dict[str, list[Slice]], list[Problem]]:
         raise DataError(f"{data_dir}: no patient folders named like TCGA_CS_4942_19970222; "
                         "point --data_dir at the kaggle_3m folder")
     result: dict[str, list[Slice]] = {}
-    problems: list[Problem] = []
+    problems: list[common.Problem] = []
     for patient in patients:
         folder = os.path.join(data_dir, patient)
         pattern = re.compile(rf"^{re.escape(patient)}_(\d+)(_mask)?\.tiff?$")
@@ -87,17 +78,17 @@ def scan(data_dir: str) -> tuple[dict[str, list[Slice]], list[Problem]]:
             path = os.path.join(folder, name)
             m = pattern.match(name)
             if m is None:
-                problems.append(Problem(path, f"unexpected file name; expected {patient}_<n>.tif or "
+                problems.append(common.Problem(path, f"unexpected file name; expected {patient}_<n>.tif or "
                                               f"{patient}_<n>_mask.tif"))
                 continue
             (masks if m.group(2) else images)[int(m.group(1))] = path
         for n in sorted(images.keys() - masks.keys()):
-            problems.append(Problem(images[n], "image without a mask; add the _mask.tif or remove the image"))
+            problems.append(common.Problem(images[n], "image without a mask; add the _mask.tif or remove the image"))
         for n in sorted(masks.keys() - images.keys()):
-            problems.append(Problem(masks[n], "mask without an image; add the image or remove the mask"))
+            problems.append(common.Problem(masks[n], "mask without an image; add the image or remove the mask"))
         slices = [Slice(patient, n, images[n], masks[n]) for n in sorted(images.keys() & masks.keys())]
         if not slices:
-            problems.append(Problem(folder, "patient folder holds no image/mask pairs"))
+            problems.append(common.Problem(folder, "patient folder holds no image/mask pairs"))
         result[patient] = slices
     return result, problems
 
@@ -199,7 +190,7 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
                     except DataError as e:
                         if not skip_bad:
                             raise
-                        problems.append(Problem(*str(e).split(": ", 1)))
+                        problems.append(common.Problem(*str(e).split(": ", 1)))
                         continue
                     image_shape = image.shape
                     if size:

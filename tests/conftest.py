@@ -70,3 +70,18 @@ def volume_dir(phantom_dir, tmp_path_factory):
     lgg.prepare(phantom_dir, out, val_fraction=1 / 6, test_fraction=1 / 6, seed=0, volume_depth=8,
                 progress=False, command="test")
     return out
+
+
+@pytest.fixture(scope="session")
+def lesion_volume_dir(tmp_path_factory):
+    """Six 3-D lesion phantoms (32x32x12 at 1x1x3 mm, FLAIR and T1) prepared by
+    data_prep.volumes as whole volumes: 4 train, 1 val, 1 test cases."""
+    from data_prep import volumes
+
+    phantoms = tmp_path_factory.mktemp("lesion_phantoms") / "cases"
+    synthetic.write_lesion_phantoms(phantoms, num_cases=6, shape=(32, 32, 12), spacing=(1.0, 1.0, 3.0), seed=0,
+                                    progress=False)
+    out = str(tmp_path_factory.mktemp("lesion_volumes") / "prepared")
+    volumes.prepare(str(phantoms), out, channels="FLAIR*,T1*", label="lesions*", val_fraction=1 / 6,
+                    test_fraction=1 / 6, seed=0, progress=False, command="test")
+    return out

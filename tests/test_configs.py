@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from unet_jax import train
+from unet_jax import config_checks, train
 from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
 
@@ -40,12 +40,14 @@ def test_config_builds_its_model(path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_config_builds_the_input_pipeline(path, prepared_dir, volume_dir):
+def test_config_builds_the_input_pipeline(path, prepared_dir, volume_dir, lesion_volume_dir):
     config = load_config(path)
     volumes = spatial_dims(train.build_model(config)) == 3
-    ds = pipeline.train_dataset(volume_dir if volumes else prepared_dir, batch_size=2, seed=config.seed,
-                                normalization=config.data.normalization,
-                                augment_options=AugmentOptions(**config.data.augment))
+    patches = config_checks.patch_options(config)
+    data_dir = lesion_volume_dir if patches else volume_dir if volumes else prepared_dir
+    ds = pipeline.train_dataset(data_dir, batch_size=2, seed=config.seed, normalization=config.data.normalization,
+                                augment_options=AugmentOptions(**config.data.augment), patches=patches)
     it = pipeline.make_iterator(ds, pipeline.LoaderOptions(
         num_workers=0, prefetch_buffer_size=config.data.prefetch_buffer_size))
-    assert next(it)["image"].shape == ((2, 32, 32, 8, 3) if volumes else (2, 32, 32, 3))
+    expected = (2, *patches.size, 2) if patches else (2, 32, 32, 8, 3) if volumes else (2, 32, 32, 3)
+    assert next(it)["image"].shape == expected

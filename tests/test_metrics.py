@@ -1,11 +1,15 @@
 """Metrics: empty-mask conventions, dataset vs per-image scores, masking and
-merging of clu collections, largest component and per-patient volumes."""
+merging of clu collections, largest component, per-patient volumes, and
+surface and lesion metrics against brute-force references."""
 
+
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from unet_jax import metrics, tasks
 
@@ -305,3 +309,198 @@ def test_regression_table_matches_numpy_per_patient():
                                                        / np.maximum(np.maximum(y, 0), t).sum())
     np.testing.assert_array_equal(accumulator.images()[1][:, 0, 0], [0, 1, 2])  # slice order
     assert metrics.grey_level_jaccard(np.zeros(3), np.zeros(3)) == 1.0  # all zero on all zero
+
+
+SPACING = (0.5, 1.0, 3.0)
+
+
+def _blob(shape, seed, level=0.6):
+    """A smoothed-noise boolean mask of a few blobs."""
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), 1.5, mode="constant")
+    return noise > np.quantile(noise, level)
+
+
+def _ref_surface(mask):
+    """Foreground voxels with a background (or outside) face neighbour, by an explicit loop."""
+    padded = np.pad(mask, 1)
+    surface = np.zeros_like(mask)
+    for index in np.argwhere(mask):
+        for axis in range(mask.ndim):
+            for step in (-1, 1):
+                neighbour = index + 1
+                neighbour[axis] += step
+                surface[tuple(index)] |= not padded[tuple(neighbour)]
+    return surface
+
+
+def _ref_surface_distances(pred, target, spacing):
+    a = np.argwhere(_ref_surface(pred)) * np.asarray(spacing)
+    b = np.argwhere(_ref_surface(target)) * np.asarray(spacing)
+    pairwise = np.sqrt(np.square(a[:, None] - b[None]).sum(-1))
+    return pairwise.min(1), pairwise.min(0)
+
+
+def _masks():
+    """Random blobby masks, some filling an array border, and a small pair far
+    from every border of a larger mostly empty volume (cropped in the metrics)."""
+    pairs = [(_blob((12, 10, 8), seed), _blob((12, 10, 8), seed + 10)) for seed in range(3)]
+    pairs[0][0][:, :, 0] = True  # a whole border face
+    small = np.zeros((2, 24, 20, 16), bool)
+    small[0, 10:13, 8:11, 6:9] = True
+    small[1, 11:15, 9:10, 7:12] = True
+    return pairs + [tuple(small)]
+
+
+def test_surface_distances_hd95_assd_match_brute_force():
+    for pred, target in _masks():
+        for spacing in (SPACING, None):
+            ref_pred, ref_target = _ref_surface_distances(pred, target, spacing or (1.0, 1.0, 1.0))
+            to_target, to_pred = metrics.surface_distances(pred, target, spacing)
+            np.testing.assert_allclose(to_target, ref_pred, rtol=1e-12)
+            np.testing.assert_allclose(to_pred, ref_target, rtol=1e-12)
+            assert metrics.hd95(pred, target, spacing) == pytest.approx(
+                max(np.percentile(ref_pred, 95), np.percentile(ref_target, 95)))
+            assert metrics.assd(pred, target, spacing) == pytest.approx(np.concatenate([ref_pred, ref_target]).mean())
+    assert _masks()[0][0][:, :, 0].all() and metrics.hd95(*_masks()[0]) > 0
+
+
+def test_surface_distances_2d_uses_4_connected_surface_and_border():
+    pred = np.zeros((7, 9), bool)
+    pred[0:5, 0:5] = True  # touches two borders: those edges are surface
+    target = _blob((7, 9), 4)
+    to_target, to_pred = metrics.surface_distances(pred, target, (2.0, 0.5))
+    ref_pred, ref_target = _ref_surface_distances(pred, target, (2.0, 0.5))
+    np.testing.assert_allclose(to_target, ref_pred)
+    np.testing.assert_allclose(to_pred, ref_target)
+    assert len(to_target) == 5 * 5 - 3 * 3  # the square's ring, border sides included
+
+
+def test_surface_metrics_empty_conventions():
+    empty, blob = np.zeros((12, 10, 8), bool), _blob((12, 10, 8), 0)
+    diagonal = np.sqrt((11 * 0.5) ** 2 + (9 * 1.0) ** 2 + (7 * 3.0) ** 2)
+    for metric in (metrics.hd95, metrics.assd):
+        assert metric(empty, empty, SPACING) == 0.0
+        assert metric(empty, blob, SPACING) == pytest.approx(diagonal)
+        assert metric(blob, empty, SPACING) == pytest.approx(diagonal)
+        assert metric(blob, empty) == pytest.approx(np.sqrt(11 ** 2 + 9 ** 2 + 7 ** 2))
+        assert metric(blob, blob, SPACING) == 0.0
+    to_empty, from_empty = metrics.surface_distances(blob, empty, SPACING)
+    assert len(to_empty) == _ref_surface(blob).sum() and np.isinf(to_empty).all() and from_empty.size == 0
+    assert all(d.size == 0 for d in metrics.surface_distances(empty, empty))
+
+
+def test_iou_score():
+    empty, one = np.zeros((3, 4)), np.eye(3, 4)
+    assert metrics.iou_score(empty, empty) == 1.0
+    assert metrics.iou_score(one, empty) == metrics.iou_score(empty, one) == 0.0
+    assert metrics.iou_score(one, np.ones((3, 4))) == pytest.approx(3 / 12)
+
+
+def test_avd_hand_computed_and_empty_conventions():
+    target = np.zeros((4, 5, 6), bool)
+    target[1, :2, :4] = True  # 8 voxels
+    more, fewer = target.copy(), target.copy()
+    more[3, 0, :2] = True  # 10 voxels
+    fewer[1, 0, :2] = False  # 6 voxels
+    assert metrics.avd(more, target) == pytest.approx(25.0)
+    assert metrics.avd(fewer, target) == pytest.approx(25.0)
+    assert metrics.avd(target, target) == 0.0
+    assert metrics.avd(np.zeros_like(target), target) == 100.0
+    assert metrics.avd(np.zeros_like(target), np.zeros_like(target)) == 0.0
+    assert np.isnan(metrics.avd(target, np.zeros_like(target)))
+
+
+def test_lesion_detection_on_crafted_volume():
+    target, pred = np.zeros((12, 10, 8), bool), np.zeros((12, 10, 8), bool)
+    target[1:3, 1:3, 1:3] = True
+    target[3:5, 3:5, 3:5] = True  # touches the first cube at one corner only: one lesion
+    target[8:10, 1:3, 1:3] = True  # missed
+    target[8:11, 6:9, 4:7] = True  # detected by two predicted components
+    pred[3:5, 3:5, 3:5] = True
+    pred[8, 6:9, 4] = True
+    pred[10, 6:9, 6] = True
+    pred[0:2, 7:9, 6:8] = True  # false positive
+    assert ndimage.label(target)[1] == 4  # face connectivity would split the corner-touching lesion
+    result = metrics.lesion_detection(pred, target)
+    assert result["num_lesions"] == 3 and result["num_pred_lesions"] == 4
+    assert result["lesion_recall"] == pytest.approx(2 / 3)
+    assert result["lesion_precision"] == pytest.approx(3 / 4)
+    assert result["lesion_f1"] == pytest.approx(12 / 17)
+
+
+def test_lesion_detection_empty_conventions():
+    empty, blob = np.zeros((6, 6), bool), np.zeros((6, 6), bool)
+    blob[1, 1] = blob[2, 2] = True  # diagonal in 2-D: one 8-connected lesion
+    both = metrics.lesion_detection(empty, empty)
+    assert (both["lesion_recall"], both["lesion_precision"], both["lesion_f1"]) == (1.0, 1.0, 1.0)
+    missed = metrics.lesion_detection(empty, blob)
+    assert (missed["lesion_recall"], missed["lesion_precision"], missed["lesion_f1"]) == (0.0, 1.0, 0.0)
+    assert missed["num_lesions"] == 1 and missed["num_pred_lesions"] == 0
+    false = metrics.lesion_detection(blob, empty)
+    assert (false["lesion_recall"], false["lesion_precision"], false["lesion_f1"]) == (1.0, 0.0, 0.0)
+
+
+def test_case_scores_per_class_and_means():
+    target, pred = np.zeros((12, 10, 8), np.uint8), np.zeros((12, 10, 8), np.uint8)
+    target[_blob((12, 10, 8), 1)] = 1
+    pred[_blob((12, 10, 8), 2, level=0.7)] = 1
+    pred[0:2, 0:2, 0:2] = 2  # class 2 predicted but absent from the target
+    scores = metrics.case_scores(pred, target, SPACING, num_classes=3)
+    p1, t1 = pred == 1, target == 1
+    expected1 = dict(dice_3d=metrics.dice_score(p1, t1), iou_3d=metrics.iou_score(p1, t1),
+                     hd95=metrics.hd95(p1, t1, SPACING), assd=metrics.assd(p1, t1, SPACING),
+                     avd=metrics.avd(p1, t1), **{k: metrics.lesion_detection(p1, t1)[k]
+                                                  for k in ("lesion_recall", "lesion_f1")})
+    diagonal = np.sqrt((11 * 0.5) ** 2 + 9 ** 2 + (7 * 3.0) ** 2)
+    expected2 = dict(dice_3d=0.0, iou_3d=0.0, hd95=diagonal, assd=diagonal, avd=np.nan,
+                     lesion_recall=1.0, lesion_f1=0.0)
+    assert set(scores) == set(expected1) | {f"{k}_class{c}" for k in expected1 for c in (1, 2)}
+    for key in expected1:
+        assert scores[f"{key}_class1"] == pytest.approx(expected1[key])
+        assert scores[f"{key}_class2"] == pytest.approx(expected2[key], nan_ok=True)
+        if key != "avd":
+            assert scores[key] == pytest.approx((expected1[key] + expected2[key]) / 2)
+    assert scores["avd"] == pytest.approx(expected1["avd"])  # the undefined class is skipped
+    assert 0 < scores["dice_3d"] < 1 and 0 < expected1["avd"]
+    two = metrics.case_scores(pred == 1, target == 1)
+    assert set(two) == set(expected1) and two["hd95"] == pytest.approx(metrics.hd95(p1, t1))
+
+
+def test_case_scores_avd_undefined_everywhere_is_nan_without_warning():
+    pred, target = np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8)
+    pred[1, 1, 1] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = metrics.case_scores(pred, target)
+    assert np.isnan(scores["avd"]) and scores["lesion_recall"] == 1.0 and scores["lesion_f1"] == 0.0
+
+
+def test_segmentation_table_adds_case_scores_with_spacing():
+    numbers, patients = _patients()
+    accumulator = metrics.VolumeAccumulator()
+    _fill(accumulator, numbers, patients)
+    spacing = (3.0, 0.5, 0.5)  # [S, H, W]: slice thickness first
+    table = metrics.segmentation_table(accumulator.volumes(), spacings={p: spacing for p in patients})
+    voxels = metrics.segmentation_table(accumulator.volumes())
+    keys = ("dice_3d", "iou_3d", "hd95", "assd", "avd", "lesion_recall", "lesion_f1")
+    for row, row_voxels in zip(table, voxels):
+        pred, target, _ = patients[row["patient_index"]]
+        assert set(row) == {"patient_index", "patient", "num_slices", "tumor_voxels", "pred_voxels",
+                            "dice_3d_lcc", *keys}
+        assert row["dice_3d"] == _ref_dice(pred, target)
+        assert row["hd95"] == pytest.approx(metrics.hd95(pred, target, spacing))
+        assert row["assd"] == pytest.approx(metrics.assd(pred, target, spacing))
+        assert row_voxels["hd95"] == pytest.approx(metrics.hd95(pred, target))
+    assert table[0]["hd95"] != pytest.approx(voxels[0]["hd95"])
+    assert table[3]["hd95"] == pytest.approx(np.sqrt(12.0 ** 2 + 3.5 ** 2 + 3.5 ** 2))  # false positives only
+    assert np.isnan(table[3]["avd"])
+    summary = metrics.mean_over_patients(table, keys)
+    assert summary["avd"] == pytest.approx(np.mean([row["avd"] for row in table[:3]]))
+    assert summary["hd95"] == pytest.approx(np.mean([row["hd95"] for row in table]))
+
+
+def test_mean_over_patients_skips_nan():
+    table = [dict(a=1.0, b=float("nan"), c=float("nan")), dict(a=3.0, b=2.0, c=float("nan"))]
+    summary = metrics.mean_over_patients(table, ("a", "b", "c"))
+    assert summary["a"] == 2.0 and summary["b"] == 2.0 and np.isnan(summary["c"])
+    assert np.isnan(metrics.mean_over_patients([], ("a",))["a"])

@@ -175,7 +175,7 @@ def test_deep_supervision_weights_must_match_the_model(prepared_dir):
         validate_config(config, manifest, num_devices=4)
     config.deep_supervision_weights = (0.5,)
     validate_config(config, manifest, num_devices=4)
-    assert len(train.compile_steps(config, tasks.get_task(config), parallel.make_mesh())) == 2
+    assert len(train.compile_steps(config, tasks.get_task(config), parallel.make_mesh())) == 3
 
 
 def test_unknown_best_metric_is_refused_before_training(prepared_dir, tmp_path):
@@ -340,3 +340,44 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(trained, prepared_
     config.model.attention = True  # gate_<level> modules the checkpoint does not have
     with pytest.raises(train.ConfigError, match="holds another model than this config builds"):
         train.evaluate_workdir(config, workdir, prepared_dir, "test")
+
+
+def volume_config(data_dir):
+    """tiny_config for 3-D patch training on data_prep.volumes records."""
+    config = tiny_config(data_dir)
+    config.data.normalization = "none"
+    config.data.patch_size = (16, 16, 4)
+    config.data.patches_per_volume = 4
+    config.data.augment.flip_axes = (0, 1, 2)
+    config.model.kernel_size = ((3, 3, 1), (3, 3, 3), (3, 3, 3))
+    config.model.pool_strides = ((2, 2, 1), (2, 2, 2))
+    config.model.norm = "instance"
+    config.num_epochs = 2
+    return config
+
+
+@pytest.mark.slow
+def test_3d_patch_training_validates_whole_volumes_and_keeps_the_best_hd95(lesion_volume_dir, tmp_path):
+    config = volume_config(lesion_volume_dir)
+    config.best_metric = "val_hd95"  # any per-case metric can pick the best epoch; HD95 is lower-better
+    workdir = str(tmp_path / "patches")
+    summary = train.train_and_evaluate(config, workdir)
+    rows = _rows(workdir)
+    assert [int(r["step"]) for r in rows] == [2, 4]  # 4 volumes x 4 patches / batch 8
+    for key in ("val_hd95", "val_assd", "val_avd", "val_lesion_recall", "val_lesion_f1", "val_iou_3d"):
+        assert key in rows[0], key
+    hd95 = [float(r["val_hd95"]) for r in rows]
+    assert summary["best_epoch"] == int(np.argmin(hd95)) + 1
+    case = summary["patients"][0]
+    assert case["num_slices"] > 0 and case["hd95"] >= 0 and 0 <= case["lesion_f1"] <= 1
+    assert os.path.exists(os.path.join(workdir, "figures", "test_best_worst.png"))
+
+
+def test_volumes_of_different_sizes_need_a_patch_size(lesion_volume_dir):
+    config = volume_config(lesion_volume_dir)
+    config.data.patch_size = None
+    with pytest.raises(ConfigError, match="volumes of different sizes; set config.data.patch_size"):
+        validate_config(config, pipeline.read_manifest(lesion_volume_dir), num_devices=4)
+    config.data.patch_size = (16, 16)
+    with pytest.raises(ConfigError, match=r"patch_size=\(16, 16\): give 3 positive sizes"):
+        validate_config(config, pipeline.read_manifest(lesion_volume_dir), num_devices=4)

@@ -11,9 +11,11 @@ import dataclasses
 
 import ml_collections
 
-from unet_jax import parallel, tasks
+from unet_jax import inference, parallel, tasks
 from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
+from unet_jax.data.pipeline import PatchOptions
+from unet_jax.evaluate import WindowOptions
 from unet_jax.models.transformer import TransformerOptions
 from unet_jax.models.unet import UNet
 
@@ -44,6 +46,31 @@ def best_metric(config: ml_collections.ConfigDict) -> tuple[str, str]:
     task = tasks.get_task(config)
     metric = config.best_metric or task.default_best_metric
     return metric, config.best_mode or task.best_mode(metric)
+
+
+def input_shape(config: ml_collections.ConfigDict, manifest: dict) -> tuple[int, ...]:
+    """The shape [*spatial, C] of one model input: a training patch when
+    `config.data.patch_size` is set, else the prepared records' shape."""
+    if config.data.patch_size:
+        return (*(int(v) for v in config.data.patch_size), pipeline.num_channels(manifest))
+    _require(manifest.get("image_shape") is not None,
+             f"{config.data.data_dir} holds volumes of different sizes; set config.data.patch_size "
+             "(e.g. (128, 128, 16)) to train on patches and evaluate by sliding window")
+    return tuple(manifest["image_shape"])
+
+
+def window_options(config: ml_collections.ConfigDict) -> WindowOptions | None:
+    """Sliding-window evaluation of whole volumes, when training on patches."""
+    if not config.data.patch_size:
+        return None
+    return WindowOptions(tuple(int(v) for v in config.data.patch_size), **config.data.sliding_window)
+
+
+def patch_options(config: ml_collections.ConfigDict) -> PatchOptions | None:
+    if not config.data.patch_size:
+        return None
+    return PatchOptions(tuple(int(v) for v in config.data.patch_size), config.data.foreground_prob,
+                        config.data.patches_per_volume)
 
 
 def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devices: int,
@@ -78,8 +105,28 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
     except ValueError as e:
         raise ConfigError(f"config.{e}") from None
 
-    # ---- model against the data
-    spatial = tuple(manifest["image_shape"][:-1])
+    # ---- patches against the data, then the model against its input
+    data = config.data
+    if data.patch_size:
+        dims = pipeline.spatial_dims(manifest)
+        _require(len(data.patch_size) == dims and min(data.patch_size) >= 1,
+                 f"config.data.patch_size={tuple(data.patch_size)}: give {dims} positive sizes for the "
+                 f"{dims}-D records of {data.data_dir}")
+        _require(0 <= data.foreground_prob <= 1,
+                 f"config.data.foreground_prob={data.foreground_prob}: a probability in [0, 1]")
+        _require(data.patches_per_volume >= 1,
+                 f"config.data.patches_per_volume={data.patches_per_volume}: must be at least 1")
+        window = data.sliding_window
+        _require(0 <= window.overlap < 1, f"config.data.sliding_window.overlap={window.overlap}: a fraction in [0, 1)")
+        _require(window.importance in inference.IMPORTANCE,
+                 f"config.data.sliding_window.importance={window.importance!r}: choose one of "
+                 f"{', '.join(inference.IMPORTANCE)}")
+        for name, split in manifest["splits"].items():
+            _require(split["num_examples"] == split["num_patients"],
+                     f"config.data.patch_size is set, but split {name!r} of {data.data_dir} has "
+                     f"{split['num_examples']} records for {split['num_patients']} cases; sliding-window "
+                     "evaluation needs one whole volume per case (data_prep.volumes without --slices)")
+    spatial = input_shape(config, manifest)[:-1]
     try:
         model_from_config(config).check(spatial)
     except (TypeError, ValueError) as e:
@@ -93,7 +140,6 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
     _require(problem is None, f"config.model.out_channels={config.model.out_channels}: {problem}")
 
     # ---- data
-    data = config.data
     _require(data.normalization in pipeline.NORMALIZATIONS,
              f"config.data.normalization={data.normalization!r}: choose one of {', '.join(pipeline.NORMALIZATIONS)}")
     pipeline.check_normalization(data.data_dir, manifest, data.normalization)  # DataError: the data must change
@@ -115,10 +161,11 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
     if mode != "train":
         return
     splits = manifest["splits"]
-    train = splits["train"]["num_examples"]
+    train = splits["train"]["num_examples"] * (data.patches_per_volume if data.patch_size else 1)
     _require(train >= config.batch_size,
              f"config.batch_size={config.batch_size} is larger than the {train} training examples of "
-             f"{data.data_dir}; lower it")
+             f"{data.data_dir} per epoch; lower it" + (", or raise config.data.patches_per_volume"
+                                                       if data.patch_size else ""))
     _require(splits.get("val", {}).get("num_examples", 0) > 0,
              f"{data.data_dir} has no validation examples, so no best epoch can be chosen; prepare it with "
              "--val_fraction above 0")

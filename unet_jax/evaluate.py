@@ -1,13 +1,17 @@
 """Evaluate a model on a prepared split: the task's metrics over every example,
 per-patient tables on reassembled volumes, and the slices behind the figures.
 
-An `Evaluator` is built once per split and run (run validation every epoch,
-the test once): the dataset and the jitted step are made once, not per call.
+An `Evaluator` (records as the model sees them: slices, or fixed-size
+volumes) or a `VolumeEvaluator` (whole volumes of any size, by sliding window)
+is built once per split and run (validation every epoch, the test once): the
+dataset and the jitted step are made once, not per call.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -16,8 +20,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from unet_jax import inference, parallel
 from unet_jax import metrics as metrics_lib
-from unet_jax import parallel
 from unet_jax.data import pipeline
 from unet_jax.tasks import Task
 
@@ -76,7 +80,7 @@ class Evaluator:
         self.task, self.eval_step, self.split, self.mesh = task, eval_step, split, mesh
         self.data_dir = os.path.abspath(data_dir)
         self.names = [p["patient"] for p in manifest["splits"][split]["patients"]]
-        self.display_channel = min(display_channel, manifest["image_shape"][-1] - 1)
+        self.display_channel = min(display_channel, pipeline.num_channels(manifest) - 1)
         self.dataset = pipeline.eval_dataset(
             data_dir, split, batch_size=parallel.check_batch_size(batch_size, mesh.size, name="eval_batch_size"),
             normalization=normalization, shard_index=jax.process_index(), shard_count=jax.process_count())
@@ -102,3 +106,88 @@ class Evaluator:
         result = {k: float(v) for k, v in totals.compute().items()}
         result.update(metrics_lib.mean_over_patients(table, self.task.case_metrics))
         return Evaluation(self.split, result, table, volumes, accumulator.images(), self.display_channel)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowOptions:
+    """Sliding-window inference: windows of `patch_size` overlapping by
+    `overlap`, blended with `importance` weights, and with `flip_tta` also
+    predicted flipped on every combination of axes (8 passes in 3-D)."""
+
+    patch_size: tuple[int, ...]
+    overlap: float = 0.5
+    importance: str = "gaussian"
+    flip_tta: bool = False
+
+    def flip_axes(self) -> list[tuple[int, ...]]:
+        if not self.flip_tta:
+            return []
+        axes = range(len(self.patch_size))
+        return [c for n in range(1, len(self.patch_size) + 1) for c in itertools.combinations(axes, n)]
+
+
+def as_slices(volume: np.ndarray) -> np.ndarray:
+    """A 3-D volume [X, Y, Z] as a stack of its Z slices [Z, X, Y] (the layout of
+    per-patient tables and figures); a 2-D image as a stack of one."""
+    return np.moveaxis(volume, -1, 0) if volume.ndim == 3 else volume[None]
+
+
+class VolumeEvaluator:
+    """Runs sliding-window inference over every whole volume (one record per
+    case) of one split, and the task's metrics per case, in mm.
+
+    `batch_size` windows (global) run at a time, sharded over the mesh; every
+    process sees every case and gathers every window's output. The loss,
+    defined on training patches, is NaN here; the per-case table holds
+    Dice, surface distances and lesion scores on the whole volume.
+    """
+
+    def __init__(self, task: Task, predict_step: Callable, data_dir: str, split: str, *, batch_size: int,
+                 normalization: str, mesh, window: WindowOptions, display_channel: int = 0):
+        manifest = pipeline.read_manifest(data_dir)
+        self.task, self.predict_step, self.split, self.mesh, self.window = task, predict_step, split, mesh, window
+        self.data_dir, self.normalization = os.path.abspath(data_dir), normalization
+        self.names = [p["patient"] for p in manifest["splits"][split]["patients"]]
+        self.display_channel = min(display_channel, pipeline.num_channels(manifest) - 1)
+        self.local_batch = parallel.check_batch_size(batch_size, mesh.size, name="eval_batch_size")
+        self.batch_size = batch_size
+        self.source = pipeline.split_source(data_dir, split)
+        if len(self.source) != len(self.names):
+            raise pipeline.DataError(f"{data_dir}: split {split!r} has {len(self.source)} records for "
+                                     f"{len(self.names)} cases; sliding-window evaluation needs one whole "
+                                     "volume per case (data_prep.volumes without --slices)")
+
+    def predict(self, state, x: np.ndarray) -> np.ndarray:
+        """`predict_step` on a host batch of up to `batch_size` windows, padded
+        to the global batch; every process passes its share and gets all outputs."""
+        padded = np.zeros((self.batch_size, *x.shape[1:]), np.float32)
+        padded[:len(x)] = x
+        start = jax.process_index() * self.local_batch
+        image = parallel.to_global({"image": padded[start:start + self.local_batch]}, self.mesh)["image"]
+        out = multihost_utils.process_allgather(self.predict_step(state, image), tiled=True)
+        return np.asarray(out)[:len(x)]
+
+    def case(self, state, element: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        """The prediction for one decoded, normalised case (and the blend with `keep_probabilities`)."""
+        return inference.sliding_window(
+            element["image"], functools.partial(self.predict, state), patch_size=self.window.patch_size,
+            batch_size=self.batch_size, finalize=self.task.finalize, overlap=self.window.overlap,
+            importance=self.window.importance, flip_axes=self.window.flip_axes())
+
+    def __call__(self, state) -> Evaluation:
+        totals = self.task.empty_metrics()
+        volumes, images, spacings = {}, {}, {}
+        for index in range(len(self.source)):
+            element = pipeline.normalize(pipeline.decode(self.source[index]), self.normalization)
+            pred, _ = self.case(state, element)
+            _, target = self.task.host_pair(pred, element["mask"])
+            totals = totals.merge(self.task.volume_metrics(pred, target))
+            patient = int(element["patient_index"])
+            volumes[patient] = (as_slices(pred), as_slices(target), np.arange(as_slices(pred).shape[0]))
+            images[patient] = as_slices(element["image"][..., self.display_channel]).astype(np.float16)
+            spacing = [float(v) for v in element.get("spacing", np.ones(pred.ndim))]
+            spacings[patient] = spacing[-1:] + spacing[:-1] if pred.ndim == 3 else [1.0] + spacing
+        table = self.task.table(volumes, self.names, spacings)
+        result = {k: float(v) for k, v in totals.compute().items()}
+        result.update(metrics_lib.mean_over_patients(table, self.task.case_metrics))
+        return Evaluation(self.split, result, table, volumes, images, self.display_channel)

@@ -47,6 +47,11 @@ def one_hot_targets(targets: jnp.ndarray, num_channels: int) -> jnp.ndarray:
     return jax.nn.one_hot(targets[..., 0].astype(jnp.int32), num_channels, dtype=jnp.float32)
 
 
+def probabilities(logits: jnp.ndarray) -> jnp.ndarray:
+    """Class probabilities [..., C]: the sigmoid of one channel, else the softmax."""
+    return jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits, axis=-1)
+
+
 def dice_loss(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray | None = None,
               smooth: float = 1.0) -> jnp.ndarray:
     """Soft Dice loss over the whole batch at once.
@@ -64,7 +69,7 @@ def dice_loss(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray | 
     # Losses are computed in float32 whatever the compute dtype of the model.
     logits = logits.astype(jnp.float32)
     channels = logits.shape[-1]
-    probs = jax.nn.sigmoid(logits) if channels == 1 else jax.nn.softmax(logits)
+    probs = probabilities(logits)
     onehot = one_hot_targets(targets, channels)
     w = _broadcast_weights(weights, probs)
     axes = tuple(range(probs.ndim - 1))

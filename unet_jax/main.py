@@ -66,7 +66,11 @@ def demo_data(config, workdir: str) -> str:
         return config.data.data_dir
     from data_prep import synthetic  # only the demo needs it
 
-    return synthetic.prepare_demo(workdir, **config.data.synthetic.to_dict())
+    options = config.data.synthetic.to_dict()
+    kind = options.pop("kind", "lgg")
+    if kind not in synthetic.DEMOS:
+        raise ConfigError(f"config.data.synthetic.kind={kind!r}: choose one of {', '.join(synthetic.DEMOS)}")
+    return synthetic.DEMOS[kind](workdir, **options)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

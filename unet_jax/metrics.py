@@ -59,10 +59,17 @@ def overlap_stats(logits: jnp.ndarray, targets: jnp.ndarray,
     the published LGG numbers, so empty on empty scores 1 and a non-empty
     prediction on an empty mask scores about 0.
     """
-    labels = predict_labels(logits, threshold)
-    target_labels = jnp.round(targets[..., 0]).astype(jnp.int32)
-    classes = jnp.arange(1, max(logits.shape[-1], 2))
-    pred = (labels[..., None] == classes).astype(jnp.float32)
+    return label_overlap_stats(predict_labels(logits, threshold), jnp.round(targets[..., 0]),
+                               max(logits.shape[-1], 2))
+
+
+def label_overlap_stats(labels: jnp.ndarray, target_labels: jnp.ndarray, num_classes: int) -> dict[str, jnp.ndarray]:
+    """`overlap_stats` of predicted labels [B, *spatial] against target labels
+    [B, *spatial] (whole volumes from a sliding window, say), over classes
+    1..num_classes-1, with the same conventions."""
+    target_labels = jnp.asarray(target_labels).astype(jnp.int32)
+    classes = jnp.arange(1, num_classes)
+    pred = (jnp.asarray(labels)[..., None] == classes).astype(jnp.float32)
     target = (target_labels[..., None] == classes).astype(jnp.float32)
     axes = tuple(range(1, pred.ndim))
     intersection = jnp.sum(pred * target, axis=axes)
@@ -225,6 +232,12 @@ class RegressionMetrics(clu_metrics.Collection):
 # Per-patient volumes (host, NumPy)
 # ---------------------------------------------------------------------------
 
+def _components(volume: np.ndarray) -> tuple[np.ndarray, int]:
+    """Labels 1..n of the connected components of a boolean array with full
+    connectivity (26 neighbours in 3-D, 8 in 2-D), and n."""
+    return ndimage.label(volume, structure=np.ones((3,) * volume.ndim, bool))
+
+
 def largest_connected_component(volume: np.ndarray) -> np.ndarray:
     """The largest connected component of a boolean array, as a boolean array.
 
@@ -232,8 +245,7 @@ def largest_connected_component(volume: np.ndarray) -> np.ndarray:
     with the lowest label; an empty input stays empty.
     """
     volume = np.asarray(volume, bool)
-    structure = np.ones((3,) * volume.ndim, bool)
-    labels, num = ndimage.label(volume, structure=structure)
+    labels, num = _components(volume)
     if num == 0:
         return np.zeros_like(volume)
     sizes = np.bincount(labels.ravel())[1:]
@@ -255,6 +267,178 @@ def grey_level_jaccard(output: np.ndarray, target: np.ndarray) -> float:
     y, t = np.maximum(np.asarray(output, np.float64), 0.0), np.asarray(target, np.float64)
     top = np.maximum(y, t).sum()
     return float(np.minimum(y, t).sum() / top) if top > 0 else 1.0
+
+
+# ---------------------------------------------------------------------------
+# Per-case lesion and surface metrics (host, NumPy)
+# ---------------------------------------------------------------------------
+# Boolean masks of any ndim (2-D or 3-D alike). `spacing` gives the voxel size in
+# mm along each axis of the array, in the array's axis order (a stack of 2-D
+# slices is [S, H, W], so the slice thickness comes first); None means 1.0 per
+# axis, i.e. distances in voxels.
+
+def _spacing(spacing: Sequence[float] | None, ndim: int) -> np.ndarray:
+    """Voxel sizes [ndim] in mm, 1.0 per axis when None."""
+    return np.ones(ndim) if spacing is None else np.broadcast_to(np.asarray(spacing, np.float64), (ndim,))
+
+
+def iou_score(pred: np.ndarray, target: np.ndarray) -> float:
+    """IoU (Jaccard) |P & T| / |P | T| of two boolean arrays, unsmoothed; 1.0 when
+    both are empty."""
+    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
+    union = int(np.logical_or(pred, target).sum())
+    return int(np.logical_and(pred, target).sum()) / union if union else 1.0
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Foreground voxels with a background face neighbour (6 in 3-D, 4 in 2-D),
+    voxels outside the array counting as background."""
+    cross = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, cross, border_value=0)
+
+
+def _distances(source: np.ndarray, destination: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Distance in mm from each voxel of `source` to the nearest voxel of
+    `destination` (infinite when `destination` is empty), with one EDT."""
+    if not destination.any():
+        return np.full(int(source.sum()), np.inf)
+    return ndimage.distance_transform_edt(~destination, sampling=spacing)[source]
+
+
+def surface_distances(pred: np.ndarray, target: np.ndarray,
+                      spacing: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Distances in mm from every surface voxel of `pred` to the nearest surface
+    voxel of `target`, and from every surface voxel of `target` to `pred`'s.
+
+    A surface voxel is a foreground voxel with at least one background face
+    neighbour (6-connectivity in 3-D, 4 in 2-D); voxels outside the array count
+    as background, so a mask touching the border has a surface there. Distances
+    to an empty mask are infinite; an empty mask has no distances.
+    """
+    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {pred.shape} and target {target.shape} differ in shape")
+    spacing = _spacing(spacing, pred.ndim)
+    objects = ndimage.find_objects((pred | target).astype(np.uint8))
+    if not objects:
+        return np.zeros(0), np.zeros(0)
+    # Cropping to the union's bounding box changes nothing: every voxel outside it
+    # is background, as the erosion's border_value assumes, and every surface voxel
+    # is inside. It makes the two EDTs cheap on large, mostly empty volumes.
+    pred_surface, target_surface = _surface(pred[objects[0]]), _surface(target[objects[0]])
+    return _distances(pred_surface, target_surface, spacing), _distances(target_surface, pred_surface, spacing)
+
+
+def _hd95_and_assd(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None) -> tuple[float, float]:
+    """(hd95, assd), both 0.0 when both masks are empty and both the array's
+    diagonal in mm when exactly one is."""
+    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
+    if not pred.any() and not target.any():
+        return 0.0, 0.0
+    if not pred.any() or not target.any():
+        diagonal = float(np.sqrt(np.sum(((np.array(pred.shape) - 1) * _spacing(spacing, pred.ndim)) ** 2)))
+        return diagonal, diagonal
+    to_target, to_pred = surface_distances(pred, target, spacing)
+    return (float(max(np.percentile(to_target, 95), np.percentile(to_pred, 95))),
+            float(np.mean(np.concatenate([to_target, to_pred]))))
+
+
+def hd95(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None) -> float:
+    """95th-percentile Hausdorff distance in mm, as the WMH segmentation challenge
+    defines it: the larger of the two directed 95th percentiles (linear
+    interpolation) of `surface_distances`.
+
+    Conventions: 0.0 when both masks are empty; when exactly one is empty, the worst
+    possible value, the length in mm of the array's diagonal
+    sqrt(sum(((shape - 1) * spacing) ** 2)), finite so that means over cases and
+    best-epoch selection keep working (as BraTS does).
+    """
+    return _hd95_and_assd(pred, target, spacing)[0]
+
+
+def assd(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None) -> float:
+    """Average symmetric surface distance in mm: the mean over both directed sets
+    of `surface_distances` together (each surface voxel counts once).
+
+    Conventions as `hd95`: 0.0 when both masks are empty, the array's diagonal in
+    mm when exactly one is.
+    """
+    return _hd95_and_assd(pred, target, spacing)[1]
+
+
+def avd(pred: np.ndarray, target: np.ndarray) -> float:
+    """Absolute volume difference in percent, 100 |Vp - Vt| / Vt, from voxel counts
+    (the voxel volume cancels).
+
+    Conventions: 0.0 when both are empty; NaN (undefined, as in the WMH
+    challenge) when the target is empty and the prediction is not, so means over
+    cases must skip NaN (`mean_over_patients` does).
+    """
+    predicted, true = int(np.count_nonzero(pred)), int(np.count_nonzero(target))
+    if true == 0:
+        return 0.0 if predicted == 0 else float("nan")
+    return 100.0 * abs(predicted - true) / true
+
+
+def lesion_detection(pred: np.ndarray, target: np.ndarray) -> dict[str, float | int]:
+    """Lesion-wise detection, as the WMH segmentation challenge scores it.
+
+    Lesions are connected components with full connectivity (26 neighbours in
+    3-D, 8 in 2-D: lesions touching at a corner are one). A target lesion is
+    detected when any predicted voxel overlaps it; `lesion_recall` = detected /
+    `num_lesions` (target components), `lesion_precision` = predicted components
+    overlapping any target voxel / `num_pred_lesions`, and `lesion_f1` =
+    2PR / (P + R).
+
+    Conventions: no target lesions gives recall 1.0, no predicted lesions
+    precision 1.0, and P + R = 0 an F1 of 0. So both empty scores 1 throughout;
+    an empty prediction on lesions recall 0, precision 1, F1 0; predictions on
+    an empty target recall 1, precision 0, F1 0.
+    """
+    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
+    target_labels, num_lesions = _components(target)
+    pred_labels, num_pred = _components(pred)
+    overlap = pred & target
+    recall = np.unique(target_labels[overlap]).size / num_lesions if num_lesions else 1.0
+    precision = np.unique(pred_labels[overlap]).size / num_pred if num_pred else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return dict(lesion_recall=recall, lesion_precision=precision, lesion_f1=f1,
+                num_lesions=num_lesions, num_pred_lesions=num_pred)
+
+
+def _mean_where_defined(values: Sequence[float]) -> float:
+    """Mean of the values that are not NaN; NaN if there are none."""
+    values = np.asarray(values, np.float64)
+    defined = values[~np.isnan(values)]
+    return float(np.mean(defined)) if defined.size else float("nan")
+
+
+def case_scores(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None,
+                num_classes: int = 2) -> dict[str, float]:
+    """Scores of one case's label arrays (integers, 0 background) for each
+    foreground class k in 1..num_classes-1 on (pred == k, target == k):
+    `dice_3d` (`dice_score`), `iou_3d`, `hd95` and `assd` (mm, or voxels
+    without `spacing`), `avd` (percent), `lesion_recall` and `lesion_f1`, each
+    with the conventions of its function.
+
+    Returns each score's mean over the classes, skipping the classes where it is
+    undefined (NaN, only `avd` on an empty target; NaN if every class is), and
+    with more than one foreground class also the per-class scores as
+    `<key>_class<k>`.
+    """
+    pred, target = np.asarray(pred), np.asarray(target)
+    per_class = {}
+    for k in range(1, max(num_classes, 2)):
+        p, t = pred == k, target == k
+        distance_95, distance_mean = _hd95_and_assd(p, t, spacing)
+        detection = lesion_detection(p, t)
+        per_class[k] = dict(dice_3d=dice_score(p, t), iou_3d=iou_score(p, t), hd95=distance_95,
+                            assd=distance_mean, avd=avd(p, t), lesion_recall=detection["lesion_recall"],
+                            lesion_f1=detection["lesion_f1"])
+    scores = {key: _mean_where_defined([s[key] for s in per_class.values()]) for key in per_class[1]}
+    if len(per_class) > 1:
+        scores.update({f"{key}_class{k}": v for k, s in per_class.items() for key, v in s.items()})
+    return scores
 
 
 class VolumeAccumulator:
@@ -298,34 +482,38 @@ def _name(patient: int, names: Sequence[str] | Mapping[int, str] | None) -> str:
 
 
 def segmentation_table(volumes: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int = 2,
-                       names: Sequence[str] | Mapping[int, str] | None = None) -> list[dict[str, Any]]:
+                       names: Sequence[str] | Mapping[int, str] | None = None,
+                       spacings: Mapping[int, Sequence[float]] | None = None) -> list[dict[str, Any]]:
     """One row per patient of label volumes (`VolumeAccumulator.volumes`):
     `patient_index`, `patient` (its name from `names[patient_index]`, else the
     index as a string), `num_slices`, `tumor_voxels` and `pred_voxels`
-    (foreground, any class), `dice_3d`, and `dice_3d_lcc` (keeping only the
-    largest connected component of each predicted class).
+    (foreground, any class), `dice_3d_lcc` (keeping only the largest connected
+    component of each predicted class), and the `case_scores` of the volume.
+
+    `spacings[patient_index]` is the voxel size in mm per axis in the volume's
+    axis order (slice axis first for stacked 2-D slices); without `spacings`
+    distances are in voxels.
 
     `dice_3d` is the mean of one Dice per foreground class 1..num_classes-1 (a
     class absent from both mask and prediction scores 1); with more than one
-    foreground class the per-class scores are added as `dice_3d_class<k>`.
+    foreground class the per-class scores are added as `dice_3d_class<k>`
+    (and likewise for the other `case_scores`).
     """
     rows = []
     classes = range(1, max(num_classes, 2))
     for patient, (pred, target, numbers) in volumes.items():
-        per_class = [dice_score(pred == k, target == k) for k in classes]
+        scores = case_scores(pred, target, None if spacings is None else spacings[patient], num_classes)
         lcc = [dice_score(largest_connected_component(pred == k), target == k) for k in classes]
-        row = dict(
+        rows.append(dict(
             patient_index=patient,
             patient=_name(patient, names),
             num_slices=len(numbers),
             tumor_voxels=int(np.count_nonzero(target)),
             pred_voxels=int(np.count_nonzero(pred)),
-            dice_3d=float(np.mean(per_class)),
+            dice_3d=scores["dice_3d"],
             dice_3d_lcc=float(np.mean(lcc)),
-        )
-        if len(per_class) > 1:
-            row.update({f"dice_3d_class{k}": d for k, d in zip(classes, per_class)})
-        rows.append(row)
+            **{key: v for key, v in scores.items() if key != "dice_3d"},
+        ))
     return rows
 
 
@@ -345,6 +533,7 @@ def regression_table(volumes: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def mean_over_patients(table: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, float]:
-    """Means of the `keys` columns over the rows of a patient table (NaN if
-    there are no patients)."""
-    return {key: float(np.mean([row[key] for row in table])) if table else float("nan") for key in keys}
+    """Means of the `keys` columns over the rows of a patient table, each over
+    the patients where it is defined (not NaN, e.g. `avd` on an empty mask);
+    NaN if there are none, or no patients."""
+    return {key: _mean_where_defined([row[key] for row in table]) for key in keys}

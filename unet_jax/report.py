@@ -259,13 +259,21 @@ def largest_target_slices(volumes: Mapping, n: int) -> list[tuple[int, int]]:
     return [(p, i) for _, p, i in sorted(mass, key=lambda m: -m[0])[:n]]
 
 
+def stack_padded(pictures: Sequence[np.ndarray]) -> np.ndarray:
+    """Stacks [H, W, ...] arrays of different sizes (slices of cases of
+    different shapes), each zero-padded at the bottom and right to the largest."""
+    h, w = (max(p.shape[i] for p in pictures) for i in (0, 1))
+    return np.stack([np.pad(p, [(0, h - p.shape[0]), (0, w - p.shape[1])] + [(0, 0)] * (p.ndim - 2))
+                     for p in pictures])
+
+
 def segmentation_preview(volumes: Mapping, images: Mapping, n: int) -> np.ndarray:
     """[n, H, W, 3] uint8 overlays of the n slices with the largest tumours."""
     candidates = [(np.count_nonzero(target[i]), p, i)
                   for p, (_, target, _) in volumes.items() for i in range(len(target))]
     chosen = sorted(candidates, key=lambda c: -c[0])[:n]
-    return np.stack([overlay(images[p][i].astype(np.float32), volumes[p][1][i], volumes[p][0][i])
-                     for _, p, i in chosen])
+    return stack_padded([overlay(images[p][i].astype(np.float32), volumes[p][1][i], volumes[p][0][i])
+                         for _, p, i in chosen])
 
 
 def regression_preview(volumes: Mapping, images: Mapping, n: int) -> np.ndarray:
@@ -278,7 +286,7 @@ def regression_preview(volumes: Mapping, images: Mapping, n: int) -> np.ndarray:
         grey = np.concatenate([normalise(images[p][i].astype(np.float32)),
                                np.clip(target / top, 0, 1), np.clip(output / top, 0, 1)], axis=1)
         rows.append(np.round(np.repeat(grey[..., None], 3, axis=-1) * 255).astype(np.uint8))
-    return np.stack(rows)
+    return stack_padded(rows)
 
 
 def best_and_worst_figure(table: Sequence[Mapping], volumes: Mapping, images: Mapping, path: str,
@@ -297,7 +305,7 @@ def best_and_worst_figure(table: Sequence[Mapping], volumes: Mapping, images: Ma
             preds.append(pred[i])
             titles.append(f"{row['patient']} slice {numbers[i]}  Dice {dice_score(pred[i], target[i]):.2f} "
                           f"(patient {row['dice_3d']:.2f})")
-    plot_prediction_grid(np.stack(shown), np.stack(targets), np.stack(preds), path, titles=titles, channel=0,
+    plot_prediction_grid(stack_padded(shown), stack_padded(targets), stack_padded(preds), path, titles=titles, channel=0,
                          max_rows=len(shown), channel_label=channel_label)
 
 
@@ -313,5 +321,5 @@ def regression_figure(table: Sequence[Mapping], volumes: Mapping, images: Mappin
         targets.append(target[i].astype(np.float32))
         outputs.append(output[i].astype(np.float32))
         titles.append(f"{names.get(p, p)} slice {numbers[i]}  Jaccard {grey_level_jaccard(output[i], target[i]):.2f}")
-    plot_regression_grid(np.stack(shown), np.stack(targets), np.stack(outputs), path, titles=titles,
+    plot_regression_grid(stack_padded(shown), stack_padded(targets), stack_padded(outputs), path, titles=titles,
                          image_label=f"image ({channel_label})")

@@ -132,3 +132,10 @@ def eval_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: Loss
     logits = state.apply_fn(_variables(state.params, state.batch_stats), batch["image"], train=False)
     loss = loss_fn(logits, batch["mask"], batch["valid"])
     return metrics_fn(logits, batch["mask"], batch["valid"], loss), predict_fn(logits)
+
+
+def predict_step(state: TrainState, image: jnp.ndarray, *,
+                 output_fn: Callable[[jnp.ndarray], jnp.ndarray]) -> jnp.ndarray:
+    """`output_fn` of the logits of an image batch in inference mode (the
+    probabilities a sliding window blends, say)."""
+    return output_fn(state.apply_fn(_variables(state.params, state.batch_stats), image, train=False))

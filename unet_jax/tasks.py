@@ -74,8 +74,28 @@ class Task:
         """Prediction and target of gathered slices as the per-patient table wants them."""
         raise NotImplementedError
 
-    def table(self, volumes: Mapping, names: Sequence[str]) -> list[dict[str, Any]]:
-        """One row per patient of the volumes of `metrics.VolumeAccumulator`."""
+    def window_output(self, logits: jnp.ndarray) -> jnp.ndarray:
+        """What a sliding window blends, per voxel [B, *spatial, K] (jit-able)."""
+        raise NotImplementedError
+
+    def finalize(self, blend: np.ndarray) -> np.ndarray:
+        """The prediction [*spatial] from a blend of `window_output`s [*spatial, K] (host)."""
+        raise NotImplementedError
+
+    def volume_metrics(self, pred: np.ndarray, target: np.ndarray) -> clu_metrics.Collection:
+        """The collection of one whole case, `pred` and `target` as `host_pair`
+        gives them; the loss, defined on training patches, is left NaN."""
+        return self.collection.single_from_model_output(
+            loss=jnp.float32(jnp.nan), mask=jnp.ones((1,), bool), **self.case_stats(pred[None], target[None]))
+
+    def case_stats(self, pred: np.ndarray, target: np.ndarray) -> dict[str, jnp.ndarray]:
+        """`stats` of whole predictions [1, *spatial] rather than logits."""
+        raise NotImplementedError
+
+    def table(self, volumes: Mapping, names: Sequence[str], spacings: Mapping | None = None) -> list[dict[str, Any]]:
+        """One row per patient of the volumes of `metrics.VolumeAccumulator`,
+        distances in mm where `spacings` gives each patient's voxel size (in the
+        volumes' axis order)."""
         raise NotImplementedError
 
     def preview(self, volumes: Mapping, images: Mapping, n: int) -> np.ndarray:
@@ -96,9 +116,11 @@ class Segmentation(Task):
     name: ClassVar[str] = "segmentation"
     loss_fns: ClassVar = losses.SEGMENTATION_LOSSES
     collection: ClassVar = metrics_lib.SegmentationMetrics
-    case_metrics: ClassVar = ("dice_3d", "dice_3d_lcc")
+    case_metrics: ClassVar = ("dice_3d", "dice_3d_lcc", "iou_3d", "hd95", "assd", "avd", "lesion_recall",
+                              "lesion_f1")
     default_best_metric: ClassVar = "val_dice"
     figure_name: ClassVar = "best_worst"
+    lower_is_better: ClassVar = frozenset({"loss", "hd95", "assd", "avd"})
 
     def output_problem(self, out_channels, manifest):
         classes = manifest.get("num_classes", 2)
@@ -115,8 +137,19 @@ class Segmentation(Task):
     def host_pair(self, pred, target):
         return pred.astype(np.uint8), np.round(target[..., 0]).astype(np.uint8)
 
-    def table(self, volumes, names):
-        return metrics_lib.segmentation_table(volumes, self.num_classes, names)
+    def window_output(self, logits):
+        return losses.probabilities(logits)
+
+    def finalize(self, blend):
+        # A one-channel sigmoid is foreground above 0.5; several channels, the argmax.
+        return (blend[..., 0] > 0.5).astype(np.uint8) if blend.shape[-1] == 1 else \
+            np.argmax(blend, axis=-1).astype(np.uint8)
+
+    def case_stats(self, pred, target):
+        return metrics_lib.label_overlap_stats(pred, target, self.num_classes)
+
+    def table(self, volumes, names, spacings=None):
+        return metrics_lib.segmentation_table(volumes, self.num_classes, names, spacings)
 
     def preview(self, volumes, images, n):
         return report.segmentation_preview(volumes, images, n)
@@ -150,7 +183,17 @@ class Regression(Task):
         # The first channel, as float16: half the host memory of a whole split's outputs.
         return pred[..., 0].astype(np.float16), target[..., 0].astype(np.float16)
 
-    def table(self, volumes, names):
+    def window_output(self, logits):
+        return logits
+
+    def finalize(self, blend):
+        return blend[..., 0].astype(np.float16)
+
+    def case_stats(self, pred, target):
+        return metrics_lib.regression_stats(jnp.asarray(pred, jnp.float32)[..., None],
+                                            jnp.asarray(target, jnp.float32)[..., None])
+
+    def table(self, volumes, names, spacings=None):
         return metrics_lib.regression_table(volumes, names)
 
     def preview(self, volumes, images, n):

@@ -25,7 +25,8 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
 from unet_jax import checkpoint, evaluate, parallel, report, steps, tasks
-from unet_jax.config_checks import ConfigError, best_metric, model_from_config, validate_config
+from unet_jax.config_checks import (ConfigError, best_metric, input_shape, model_from_config, patch_options,
+                                    validate_config, window_options)
 from unet_jax.data import DataError, pipeline
 from unet_jax.data.augment import AugmentOptions
 from unet_jax.files import atomic_write, write_json
@@ -54,7 +55,7 @@ def initial_state(config, model, mesh, image_shape, total_steps: int) -> steps.T
 
 
 def compile_steps(config, task: tasks.Task, mesh):
-    """The jitted train and eval steps: state replicated, batch sharded on `data`."""
+    """The jitted train, eval and predict steps: state replicated, batch sharded on `data`."""
     loss_fn = task.loss(config.loss)
     repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     train_step = jax.jit(
@@ -65,12 +66,21 @@ def compile_steps(config, task: tasks.Task, mesh):
     eval_step = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn, metrics_fn=task.batch_metrics,
                                           predict_fn=task.predict),
                         in_shardings=(repl, data), out_shardings=(repl, data))
-    return train_step, eval_step
+    predict_step = jax.jit(functools.partial(steps.predict_step, output_fn=task.window_output),
+                           in_shardings=(repl, data), out_shardings=data)
+    return train_step, eval_step, predict_step
 
 
-def make_evaluator(config, task, eval_step, mesh, data_dir: str, split: str) -> evaluate.Evaluator:
-    return evaluate.Evaluator(task, eval_step, data_dir, split, batch_size=config.eval_batch_size,
-                              normalization=config.data.normalization, mesh=mesh)
+def make_evaluator(config, task, compiled, mesh, data_dir: str, split: str):
+    """An `Evaluator` of the records, or with patch training a `VolumeEvaluator`
+    of whole volumes by sliding window; `compiled` is `compile_steps`' result."""
+    _, eval_step, predict_step = compiled
+    window = window_options(config)
+    if window is None:
+        return evaluate.Evaluator(task, eval_step, data_dir, split, batch_size=config.eval_batch_size,
+                                  normalization=config.data.normalization, mesh=mesh)
+    return evaluate.VolumeEvaluator(task, predict_step, data_dir, split, batch_size=config.eval_batch_size,
+                                    normalization=config.data.normalization, mesh=mesh, window=window)
 
 
 def train_iterator(config, mesh) -> grain.DatasetIterator:
@@ -80,7 +90,8 @@ def train_iterator(config, mesh) -> grain.DatasetIterator:
                                 batch_size=parallel.check_batch_size(config.batch_size, mesh.size,
                                                                      config.grad_accum_steps),
                                 seed=config.seed, normalization=config.data.normalization,
-                                augment_options=augment, shard_index=jax.process_index(),
+                                augment_options=augment, patches=patch_options(config),
+                                shard_index=jax.process_index(),
                                 shard_count=jax.process_count())
     return pipeline.make_iterator(ds, pipeline.LoaderOptions(
         num_workers=config.data.num_workers, prefetch_buffer_size=config.data.prefetch_buffer_size))
@@ -221,12 +232,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     task, (metric, mode) = tasks.get_task(config), best_metric(config)
     workdir = make_workdir(workdir)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    steps_per_epoch = manifest["splits"]["train"]["num_examples"] // config.batch_size
+    examples = manifest["splits"]["train"]["num_examples"] * (config.data.patches_per_volume if config.data.patch_size
+                                                              else 1)
+    steps_per_epoch = examples // config.batch_size
     total_steps = steps_per_epoch * config.num_epochs
     train_iter = train_iterator(config, mesh)
-    state = initial_state(config, build_model(config), mesh, manifest["image_shape"], total_steps)
-    train_step, eval_step = compile_steps(config, task, mesh)
-    validator = make_evaluator(config, task, eval_step, mesh, config.data.data_dir, "val")
+    state = initial_state(config, build_model(config), mesh, input_shape(config, manifest), total_steps)
+    compiled = compile_steps(config, task, mesh)
+    train_step = compiled[0]
+    validator = make_evaluator(config, task, compiled, mesh, config.data.data_dir, "val")
     manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), best_metric=metric, best_mode=mode)
     empty_metrics = jax.device_put(task.empty_metrics(), parallel.replicated(mesh))  # like the step's outputs
     train_metrics, window, history = empty_metrics, empty_metrics, []
@@ -282,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         report.plot_learning_curves(history, os.path.join(workdir, "figures", "learning_curves.png"),
                                     best_epoch=best // steps_per_epoch)
     summary = test(task, state, workdir, "test", best // steps_per_epoch,
-                   make_evaluator(config, task, eval_step, mesh, config.data.data_dir, "test")
+                   make_evaluator(config, task, compiled, mesh, config.data.data_dir, "test")
                    if manifest["splits"].get("test", {}).get("num_examples") else None)
     writer.write_scalars(best, scalars("test", summary["metrics"]))
     writer.close()
@@ -299,8 +313,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, data_dir: 
     if not os.path.exists(os.path.join(workdir, TRAIN_MANIFEST)):
         raise ConfigError(f"{workdir}: no {TRAIN_MANIFEST}, so no training run finished an epoch here; "
                           "train first with --mode=train")
-    trained = pipeline.read_manifest(workdir, TRAIN_MANIFEST)["image_shape"]
-    shape = manifest["image_shape"]
+    trained_manifest = pipeline.read_manifest(workdir, TRAIN_MANIFEST)
+    trained, shape = input_shape(config, trained_manifest), input_shape(config, manifest)
     if len(shape) != len(trained) or shape[-1] != trained[-1]:
         raise DataError(f"{data_dir}: images {shape} do not match the {trained} the run trained on; "
                         "prepare the data with the same channels and layout")
@@ -316,8 +330,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, data_dir: 
     template = initial_state(config, build_model(config), mesh, trained, 1)
     (state, _), history = restore(manager, best, (template, task.empty_metrics()))
     best_epoch = next((row["epoch"] for row in history if row["step"] == best), None)
-    _, eval_step = compile_steps(config, task, mesh)
-    evaluator = make_evaluator(config, task, eval_step, mesh, data_dir, split) \
+    evaluator = make_evaluator(config, task, compile_steps(config, task, mesh), mesh, data_dir, split) \
         if manifest["splits"][split]["num_examples"] else None
     return test(task, state, workdir, f"evaluate_{os.path.basename(os.path.normpath(data_dir))}_{split}",
                 best_epoch, evaluator)

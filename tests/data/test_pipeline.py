@@ -201,3 +201,45 @@ def test_patient_zscore_through_data_prep_ignores_the_brightness_of_a_channel(ph
     assert dark_scaled[flair].mean() < 0.4 * normal_scaled[flair].mean()  # fixed scaling keeps it 3x darker
     others = np.abs(normal[..., [0, 2]] - dark[..., [0, 2]])  # same edge voxels; the rest barely move
     assert np.quantile(others, 0.99) < 0.02 and (others > 0.05).mean() < 0.002
+
+
+PATCH = pipeline.PatchOptions((16, 16, 4), foreground_prob=1.0, per_volume=3)
+
+
+def test_patch_batches_have_the_patch_shape_and_forced_foreground(lesion_volume_dir):
+    ds = pipeline.train_dataset(lesion_volume_dir, batch_size=4, seed=0, normalization="none",
+                                augment_options=AugmentOptions(flip_axes=(0, 1, 2), rotate_3d=True), patches=PATCH)
+    batches = _take(pipeline.make_iterator(ds), 3)
+    for b in batches:
+        assert b["image"].shape == (4, 16, 16, 4, 2) and b["image"].dtype == np.float32
+        assert b["mask"].shape == (4, 16, 16, 4, 1)
+        assert all(m.any() for m in b["mask"])  # foreground_prob=1: every patch holds lesion
+        assert set(b.keys()) == {"image", "mask", "patient_index", "slice", "valid"}
+    # An epoch draws per_volume patches from every training volume.
+    assert sorted(int(p) for b in batches for p in b["patient_index"]) == sorted(list(range(4)) * 3)
+
+
+def test_patches_are_the_same_with_zero_and_two_workers_and_resume_exactly(lesion_volume_dir):
+    ds = pipeline.train_dataset(lesion_volume_dir, batch_size=2, seed=3, normalization="none",
+                                augment_options=AugmentOptions(flip_axes=(0, 1, 2), noise_prob=0.5),
+                                patches=pipeline.PatchOptions((16, 16, 4)))
+    a = _take(pipeline.make_iterator(ds, pipeline.LoaderOptions(num_workers=0)), 5)
+    b = _take(pipeline.make_iterator(ds, pipeline.LoaderOptions(num_workers=2)), 5)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["mask"], y["mask"])
+    it = pipeline.make_iterator(ds)
+    _take(it, 2)
+    state = it.get_state()
+    expected = _take(it, 2)
+    resumed = pipeline.make_iterator(ds)
+    resumed.set_state(state)
+    for x, y in zip(expected, _take(resumed, 2)):
+        np.testing.assert_array_equal(x["image"], y["image"])
+    assert not np.array_equal(a[0]["image"], a[1]["image"])
+
+
+def test_volume_records_need_the_normalization_they_were_prepared_with(lesion_volume_dir):
+    with pytest.raises(DataError, match="normalization=none"):
+        pipeline.train_dataset(lesion_volume_dir, batch_size=2, seed=0, normalization="scale",
+                               patches=pipeline.PatchOptions((16, 16, 4)))

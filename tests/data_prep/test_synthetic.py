@@ -154,3 +154,142 @@ def test_demo_data_is_prepared_once_and_again_when_it_lacks_intensity_statistics
     synthetic.prepare_demo(str(tmp_path), num_patients=3, num_slices=4, size=32, val_fraction=0.34,
                            test_fraction=0.34)
     assert json.load(open(manifest_path))["intensity_stats"]
+
+
+# --- 3-D white-matter-lesion phantoms (NIfTI) ---------------------------------
+
+LESION_SMALL = dict(shape=(32, 32, 12), spacing=(1.0, 1.0, 3.0))
+
+
+def _lesion_cases(n, **kwargs):
+    kwargs = {**LESION_SMALL, **kwargs}
+    return [synthetic._lesion_case(i, kwargs["shape"], kwargs["spacing"], kwargs.get("seed", 0)) for i in range(n)]
+
+
+def test_lesion_case_is_deterministic_and_does_not_depend_on_the_number_of_cases(tmp_path):
+    name, flair, t1, mask = synthetic.generate_lesion_case(1, seed=7, **LESION_SMALL)
+    assert name == "case_0002"
+    assert flair.shape == t1.shape == mask.shape == (32, 32, 12)
+    assert flair.dtype == t1.dtype == np.float32 and mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    again = synthetic.generate_lesion_case(1, seed=7, **LESION_SMALL)
+    for x, y in zip((flair, t1, mask), again[1:]):
+        np.testing.assert_array_equal(x, y)
+    for other in (synthetic.generate_lesion_case(0, seed=7, **LESION_SMALL),
+                  synthetic.generate_lesion_case(1, seed=8, **LESION_SMALL)):
+        assert not np.array_equal(other[1], flair) and not np.array_equal(other[3], mask)
+    # The same case from a writer of two and of three cases.
+    from unet_jax.data.medical_io import read_volume
+    two = synthetic.write_lesion_phantoms(tmp_path / "two", num_cases=2, seed=7, progress=False, **LESION_SMALL)
+    three = synthetic.write_lesion_phantoms(tmp_path / "three", num_cases=3, seed=7, progress=False, **LESION_SMALL)
+    assert three[:2] == two == ["case_0001", "case_0002"]
+    for file in ("FLAIR.nii.gz", "T1.nii.gz", "lesions.nii.gz"):
+        np.testing.assert_array_equal(read_volume(tmp_path / "two" / "case_0002" / file).array,
+                                      read_volume(tmp_path / "three" / "case_0002" / file).array)
+
+
+def test_lesions_lie_in_white_matter_bright_on_flair_dark_on_t1():
+    for _, flair, t1, mask, labels in _lesion_cases(4):
+        lesion = mask > 0
+        white = (labels == synthetic._L_WHITE) & ~lesion
+        assert lesion.any() and (labels[lesion] == synthetic._L_WHITE).all()
+        # Inside the head, never on its outer layer of voxels.
+        head = flair > 0
+        assert not (lesion & ~ndimage.binary_erosion(head)).any()
+        # Tissue levels on the scale of the real data.
+        assert 85 < flair[white].mean() < 115 and 0 <= flair.min() and flair.max() < 320
+        assert flair[labels == synthetic._L_GREY].mean() > flair[white].mean() + 10
+        assert flair[labels == synthetic._L_VENTRICLE].mean() < 60
+        # Like white-matter hyperintensities: clearly bright on FLAIR, dark on T1.
+        assert flair[lesion].mean() > flair[white].mean() + 50
+        assert t1[lesion].mean() < t1[white].mean() - 25
+
+
+def test_lesions_are_mostly_periventricular():
+    closer = []
+    for _, _, _, mask, labels in _lesion_cases(6, shape=(48, 48, 16)):
+        spacing = LESION_SMALL["spacing"]
+        to_ventricle = ndimage.distance_transform_edt(labels != synthetic._L_VENTRICLE, sampling=spacing)
+        white = (labels == synthetic._L_WHITE) & (mask == 0)
+        closer.append(to_ventricle[mask > 0].mean() < to_ventricle[white].mean())
+    assert sum(closer) >= 5
+
+
+def test_every_case_has_lesions_at_a_plausible_load_and_nothing_outside_the_head():
+    components = []
+    for _, flair, t1, mask, labels in _lesion_cases(6):
+        brain = labels >= synthetic._L_GREY
+        assert 0.003 <= mask.sum() / brain.sum() <= 0.03
+        components.append(ndimage.label(mask)[1])
+        # Skull-stripped: exactly 0 outside the head, non-zero inside; the head fills most of the view.
+        outside = labels == synthetic._L_BACKGROUND
+        assert (flair[outside] == 0).all() and (t1[outside] == 0).all()
+        assert (flair[~outside] > 0).mean() > 0.99
+        extent = [np.ptp(np.nonzero((~outside).any(axis=tuple(a for a in range(3) if a != axis)))[0]) + 1
+                  for axis in range(3)]
+        assert all(e >= 0.75 * n for e, n in zip(extent, mask.shape)), extent
+    assert min(components) >= 1 and np.mean(components) >= 2
+    # Even a grid so coarse that lesions can fall between its voxels keeps one.
+    assert all(synthetic.generate_lesion_case(i, shape=(12, 12, 3))[3].any() for i in range(8))
+
+
+def test_lesion_anatomy_is_in_millimetres():
+    coarse = _lesion_cases(4, shape=(32, 32, 12), spacing=(1.0, 1.0, 3.0))
+    fine = _lesion_cases(4, shape=(32, 32, 36), spacing=(1.0, 1.0, 1.0))
+    narrow = _lesion_cases(4, shape=(32, 32, 12), spacing=(1.0, 1.0, 1.0))  # a third of the field of view
+
+    def mm3(cases, spacing):
+        return np.array([[(c[4] > 0).sum() * np.prod(spacing), c[3].sum() * np.prod(spacing)] for c in cases])
+
+    (head_c, les_c), (head_f, les_f), (head_n, les_n) = (
+        mm3(coarse, (1, 1, 3)).T, mm3(fine, (1, 1, 1)).T, mm3(narrow, (1, 1, 1)).T)
+    np.testing.assert_allclose(head_c, head_f, rtol=0.05)
+    assert 0.6 < les_c.sum() / les_f.sum() < 1.6
+    np.testing.assert_allclose(head_n, head_f / 3, rtol=0.1)  # the head fills whatever field of view it has
+    assert 0.15 < les_n.sum() / les_f.sum() < 0.6  # and lesions scale with it
+    for (_, _, _, mc, _), (_, _, _, mf, _) in zip(coarse, fine):  # lesions in the same place
+        centre_c = np.argwhere(mc).mean(axis=0) * (1, 1, 3) - np.array([31, 31, 33]) / 2
+        centre_f = np.argwhere(mf).mean(axis=0) - np.array([31, 31, 35]) / 2
+        assert np.abs(centre_c - centre_f).max() < 3
+
+
+def test_write_lesion_phantoms_round_trip(tmp_path):
+    from unet_jax.data.medical_io import read_volume
+
+    out = tmp_path / "wmh"
+    shape, spacing = (24, 28, 10), (0.9, 1.1, 2.5)
+    names = synthetic.write_lesion_phantoms(out, num_cases=2, shape=shape, spacing=spacing, seed=2, progress=False)
+    assert names == sorted(os.listdir(out)) == ["case_0001", "case_0002"]
+    origin = -(np.array(shape) - 1) * np.array(spacing) / 2
+    for index, name in enumerate(names):
+        assert set(os.listdir(out / name)) == {"FLAIR.nii.gz", "T1.nii.gz", "lesions.nii.gz"}
+        _, flair, t1, mask = synthetic.generate_lesion_case(index, shape=shape, spacing=spacing, seed=2)
+        for file, expected in (("FLAIR.nii.gz", flair), ("T1.nii.gz", t1), ("lesions.nii.gz", mask)):
+            volume = read_volume(out / name / file)
+            assert volume.array.shape == shape and volume.array.dtype == expected.dtype
+            if file == "lesions.nii.gz":
+                np.testing.assert_array_equal(volume.array, expected)
+            else:
+                np.testing.assert_allclose(volume.array, expected, rtol=1e-6, atol=1e-4)
+            np.testing.assert_allclose(volume.geometry.spacing, spacing, rtol=1e-6)
+            np.testing.assert_allclose(volume.geometry.origin, origin, atol=1e-4)
+            np.testing.assert_allclose(volume.geometry.direction, np.eye(3).ravel(), atol=1e-6)
+
+
+def test_write_lesion_phantoms_refuses_existing_output_then_replaces_it(tmp_path):
+    out = tmp_path / "wmh"
+    synthetic.write_lesion_phantoms(out, num_cases=1, progress=False, **LESION_SMALL)
+    before = _files(out)
+    with pytest.raises(DataError, match=r"wmh: .*--overwrite"):
+        synthetic.write_lesion_phantoms(out, num_cases=2, progress=False, **LESION_SMALL)
+    assert _files(out) == before and _siblings(out) == []
+    (out / "stale.txt").write_text("left over")
+    names = synthetic.write_lesion_phantoms(out, num_cases=2, overwrite=True, progress=False, **LESION_SMALL)
+    assert sorted(os.listdir(out)) == names == ["case_0001", "case_0002"] and _siblings(out) == []
+
+
+@pytest.mark.parametrize("bad", [dict(index=-1), dict(index=9999), dict(shape=(32, 32)), dict(shape=(32, 0, 12)),
+                                 dict(spacing=(1.0, 0.0, 3.0)), dict(spacing=(1.0, 1.0, float("nan")))])
+def test_generate_lesion_case_rejects_bad_arguments(bad):
+    kwargs = {"index": 0, **LESION_SMALL, **bad}
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        synthetic.generate_lesion_case(kwargs.pop("index"), **kwargs)

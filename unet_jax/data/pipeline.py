@@ -25,14 +25,15 @@ from absl import flags
 import numpy as np
 
 from unet_jax.data import MANIFEST, DataError
-from unet_jax.data.augment import AugmentOptions, augment_slice
+from unet_jax.data.augment import AugmentOptions, augment_slice, sample_patch
 from unet_jax.data.tfrecord import TFRecordSource, decode_example
 
 # "patient_zscore": per patient and channel, over the voxels where any channel is
 # non-zero (the head), with statistics that data_prep stores in each record;
 # "zscore": per image (or volume) and channel, over all voxels; "scale": the
-# uint8 range to [0, 1].
-NORMALIZATIONS = ("patient_zscore", "zscore", "scale")
+# uint8 range to [0, 1]; "none": as stored (data_prep.volumes normalises
+# intensities itself, per channel, and records how in the manifest).
+NORMALIZATIONS = ("patient_zscore", "zscore", "scale", "none")
 
 
 def read_manifest(data_dir: str, name: str = MANIFEST) -> dict:
@@ -53,6 +54,18 @@ def read_manifest(data_dir: str, name: str = MANIFEST) -> dict:
     return manifest
 
 
+def num_channels(manifest: dict) -> int:
+    """Input channels of a prepared folder (volumes of several sizes have no one image_shape)."""
+    return manifest.get("num_channels") or manifest["image_shape"][-1]
+
+
+def spatial_dims(manifest: dict) -> int:
+    """2 for slices, 3 for volumes."""
+    if manifest.get("image_shape"):
+        return len(manifest["image_shape"]) - 1
+    return len(next(p["shape"] for s in manifest["splits"].values() for p in s["patients"]))
+
+
 def split_source(data_dir: str, split: str) -> TFRecordSource:
     """Random-access source over the shards of one split, as the manifest lists them."""
     splits = read_manifest(data_dir)["splits"]
@@ -67,11 +80,13 @@ def split_source(data_dir: str, split: str) -> TFRecordSource:
 
 def decode(record: bytes) -> dict[str, np.ndarray]:
     """Example bytes -> float32 image [*spatial, C] and mask [*spatial, 1], ids,
-    and the patient's intensity statistics where data_prep stored them."""
+    the patient's intensity statistics and the voxel spacing where data_prep
+    stored them."""
     ex = decode_example(record)
     shape = tuple(int(d) for d in ex["shape"])
+    dtype = np.dtype(ex.get("image_dtype", b"uint8").decode())  # data_prep.volumes stores float32
     element = {
-        "image": np.frombuffer(ex["image"], np.uint8).reshape(shape).astype(np.float32),
+        "image": np.frombuffer(ex["image"], dtype).reshape(shape).astype(np.float32),
         "mask": np.frombuffer(ex["mask"], np.uint8).reshape(*shape[:-1], 1).astype(np.float32),
         "patient_index": np.int32(ex["patient_index"][0]),
         "slice": np.int32(ex["slice"][0]),
@@ -79,7 +94,7 @@ def decode(record: bytes) -> dict[str, np.ndarray]:
     }
     if "slices" in ex:
         element["slices"] = ex["slices"].astype(np.int32)
-    for key in ("channel_mean", "channel_std"):
+    for key in ("channel_mean", "channel_std", "spacing"):
         if key in ex:
             element[key] = ex[key]
     return element
@@ -103,7 +118,9 @@ def normalize(element: dict, method: str) -> dict:
     element = dict(element)
     mean, std = element.pop("channel_mean", None), element.pop("channel_std", None)
     image = element["image"]
-    if method == "scale":
+    if method == "none":
+        pass
+    elif method == "scale":
         image = image / 255.0
     elif method == "zscore":
         spatial = tuple(range(image.ndim - 1))
@@ -130,30 +147,63 @@ def _check(data_dir: str, batch_size: int, shard_index: int, shard_count: int, n
 
 def check_normalization(data_dir: str, manifest: dict, normalization: str) -> None:
     """DataError unless the prepared data carries what `normalization` needs."""
+    path = os.path.join(data_dir, MANIFEST)
+    if manifest.get("preprocessing") and normalization != "none":
+        raise DataError(f"{path}: data_prep.volumes normalised these intensities already (see the manifest's "
+                        f"preprocessing); set config.data.normalization=none, not {normalization}")
     if normalization == "patient_zscore" and not manifest.get("intensity_stats"):
-        raise DataError(f"{os.path.join(data_dir, MANIFEST)}: prepared without per-patient intensity statistics; "
+        raise DataError(f"{path}: prepared without per-patient intensity statistics; "
                         "rerun data_prep with --overwrite, or set config.data.normalization=scale")
+
+
+def patch(element: dict, rng: np.random.Generator, patch_size: tuple[int, ...], foreground_prob: float,
+          opts: AugmentOptions | None) -> dict:
+    """A random (augmented) patch of a whole-volume element, with its ids."""
+    image, mask = sample_patch(element["image"], element["mask"][..., 0], patch_size, rng, opts, foreground_prob)
+    return {"image": image, "mask": mask[..., None],
+            **{k: element[k] for k in ("patient_index", "slice", "valid")}}
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchOptions:
+    """Patch training: each epoch draws `per_volume` patches of `size` from every
+    training volume, a `foreground_prob` share of them centred on a labelled
+    voxel (nnU-Net forces a third)."""
+
+    size: tuple[int, ...]
+    foreground_prob: float = 1 / 3
+    per_volume: int = 1
 
 
 def train_dataset(data_dir: str, *, batch_size: int, seed: int, normalization: str = "patient_zscore",
                   augment_options: AugmentOptions | None = AugmentOptions(), num_epochs: int | None = None,
-                  split: str = "train", shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
-    """Shuffled, augmented batches of this process's share of a split.
+                  patches: PatchOptions | None = None, split: str = "train", shard_index: int = 0,
+                  shard_count: int = 1) -> grain.MapDataset:
+    """Shuffled, augmented batches of this process's share of a split: whole
+    records, or with `patches` random patches of them.
 
     The global shuffle is seeded and differs every epoch; epochs run on into
     each other (`num_epochs=None`: forever) and the last incomplete batch of
-    the stream is dropped. `batch_size` is per process.
+    the stream is dropped. `batch_size` is per process. Every random choice
+    comes from grain's per-element generator, so the same seed gives the same
+    batches with any number of worker processes, and the iterator resumes exactly.
     """
     _check(data_dir, batch_size, shard_index, shard_count, normalization)
     ds = grain.MapDataset.source(split_source(data_dir, split))[shard_index::shard_count]
+    if patches is not None:
+        ds = ds.repeat(patches.per_volume)  # one epoch: every volume per_volume times
     if len(ds) < batch_size:
         raise DataError(f"{data_dir}: split {split!r} has {len(ds)} examples for this process, fewer than "
-                        f"one batch of {batch_size}; lower the batch size")
+                        f"one batch of {batch_size}; lower the batch size"
+                        + (" or raise config.data.patches_per_volume" if patches else ""))
     ds = ds.seed(seed).shuffle().repeat(num_epochs).map(decode)
     # Normalised first: the zeros that warps bring in from outside then match the
     # normalised background.
     ds = ds.map(functools.partial(normalize, method=normalization))
-    if augment_options is not None:
+    if patches is not None:
+        ds = ds.random_map(functools.partial(patch, patch_size=patches.size, foreground_prob=patches.foreground_prob,
+                                             opts=augment_options))
+    elif augment_options is not None:
         ds = ds.random_map(functools.partial(augment, opts=augment_options))
     return ds.batch(batch_size, drop_remainder=True)
 

@@ -1,0 +1,562 @@
+"""Convert a folder of medical volumes (NIfTI, NRRD, MHA/MHD, DICOM series) to
+patient-split TFRecord shards, with their geometry.
+
+Two layouts are read:
+  decathlon  the Medical Segmentation Decathlon / nnU-Net layout:
+             imagesTr/<case>_0000.nii.gz, <case>_0001.nii.gz, ... and labelsTr/<case>.nii.gz
+  folders    a folder per case (at any depth below --data_dir) holding one file
+             (or one DICOM series folder) per channel and the label, picked by glob
+             patterns: --channels='FLAIR*,T1_*' --label='GOLD_STANDARD*'; or several
+             cases side by side, told apart by a {case} placeholder:
+             --channels='{case}_image.nrrd' --label='{case}_label.nrrd'
+
+Every case is checked (each channel on its label's grid, labels integral,
+no NaN or infinite voxels, a label present unless --unlabelled), its labels
+remapped (--label_map), optionally resampled (--spacing) and cropped to the
+bounding box of its foreground (--crop: the --mask, else the non-zero voxels), and its intensities normalised
+per channel (--intensity: MRI z-scored over the non-zero or --mask foreground,
+the nnU-Net convention; CT clipped to a Hounsfield window and scaled to [0, 1]).
+The manifest records every setting, so prediction can repeat it exactly.
+
+Each case becomes one tf.train.Example (or, with --slices=axial|coronal|sagittal,
+one per slice, so the 2-D models train on the same data) with
+  image        raw float32 bytes, [X, Y, Z, C] (slices: [A, B, C], padded to --slice_size)
+  image_dtype  "float32"
+  mask         raw uint8 bytes, [X, Y, Z] labels (slices: [A, B])
+  shape        int64, the image's shape
+  patient_id, patient_index, slice (0 for a whole volume, else the slice number)
+  spacing      float, voxel size (mm) of the record's axes
+  geometry     JSON: the source grid (spacing, origin, direction, shape) and how the
+               record was cut from it (resampled shape, crop box, slice axis, padding),
+               so predictions can be written back onto the original grid
+  foreground_voxels  labelled voxels (label > 0)
+
+Usage:
+  python -m data_prep.volumes --data_dir=../shared/data/ms_lesions_ljubljana --out_dir=data/wmh \
+      --channels='FLAIR*' --label='GOLD_STANDARD*' --val_cases=patient07 --test_fraction=0
+  python -m data_prep.volumes --data_dir=Task04_Hippocampus --out_dir=data/hippo --intensity=zscore
+  python -m data_prep.volumes --data_dir=ct_cases --out_dir=data/ct --channels='*image*' \
+      --label='*label*' --intensity=ct --ct_window=lung
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import json
+import os
+import re
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep import common
+from unet_jax.data import DataError
+from unet_jax.data.medical_io import Geometry, Volume, is_volume_path, plane_axis, read_volume, resample
+from unet_jax.data.tfrecord import encode_example
+
+# Named Hounsfield windows (lower, upper): the usual width/level pairs of radiology.
+CT_WINDOWS = {"lung": (-1350.0, 150.0), "mediastinum": (-160.0, 240.0), "soft_tissue": (-160.0, 240.0),
+              "abdomen": (-150.0, 250.0), "brain": (0.0, 80.0), "bone": (-500.0, 1300.0),
+              "lung_wide": (-1000.0, 400.0)}
+INTENSITIES = ("zscore", "ct", "none")
+LABEL_TOLERANCE = 1e-3  # a float-stored label this close to an integer counts as that integer
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One case's files: a path per channel (a file, or a DICOM series folder), its label or None."""
+
+    name: str
+    channels: tuple[str, ...]
+    label: str | None
+    mask: str | None = None  # foreground for the z-score (--mask), or None: the non-zero voxels
+
+
+# --- finding cases -------------------------------------------------------------
+
+def _is_source(path: str) -> bool:
+    """A volume file, or a leaf folder (a DICOM series: slices, no subfolders)."""
+    if os.path.isdir(path):
+        return not any(e.is_dir() for e in os.scandir(path))
+    return is_volume_path(path)
+
+
+def _pick(folder: str, pattern: str, what: str) -> str | None:
+    """The one volume in `folder` matching `pattern`; None if none; DataError if several."""
+    hits = sorted(n for n in os.listdir(folder) if fnmatch.fnmatch(n, pattern) and _is_source(os.path.join(folder, n)))
+    if len(hits) > 1:
+        raise DataError(f"{folder}: {what} pattern {pattern!r} matches {len(hits)} files ({', '.join(hits[:3])}); "
+                        "make the pattern match exactly one")
+    return os.path.join(folder, hits[0]) if hits else None
+
+
+def _case_pattern(pattern: str) -> re.Pattern:
+    """A glob with a `{case}` placeholder as a regex capturing the case name."""
+    head, _, tail = pattern.partition("{case}")
+    strip = lambda g: fnmatch.translate(g).removeprefix("(?s:").removesuffix(")\\Z")  # noqa: E731
+    return re.compile(f"(?s:{strip(head)}(?P<case>.+?){strip(tail)})\\Z")
+
+
+def scan_folders(data_dir: str, channels: list[str], label: str | None, mask: str | None,
+                 unlabelled: bool) -> tuple[list[Case], list[common.Problem]]:
+    """Cases of the per-case layout: every folder below `data_dir` holding a
+    volume that matches the first channel pattern is a case, named by its path
+    relative to `data_dir` (e.g. `train/brats_2013_pat0005_1`). Patterns with
+    a `{case}` placeholder ('{case}_image.nrrd') find several cases in one
+    folder instead, named by what the placeholder matched."""
+    cases, problems = [], []
+    for folder, dirs, files in os.walk(data_dir):
+        dirs.sort()
+        if "{case}" in channels[0]:
+            found = sorted({m["case"] for n in files + dirs if (m := _case_pattern(channels[0]).match(n))})
+            groups = [(c, os.path.relpath(os.path.join(folder, c), data_dir).replace(os.sep, "/")) for c in found]
+        elif _pick(folder, channels[0], "channel") is not None:
+            dirs[:] = []  # a case folder's subfolders are its DICOM series, not more cases
+            groups = [("", os.path.relpath(folder, data_dir).replace(os.sep, "/"))]
+        else:
+            continue
+        for key, name in groups:
+            fill = lambda p: p.replace("{case}", key)  # noqa: E731
+            picked = [_pick(folder, fill(p), "channel") for p in channels]
+            missing = [p for p, path in zip(channels, picked) if path is None]
+            label_path = _pick(folder, fill(label), "label") if label else None
+            if missing:
+                problems.append(common.Problem(os.path.join(folder, key), f"no volume matches channel pattern "
+                                                                         f"{fill(missing[0])!r}"))
+            elif label_path is None and not unlabelled:
+                problems.append(common.Problem(os.path.join(folder, key), f"no label matches {fill(label or '')!r}; "
+                                               "add it, or pass --unlabelled to prepare cases for prediction only"))
+            else:
+                cases.append(Case(name, tuple(picked), None if unlabelled else label_path,
+                                  _pick(folder, fill(mask), "mask") if mask else None))
+    return cases, problems
+
+
+def scan_decathlon(data_dir: str, unlabelled: bool) -> tuple[list[Case], list[common.Problem]]:
+    """Cases of the Decathlon/nnU-Net layout: imagesTr/<case>_<4-digit channel>.<ext>
+    with labelsTr/<case>.<ext> (imagesTs/ with --unlabelled)."""
+    images = os.path.join(data_dir, "imagesTs" if unlabelled else "imagesTr")
+    if not os.path.isdir(images):
+        raise DataError(f"{images}: no such folder; the Decathlon layout needs imagesTr/ and labelsTr/")
+    by_case: dict[str, dict[int, str]] = {}
+    problems = []
+    for n in sorted(os.listdir(images)):
+        path = os.path.join(images, n)
+        stem = next((n[:-len(s)] for s in (".nii.gz", ".nii", ".nrrd", ".mha") if n.endswith(s)), None)
+        if n.startswith(".") or stem is None:
+            continue
+        case, _, channel = stem.rpartition("_")
+        if not case or len(channel) != 4 or not channel.isdigit():
+            problems.append(common.Problem(path, "expected <case>_<4-digit channel>, e.g. case_001_0000.nii.gz"))
+            continue
+        by_case.setdefault(case, {})[int(channel)] = path
+    cases = []
+    width = max((len(c) for c in by_case.values()), default=0)
+    for case, files in sorted(by_case.items()):
+        if sorted(files) != list(range(width)):
+            problems.append(common.Problem(os.path.join(images, case), f"channels {sorted(files)}; every case "
+                                                                       f"needs 0..{width - 1}"))
+            continue
+        label = None
+        if not unlabelled:
+            ext = files[0][files[0].index(case + "_0000") + len(case) + 5:]
+            label = os.path.join(data_dir, "labelsTr", case + ext)
+            if not os.path.exists(label):
+                problems.append(common.Problem(label, "label missing; add it, or pass --unlabelled"))
+                continue
+        cases.append(Case(case, tuple(files[i] for i in range(width)), label))
+    return cases, problems
+
+
+# --- reading and checking one case --------------------------------------------------
+
+def parse_label_map(text: str) -> dict[int, int]:
+    """'1,2,3,4->1' or '2->1;1,3->2;4->3' as {source: target}; unnamed labels keep their value."""
+    mapping: dict[int, int] = {}
+    for rule in filter(None, (r.strip() for r in text.replace(" ", ";").split(";"))):
+        sources, arrow, target = rule.partition("->")
+        try:
+            if not arrow:
+                raise ValueError
+            for s in sources.split(","):
+                mapping[int(s)] = int(target)
+        except ValueError:
+            raise DataError(f"--label_map={text!r}: write rules like '1,2,3,4->1' or '2->1;4->3'") from None
+    if any(v < 0 or v > 255 for v in mapping.values()):
+        raise DataError(f"--label_map={text!r}: target labels must lie in 0..255")
+    return mapping
+
+
+def check_finite(volume: Volume, path: str) -> None:
+    bad = ~np.isfinite(volume.array) if volume.array.dtype.kind == "f" else None
+    if bad is not None and bad.any():
+        raise DataError(f"{path}: {int(bad.sum())} NaN or infinite voxels; fix or remove the volume, "
+                        "or pass --skip_bad")
+
+
+def load_label(path: str, grid: Volume, grid_path: str, label_map: dict[int, int]) -> np.ndarray:
+    """The label volume as uint8 labels on the grid of `grid`; float-stored
+    integral labels are accepted, anything else refused."""
+    volume = read_volume(path)
+    check_same_grid(volume, path, grid, grid_path)
+    labels = volume.array
+    if labels.dtype.kind == "f":
+        check_finite(volume, path)
+        rounded = np.round(labels)
+        if np.abs(labels - rounded).max(initial=0) > LABEL_TOLERANCE:
+            raise DataError(f"{path}: label values like {labels[np.abs(labels - rounded) > LABEL_TOLERANCE][0]:.3f} "
+                            "are not integers; is this an image rather than a label?")
+        labels = rounded
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+        raise DataError(f"{path}: labels span {labels.min()}..{labels.max()}; need 0..255")
+    labels = labels.astype(np.uint8)
+    if label_map:
+        lookup = np.arange(256, dtype=np.uint8)
+        for source, target in label_map.items():
+            if 0 <= source < 256:
+                lookup[source] = target
+        labels = lookup[labels]
+    return labels
+
+
+def check_same_grid(volume: Volume, path: str, reference: Volume, reference_path: str) -> None:
+    g, r = volume.geometry, reference.geometry
+    if volume.array.shape != reference.array.shape or not g.same_grid(r):
+        raise DataError(f"{path}: grid {volume.array.shape} at spacing {np.round(g.spacing, 3).tolist()}, origin "
+                        f"{np.round(g.origin, 2).tolist()} differs from {reference_path}'s {reference.array.shape} at "
+                        f"{np.round(r.spacing, 3).tolist()}, {np.round(r.origin, 2).tolist()}; resample one onto the "
+                        "other or pass --skip_bad")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How every case is turned into records (all of it goes into the manifest)."""
+
+    intensity: tuple[str, ...]  # one per channel
+    ct_window: tuple[float, float]
+    label_map: dict[int, int]
+    spacing: tuple[float, ...] | None
+    crop: bool
+    slices: str | None
+    slice_size: tuple[int, int] | None
+
+
+def normalize_channel(x: np.ndarray, method: str, foreground: np.ndarray, window: tuple[float, float]
+                      ) -> tuple[np.ndarray, dict]:
+    """One channel normalised by `method`, and the statistics it used.
+
+    'zscore': (x - mean) / std over the foreground voxels, background set to 0
+    (nnU-Net's MRI convention); 'ct': clipped to the Hounsfield `window` and
+    scaled to [0, 1]; 'none': unchanged.
+    """
+    x = x.astype(np.float32)
+    if method == "zscore":
+        values = x[foreground].astype(np.float64)
+        mean, std = (values.mean(), values.std()) if values.size else (0.0, 1.0)
+        out = np.where(foreground, (x - mean) / max(std, 1e-6), 0.0).astype(np.float32)
+        return out, {"mean": round(float(mean), 6), "std": round(float(std), 6)}
+    if method == "ct":
+        lo, hi = window
+        return ((np.clip(x, lo, hi) - lo) / (hi - lo)).astype(np.float32), {}
+    return x, {}
+
+
+def load_case(case: Case, settings: Settings) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """Reads, checks and converts one case: image float32 [*spatial, C], labels
+    uint8 [*spatial], the record geometry and per-channel statistics."""
+    channels = []
+    for path in case.channels:
+        volume = read_volume(path)
+        check_finite(volume, path)
+        if channels:
+            check_same_grid(volume, path, channels[0], case.channels[0])
+        channels.append(volume)
+    first, first_path = channels[0], case.channels[0]
+    if case.label is not None:
+        labels = load_label(case.label, first, first_path, settings.label_map)
+    else:
+        labels = np.zeros(first.array.shape, np.uint8)
+    foreground = None
+    if case.mask is not None:
+        mask_volume = read_volume(case.mask)
+        check_same_grid(mask_volume, case.mask, first, first_path)
+        foreground = mask_volume.array > 0
+    source = first.geometry
+    geometry = {"source": {**source.to_dict(), "shape": list(first.array.shape)}}
+    if settings.spacing is not None:
+        if len(settings.spacing) != source.ndim:
+            raise DataError(f"--spacing={settings.spacing}: give {source.ndim} values for {first_path}")
+        channels = [resample(v, settings.spacing, label=False) for v in channels]
+        labels = resample(Volume(labels, source), settings.spacing, label=True).array
+        if foreground is not None:
+            foreground = resample(Volume(foreground.astype(np.uint8), source), settings.spacing, label=True).array > 0
+    spacing = tuple(channels[0].geometry.spacing)
+    image = np.stack([v.array for v in channels], axis=-1).astype(np.float32)
+    geometry["resampled_shape"] = list(image.shape[:-1])
+    if foreground is None:
+        foreground = np.any(image != 0, axis=-1)
+    if settings.crop and foreground.any():
+        box = [(int(i.min()), int(i.max()) + 1) for i in np.nonzero(foreground)]
+    else:
+        box = [(0, n) for n in image.shape[:-1]]
+    crop = tuple(slice(lo, hi) for lo, hi in box)
+    image, labels, foreground = image[crop], labels[crop], foreground[crop]
+    geometry["crop"] = [list(b) for b in box]
+    stats = []
+    for c, method in enumerate(settings.intensity):
+        image[..., c], s = normalize_channel(image[..., c], method, foreground, settings.ct_window)
+        stats.append(s)
+    return image, labels, {"spacing": list(spacing), **geometry}, {"channels": stats}
+
+
+def slice_records(image: np.ndarray, labels: np.ndarray, axis: int, size: tuple[int, int], name: str):
+    """Yields (slice number, image [A, B, C], labels [A, B], padding) for every
+    slice along `axis`, zero-padded (centred) to `size`."""
+    image, labels = np.moveaxis(image, axis, 0), np.moveaxis(labels, axis, 0)
+    shape = image.shape[1:3]
+    if shape[0] > size[0] or shape[1] > size[1]:
+        raise DataError(f"{name}: slices of {shape[0]}x{shape[1]} exceed --slice_size={size[0]},{size[1]}; "
+                        "raise it")
+    pad = [((s - n) // 2, s - n - (s - n) // 2) for s, n in zip(size, shape)]
+    for number in range(image.shape[0]):
+        yield (number, np.pad(image[number], pad + [(0, 0)]), np.pad(labels[number], pad), pad)
+
+
+# --- the converter -------------------------------------------------------------------
+
+def _assign(names: list[str], val_cases: list[str], test_cases: list[str], **split_args) -> dict[str, list[str]]:
+    """The split by `common.split_patients`, or by the named cases when given."""
+    named = set(val_cases) | set(test_cases)
+    unknown = sorted(named - set(names))
+    if unknown:
+        raise DataError(f"--val_cases/--test_cases name {', '.join(unknown)}, which are not among the cases found "
+                        f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+    if not named:
+        return common.split_patients(names, **split_args)
+    train = sorted(n for n in names if n not in named)
+    if not train:
+        raise DataError("--val_cases and --test_cases leave no case for training")
+    return {"train": train, "val": sorted(val_cases), "test": sorted(test_cases)}
+
+
+def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str = "", label: str = "",
+            mask: str = "", intensity: str = "zscore", ct_window: str = "lung_wide", label_map: str = "",
+            spacing: str = "", crop: bool = True, slices: str = "", slice_size: str = "",
+            unlabelled: bool = False, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+            num_folds: int = 0, fold: int = 0, val_cases: str = "", test_cases: str = "",
+            records_per_shard: int = 64, skip_bad: bool = False, overwrite: bool = False,
+            progress: bool = True, command: str | None = None) -> dict:
+    """Validates the cases under `data_dir`, splits them by case and writes
+    shards plus manifest.json to `out_dir`; returns the manifest. Raises
+    DataError on the first bad case unless `skip_bad` (bad cases are then
+    left out and listed in the manifest). String arguments are the CLI's."""
+    data_dir = os.path.abspath(data_dir)
+    if not os.path.isdir(data_dir):
+        raise DataError(f"{data_dir}: no such folder; point --data_dir at a folder of cases")
+    if layout == "auto":
+        layout = "decathlon" if os.path.isdir(os.path.join(data_dir, "imagesTr")) else "folders"
+    if layout == "decathlon":
+        cases, problems = scan_decathlon(data_dir, unlabelled)
+    elif layout == "folders":
+        patterns = [p.strip() for p in channels.split(",") if p.strip()]
+        if not patterns or not (label or unlabelled):
+            raise DataError(f"{data_dir}: the per-case layout needs --channels='FLAIR*,...' and --label='...' "
+                            "(or --unlabelled)")
+        cases, problems = scan_folders(data_dir, patterns, label or None, mask or None, unlabelled)
+    else:
+        raise DataError(f"--layout={layout!r}: choose auto, decathlon or folders")
+    if not cases:
+        raise DataError(f"{data_dir}: no cases found" + (f" ({problems[0]})" if problems else
+                        "; check --channels/--label or the folder"))
+    if problems and not skip_bad:
+        raise DataError(f"{problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+    settings = _settings(len(cases[0].channels), intensity, ct_window, label_map, spacing, crop, slices, slice_size)
+    if records_per_shard < 1:
+        raise DataError(f"--records_per_shard={records_per_shard}: must be at least 1")
+    names = [c.name for c in cases]
+    split = ({"train": [], "val": [], "test": [], "predict": sorted(names)} if unlabelled else
+             _assign(names, _names(val_cases), _names(test_cases), val_fraction=val_fraction,
+                     test_fraction=test_fraction, seed=seed, num_folds=num_folds, fold=fold))
+    by_name = {c.name: c for c in cases}
+    all_files = [f for c in cases for f in (*c.channels, c.label, c.mask) if f and os.path.isfile(f)]
+    splits, num_classes, num_bytes, start = {}, 2, 0, time.time()
+    bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress)
+    with common.atomic_output_dir(out_dir, overwrite) as tmp, bar:
+        for split_name, members in split.items():
+            writer = common.ShardedWriter(tmp, split_name, records_per_shard)
+            per_case, examples = [], 0
+            for case_name in members:
+                case = by_name[case_name]
+                try:
+                    image, labels, geometry, stats = load_case(case, settings)
+                except DataError as e:
+                    if not skip_bad:
+                        raise
+                    problems.append(common.Problem(*str(e).split(": ", 1)))
+                    bar.update()
+                    continue
+                num_bytes += sum(os.path.getsize(f) for f in (*case.channels, case.label) if f and os.path.isfile(f))
+                num_classes = max(num_classes, int(labels.max()) + 1)
+                ids = {"patient_id": case.name, "patient_index": len(per_case)}
+                for record in _records(image, labels, geometry, settings, ids, case):
+                    writer.write(record)
+                    examples += 1
+                per_case.append({"patient": case.name, "shape": list(image.shape[:-1]),
+                                 "foreground_voxels": int(np.count_nonzero(labels)),
+                                 "labels": np.unique(labels).tolist(), **stats})
+                bar.update()
+            splits[split_name] = {"num_patients": len(per_case), "num_examples": examples,
+                                  "num_slices": examples, "patients": per_case, "shards": writer.close()}
+        if not any(s["num_patients"] for s in splits.values()):
+            raise DataError(f"{data_dir}: every case was skipped; drop --skip_bad to see the first problem")
+        seconds = time.time() - start
+        manifest = {
+            "dataset": "volumes",
+            "command": command or common.command_line(),
+            "source": data_dir,
+            "source_layout": layout,
+            "source_files": len(all_files),
+            "source_checksum": common.file_list_checksum(data_dir, all_files),
+            "layout": "slices" if settings.slices else "volumes",
+            "image_shape": _common_shape(splits, settings),
+            "num_channels": len(settings.intensity),
+            "channels": [os.path.basename(p) for p in cases[0].channels] if layout == "decathlon"
+            else [p.strip() for p in channels.split(",")],
+            "image_dtype": "float32",
+            "mask": "uint8 labels",
+            "num_classes": num_classes,
+            "labelled": not unlabelled,
+            "preprocessing": {
+                "intensity": [{"method": m, **({"window": list(settings.ct_window)} if m == "ct" else {}),
+                               **({"foreground": "mask" if mask else "nonzero"} if m == "zscore" else {})}
+                              for m in settings.intensity],
+                "label_map": {str(k): v for k, v in sorted(settings.label_map.items())},
+                "spacing": list(settings.spacing) if settings.spacing else None,
+                "crop": ("mask" if mask else "nonzero") + " bounding box" if settings.crop else None,
+                "slices": settings.slices, "slice_size": list(settings.slice_size) if settings.slice_size else None},
+            "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                      "num_folds": num_folds, "fold": fold, "val_cases": _names(val_cases),
+                      "test_cases": _names(test_cases)},
+            "splits": splits,
+            "throughput": {"cases_per_second": round(len(cases) / seconds, 3),
+                           "source_mb_per_second": round(num_bytes / 1e6 / seconds, 2)},
+            "skipped": [{"file": p.file, "reason": p.reason} for p in problems],
+        }
+        common.write_manifest(tmp, manifest)
+    return manifest
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _floats(text: str, flag: str, count: int | None = None) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise DataError(f"{flag}={text!r}: give comma-separated numbers") from None
+    if count is not None and len(values) != count:
+        raise DataError(f"{flag}={text!r}: give {count} numbers")
+    return values
+
+
+def _settings(num_channels: int, intensity: str, ct_window: str, label_map: str, spacing: str, crop: bool,
+              slices: str, slice_size: str) -> Settings:
+    methods = tuple(m.strip() for m in intensity.split(","))
+    if len(methods) == 1:
+        methods = methods * num_channels
+    if len(methods) != num_channels or any(m not in INTENSITIES for m in methods):
+        raise DataError(f"--intensity={intensity!r}: give one of {', '.join(INTENSITIES)} for all channels, or one "
+                        f"per channel ({num_channels} here)")
+    window = CT_WINDOWS.get(ct_window) or _floats(ct_window, "--ct_window", 2)
+    if window[0] >= window[1]:
+        raise DataError(f"--ct_window={ct_window!r}: the lower bound must be below the upper; or name one of "
+                        f"{', '.join(CT_WINDOWS)}")
+    voxel = _floats(spacing, "--spacing") if spacing else None
+    if voxel is not None and min(voxel) <= 0:
+        raise DataError(f"--spacing={spacing!r}: voxel sizes must be positive")
+    if slices and slices not in ("axial", "coronal", "sagittal"):
+        raise DataError(f"--slices={slices!r}: choose axial, coronal or sagittal")
+    size = tuple(int(v) for v in _floats(slice_size, "--slice_size", 2)) if slice_size else None
+    if slices and size is None:
+        raise DataError("--slices needs --slice_size=H,W: every slice is padded to it so slices batch together")
+    return Settings(methods, tuple(window), parse_label_map(label_map), voxel, crop, slices or None, size)
+
+
+def _records(image, labels, geometry, settings: Settings, ids: dict, case: Case):
+    common_features = {**ids, "image_dtype": "float32", "spacing": np.asarray(geometry["spacing"], np.float32)}
+    if not settings.slices:
+        yield encode_example({**common_features, "image": image.tobytes(), "mask": labels.tobytes(),
+                              "shape": image.shape, "slice": 0, "geometry": json.dumps(geometry),
+                              "foreground_voxels": int(np.count_nonzero(labels))})
+        return
+    source = Geometry.from_dict(geometry["source"])
+    axis = plane_axis(source, settings.slices)
+    for number, im, lab, pad in slice_records(image, labels, axis, settings.slice_size, case.channels[0]):
+        yield encode_example({**common_features, "image": np.ascontiguousarray(im).tobytes(),
+                              "mask": np.ascontiguousarray(lab).tobytes(), "shape": im.shape, "slice": number,
+                              "geometry": json.dumps({**geometry, "slice_axis": axis, "pad": pad}),
+                              "foreground_voxels": int(np.count_nonzero(lab))})
+
+
+def _common_shape(splits: dict, settings: Settings) -> list[int] | None:
+    """The records' shape when they all share one (slices, or equal volumes), else None."""
+    if settings.slices:
+        return [*settings.slice_size, len(settings.intensity)]
+    shapes = {tuple(p["shape"]) for s in splits.values() for p in s["patients"]}
+    return [*shapes.pop(), len(settings.intensity)] if len(shapes) == 1 else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_prep.volumes", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="a folder of cases")
+    parser.add_argument("--out_dir", required=True, help="where shards and manifest.json go")
+    parser.add_argument("--layout", default="auto", choices=("auto", "decathlon", "folders"),
+                        help="auto: decathlon when data_dir holds imagesTr/, else folders")
+    parser.add_argument("--channels", default="", help="folders layout: one glob per channel, comma-separated")
+    parser.add_argument("--label", default="", help="folders layout: glob of the label file")
+    parser.add_argument("--mask", default="", help="folders layout: glob of a foreground mask for the z-score "
+                                                   "(default: the non-zero voxels)")
+    parser.add_argument("--intensity", default="zscore",
+                        help=f"per channel ({', '.join(INTENSITIES)}), one for all or comma-separated")
+    parser.add_argument("--ct_window", default="lung_wide",
+                        help=f"Hounsfield window 'lower,upper' or one of {', '.join(CT_WINDOWS)}")
+    parser.add_argument("--label_map", default="", help="merge or rename labels, e.g. '1,2,3,4->1' or '4->3'")
+    parser.add_argument("--spacing", default="", help="resample to this voxel size in mm, e.g. '1,1,3'")
+    parser.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
+                        help="crop each case to the bounding box of its --mask, else of its non-zero voxels")
+    parser.add_argument("--slices", default="", help="write 2-D slices (axial, coronal or sagittal), not volumes")
+    parser.add_argument("--slice_size", default="", help="with --slices: pad every slice to 'H,W'")
+    parser.add_argument("--unlabelled", action="store_true", help="cases without labels, for prediction only")
+    parser.add_argument("--val_fraction", type=float, default=0.2)
+    parser.add_argument("--test_fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the case shuffle")
+    parser.add_argument("--num_folds", type=int, default=0, help="k-fold cross-validation over cases (0: off)")
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--val_cases", default="", help="comma-separated cases for validation (overrides fractions)")
+    parser.add_argument("--test_cases", default="", help="comma-separated cases for test (overrides fractions)")
+    parser.add_argument("--records_per_shard", type=int, default=64)
+    parser.add_argument("--skip_bad", action="store_true", help="skip bad cases and list them in the manifest")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
+    args = vars(parser.parse_args(argv))
+    data_dir, out_dir = args.pop("data_dir"), args.pop("out_dir")
+    try:
+        m = prepare(data_dir, out_dir, **args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = ", ".join(f"{k} {v['num_patients']} cases/{v['num_examples']} records" for k, v in m["splits"].items())
+    t = m["throughput"]
+    print(f"wrote {os.path.abspath(out_dir)}: {summary}; {m['num_classes']} classes; skipped {len(m['skipped'])}; "
+          f"{t['cases_per_second']} cases/s, {t['source_mb_per_second']} MB/s of source files")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Read and write medical volumes with their geometry: NIfTI, NRRD, MHA/MHD and
+DICOM series (a folder of slices), through SimpleITK.
+
+SimpleITK is the one library that reads and writes all four formats with
+spacing, origin and direction, in physical LPS coordinates whatever the file
+stores (NIfTI's RAS sform included), so a prediction written back lands on
+the scanner's grid. Arrays come in ITK index order, [X, Y, Z] (the transpose
+of `sitk.GetArrayFromImage`'s [Z, Y, X]): the in-plane axes first and the
+slice axis last, as the 3-D U-Net's in-plane (3x3x1) kernels expect.
+This module never imports JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from unet_jax.data import DataError
+
+# File endings SimpleITK reads as one volume; a folder is read as a DICOM series.
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Written as one file each (a detached header, .mhd or .nhdr, would need a second file).
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# World axes of ITK's LPS frame: x runs to the patient's left, y to the back, z up.
+ANATOMICAL_PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}  # the world axis each plane is normal to
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Where a volume's voxels lie in physical space (mm, LPS): voxel size per
+    array axis, the position of voxel 0, and the direction cosines (row-major
+    ndim x ndim; column i is array axis i's direction)."""
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.spacing)
+
+    def matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, np.float64).reshape(self.ndim, self.ndim)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {k: [float(v) for v in getattr(self, k)] for k in ("spacing", "origin", "direction")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        return cls(*(tuple(float(v) for v in d[k]) for k in ("spacing", "origin", "direction")))
+
+    @classmethod
+    def identity(cls, ndim: int, spacing: Sequence[float] | None = None) -> Geometry:
+        return cls(tuple(spacing or (1.0,) * ndim), (0.0,) * ndim, tuple(np.eye(ndim).ravel()))
+
+    def same_grid(self, other: Geometry, tolerance: float = 1e-3) -> bool:
+        """Same spacing, origin and direction within `tolerance`: relative for
+        the spacing, in voxels for the origin, absolute for direction cosines
+        (files of one scan differ by float rounding, not by more)."""
+        return (self.ndim == other.ndim
+                and np.allclose(self.spacing, other.spacing, rtol=tolerance, atol=0)
+                and np.allclose(self.origin, other.origin, rtol=0, atol=tolerance * min(self.spacing))
+                and np.allclose(self.direction, other.direction, rtol=0, atol=tolerance))
+
+
+@dataclasses.dataclass
+class Volume:
+    """A scalar volume: `array` in ITK index order [X, Y, (Z)] with its geometry."""
+
+    array: np.ndarray
+    geometry: Geometry
+
+
+def is_volume_path(path: str) -> bool:
+    return path.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _from_image(image: sitk.Image, path: str) -> Volume:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise DataError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a "
+                        "scalar volume (split the channels into one file each)")
+    array = sitk.GetArrayFromImage(image)
+    array = np.ascontiguousarray(np.transpose(array, tuple(reversed(range(array.ndim)))))
+    return Volume(array, Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection())))
+
+
+def _to_image(volume: Volume) -> sitk.Image:
+    array = volume.array
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, tuple(reversed(range(array.ndim))))))
+    g = volume.geometry
+    if g.ndim != array.ndim:
+        raise ValueError(f"geometry of {g.ndim} dimensions for an array of {array.ndim}")
+    image.SetSpacing(g.spacing)
+    image.SetOrigin(g.origin)
+    image.SetDirection(g.direction)
+    return image
+
+
+def dicom_series_files(folder: str) -> list[str]:
+    """The slice files of the one DICOM series in `folder`, in slice order."""
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    if not ids:
+        raise DataError(f"{folder}: no DICOM series found in this folder; point at a folder of .dcm slices")
+    if len(ids) > 1:
+        raise DataError(f"{folder}: {len(ids)} DICOM series in one folder; move each series into a folder of its own")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, ids[0]))
+
+
+def read_volume(path: str) -> Volume:
+    """A NIfTI/NRRD/MHA/MHD file, or a folder holding one DICOM series, as a
+    `Volume`; DataError naming the file when it cannot be read."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file or folder")
+    try:
+        if os.path.isdir(path):
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(dicom_series_files(path))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(path)
+    except RuntimeError as e:  # SimpleITK's one exception type; its message spans many lines
+        reason = next((line.strip() for line in str(e).splitlines() if "rror" in line or "annot" in line),
+                      str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error")
+        raise DataError(f"{path}: unreadable volume ({reason[:200]}); replace the file or pass --skip_bad") from None
+    return _from_image(image, path)
+
+
+def write_volume(path: str, volume: Volume) -> None:
+    """Writes `volume` to `path` in the format its ending names (compressed
+    where the format allows), atomically: a temporary name, then a rename."""
+    path = os.fspath(path)
+    if not path.lower().endswith(WRITE_SUFFIXES):
+        raise ValueError(f"{path}: cannot write this format; end the name in one of {', '.join(WRITE_SUFFIXES)}")
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # the ending picks the format
+    try:
+        sitk.WriteImage(_to_image(volume), tmp, useCompression=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_dicom_series(folder: str, volume: Volume, *, series_description: str = "unet_jax") -> list[str]:
+    """Writes a 3-D integer volume as a DICOM series, one file per slice along
+    the last axis, with the position, orientation and spacing tags that place
+    it in physical space; returns the file names. Files go to a temporary
+    folder that is renamed to `folder`."""
+    array = volume.array
+    if array.ndim != 3 or array.dtype.kind not in "iub":
+        raise ValueError(f"DICOM series need a 3-D integer volume, got {array.ndim}-D {array.dtype}")
+    array = array.astype(np.int16 if array.dtype.kind == "i" else np.uint16)
+    image = _to_image(Volume(array, volume.geometry))
+    now = datetime.datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
+    d = image.GetDirection()
+    series_uid = f"1.2.826.0.1.3680043.2.1125.{date}.{now.strftime('%H%M%S%f')}"
+    tags = {"0008|0021": date, "0008|0031": time, "0008|0008": "DERIVED\\SECONDARY", "0020|000e": series_uid,
+            "0020|0037": "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+            "0008|103e": series_description, "0018|0050": str(volume.geometry.spacing[2])}
+    out = os.path.abspath(folder)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    os.makedirs(tmp, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    names = []
+    for z in range(image.GetDepth()):
+        plane = image[:, :, z]
+        for tag, value in tags.items():
+            plane.SetMetaData(tag, value)
+        plane.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, z))))
+        plane.SetMetaData("0020|0013", str(z + 1))
+        names.append(f"slice_{z:04d}.dcm")
+        writer.SetFileName(os.path.join(tmp, names[-1]))
+        writer.Execute(plane)
+    if os.path.exists(out):
+        raise DataError(f"{out}: already exists; remove it or choose another folder")
+    os.replace(tmp, out)
+    return [os.path.join(out, n) for n in names]
+
+
+def plane_axis(geometry: Geometry, plane: str) -> int:
+    """The array axis along which consecutive slices of `plane` ('axial',
+    'coronal', 'sagittal') follow: the axis whose direction is closest to the
+    plane's normal."""
+    if plane not in ANATOMICAL_PLANES:
+        raise ValueError(f"plane={plane!r}: choose one of {', '.join(ANATOMICAL_PLANES)}")
+    if geometry.ndim != 3:
+        raise ValueError(f"slicing by anatomical plane needs a 3-D volume, not {geometry.ndim}-D")
+    return int(np.argmax(np.abs(geometry.matrix()[ANATOMICAL_PLANES[plane]])))
+
+
+def resample(volume: Volume, spacing: Sequence[float], *, label: bool) -> Volume:
+    """`volume` on a grid of voxel size `spacing` over the same physical extent
+    (same origin and direction): linear interpolation for images, nearest
+    neighbour for labels."""
+    image = _to_image(volume)
+    old_spacing = np.asarray(volume.geometry.spacing)
+    size = np.maximum(1, np.round(np.asarray(image.GetSize()) * old_spacing / np.asarray(spacing))).astype(int)
+    out = sitk.Resample(image, [int(s) for s in size], sitk.Transform(), sitk.sitkNearestNeighbor if label
+                        else sitk.sitkLinear, image.GetOrigin(), tuple(float(s) for s in spacing),
+                        image.GetDirection(), 0, image.GetPixelID() if label else sitk.sitkFloat32)
+    return _from_image(out, "resampled")
