@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gzip
 import os
+import shutil
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -110,7 +113,44 @@ def dicom_series_files(folder: str) -> list[str]:
         raise DataError(f"{folder}: no DICOM series found in this folder; point at a folder of .dcm slices")
     if len(ids) > 1:
         raise DataError(f"{folder}: {len(ids)} DICOM series in one folder; move each series into a folder of its own")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, ids[0]))
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, ids[0]))
+    # GDCM sorts by slice position only once a DICOM file has been read in this process (before,
+    # it falls back to instance numbers, which may run against the normal and mirror the volume):
+    # sort here by position along the slice normal (row x column), as ImageSeriesReader expects.
+    reader, positions = sitk.ImageFileReader(), []
+    for name in files:
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        if reader.GetDimension() != 3:
+            return files
+        if not positions:
+            normal = np.asarray(reader.GetDirection()).reshape(3, 3)[:, 2]
+        positions.append(float(np.dot(reader.GetOrigin(), normal)))
+    return [files[i] for i in np.argsort(positions, kind="stable")]
+
+
+def _nifti_shortfall(path: str, reader: sitk.ImageFileReader) -> str | None:
+    """Why a NIfTI file holds fewer voxel bytes than its header promises, or
+    None: ITK reads a truncated NIfTI without complaint, zero-filling the rest."""
+    keys = ("dim[0]", "vox_offset", "bitpix")
+    if not all(reader.HasMetaDataKey(k) for k in keys):
+        return None
+    dims = [int(reader.GetMetaData(f"dim[{i}]")) for i in range(1, int(reader.GetMetaData("dim[0]")) + 1)]
+    expected = (int(float(reader.GetMetaData("vox_offset")))
+                + int(np.prod(dims, dtype=np.int64)) * int(reader.GetMetaData("bitpix")) // 8)
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"  # niftilib also reads a plain file named .nii.gz
+    if gzipped:
+        size = 0
+        try:
+            with gzip.open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    size += len(chunk)
+        except (EOFError, OSError, zlib.error) as e:
+            return f"compressed data unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    else:
+        size = os.path.getsize(path)
+    return None if size >= expected else f"{size} bytes where its header promises {expected}"
 
 
 def read_volume(path: str) -> Volume:
@@ -118,14 +158,20 @@ def read_volume(path: str) -> Volume:
     `Volume`; DataError naming the file when it cannot be read."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise DataError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: no such file or folder; check the path")
     try:
         if os.path.isdir(path):
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(dicom_series_files(path))
             image = reader.Execute()
         else:
-            image = sitk.ReadImage(path)
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(path)
+            reader.ReadImageInformation()
+            if path.lower().endswith((".nii", ".nii.gz")) and (shortfall := _nifti_shortfall(path, reader)):
+                raise DataError(f"{path}: truncated or corrupt NIfTI file ({shortfall}); "
+                                "replace the file or pass --skip_bad")
+            image = reader.Execute()
     except RuntimeError as e:  # SimpleITK's one exception type; its message spans many lines
         reason = next((line.strip() for line in str(e).splitlines() if "rror" in line or "annot" in line),
                       str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error")
@@ -153,7 +199,9 @@ def write_dicom_series(folder: str, volume: Volume, *, series_description: str =
     """Writes a 3-D integer volume as a DICOM series, one file per slice along
     the last axis, with the position, orientation and spacing tags that place
     it in physical space; returns the file names. Files go to a temporary
-    folder that is renamed to `folder`."""
+    folder that is renamed to `folder`. DICOM's slice axis is row x column, so
+    a left-handed direction (determinant -1, as NIfTI's diag(1, -1, 1)) reads
+    back with the slices reversed: the same voxels at the same points."""
     array = volume.array
     if array.ndim != 3 or array.dtype.kind not in "iub":
         raise ValueError(f"DICOM series need a 3-D integer volume, got {array.ndim}-D {array.dtype}")
@@ -167,23 +215,28 @@ def write_dicom_series(folder: str, volume: Volume, *, series_description: str =
             "0020|0037": "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
             "0008|103e": series_description, "0018|0050": str(volume.geometry.spacing[2])}
     out = os.path.abspath(folder)
+    if os.path.exists(out):
+        raise DataError(f"{out}: already exists; remove it or choose another folder")
     tmp = f"{out}.tmp-{os.getpid()}"
     os.makedirs(tmp, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     names = []
-    for z in range(image.GetDepth()):
-        plane = image[:, :, z]
-        for tag, value in tags.items():
-            plane.SetMetaData(tag, value)
-        plane.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, z))))
-        plane.SetMetaData("0020|0013", str(z + 1))
-        names.append(f"slice_{z:04d}.dcm")
-        writer.SetFileName(os.path.join(tmp, names[-1]))
-        writer.Execute(plane)
-    if os.path.exists(out):
-        raise DataError(f"{out}: already exists; remove it or choose another folder")
-    os.replace(tmp, out)
+    try:
+        for z in range(image.GetDepth()):
+            plane = image[:, :, z]
+            for tag, value in tags.items():
+                plane.SetMetaData(tag, value)
+            plane.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, z))))
+            plane.SetMetaData("0020|0013", str(z + 1))
+            names.append(f"slice_{z:04d}.dcm")
+            writer.SetFileName(os.path.join(tmp, names[-1]))
+            writer.Execute(plane)
+        if os.path.exists(out):  # appeared while writing
+            raise DataError(f"{out}: already exists; remove it or choose another folder")
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return [os.path.join(out, n) for n in names]
 
 
@@ -201,11 +254,13 @@ def plane_axis(geometry: Geometry, plane: str) -> int:
 def resample(volume: Volume, spacing: Sequence[float], *, label: bool) -> Volume:
     """`volume` on a grid of voxel size `spacing` over the same physical extent
     (same origin and direction): linear interpolation for images, nearest
-    neighbour for labels."""
+    neighbour for labels. Voxels past the last input voxel centre (the last
+    slices when upsampling) take the nearest input value, not zero."""
     image = _to_image(volume)
     old_spacing = np.asarray(volume.geometry.spacing)
     size = np.maximum(1, np.round(np.asarray(image.GetSize()) * old_spacing / np.asarray(spacing))).astype(int)
     out = sitk.Resample(image, [int(s) for s in size], sitk.Transform(), sitk.sitkNearestNeighbor if label
                         else sitk.sitkLinear, image.GetOrigin(), tuple(float(s) for s in spacing),
-                        image.GetDirection(), 0, image.GetPixelID() if label else sitk.sitkFloat32)
+                        image.GetDirection(), 0, image.GetPixelID() if label else sitk.sitkFloat32,
+                        useNearestNeighborExtrapolator=True)
     return _from_image(out, "resampled")
