@@ -85,9 +85,14 @@ def _is_source(path: str) -> bool:
     return is_volume_path(path)
 
 
+def _hits(folder: str, pattern: str) -> list[str]:
+    """The volumes in `folder` matching `pattern`, sorted."""
+    return sorted(n for n in os.listdir(folder) if fnmatch.fnmatch(n, pattern) and _is_source(os.path.join(folder, n)))
+
+
 def _pick(folder: str, pattern: str, what: str) -> str | None:
     """The one volume in `folder` matching `pattern`; None if none; DataError if several."""
-    hits = sorted(n for n in os.listdir(folder) if fnmatch.fnmatch(n, pattern) and _is_source(os.path.join(folder, n)))
+    hits = _hits(folder, pattern)
     if len(hits) > 1:
         raise DataError(f"{folder}: {what} pattern {pattern!r} matches {len(hits)} files ({', '.join(hits[:3])}); "
                         "make the pattern match exactly one")
@@ -114,16 +119,21 @@ def scan_folders(data_dir: str, channels: list[str], label: str | None, mask: st
         if "{case}" in channels[0]:
             found = sorted({m["case"] for n in files + dirs if (m := _case_pattern(channels[0]).match(n))})
             groups = [(c, os.path.relpath(os.path.join(folder, c), data_dir).replace(os.sep, "/")) for c in found]
-        elif _pick(folder, channels[0], "channel") is not None:
+        elif _hits(folder, channels[0]):
             dirs[:] = []  # a case folder's subfolders are its DICOM series, not more cases
             groups = [("", os.path.relpath(folder, data_dir).replace(os.sep, "/"))]
         else:
             continue
         for key, name in groups:
             fill = lambda p: p.replace("{case}", key)  # noqa: E731
-            picked = [_pick(folder, fill(p), "channel") for p in channels]
+            try:  # a pattern matching several files is this case's problem (skipped with --skip_bad)
+                picked = [_pick(folder, fill(p), "channel") for p in channels]
+                label_path = _pick(folder, fill(label), "label") if label else None
+                mask_path = _pick(folder, fill(mask), "mask") if mask else None
+            except DataError as e:
+                problems.append(common.Problem(*str(e).split(": ", 1)))
+                continue
             missing = [p for p, path in zip(channels, picked) if path is None]
-            label_path = _pick(folder, fill(label), "label") if label else None
             if missing:
                 problems.append(common.Problem(os.path.join(folder, key), f"no volume matches channel pattern "
                                                                          f"{fill(missing[0])!r}"))
@@ -131,8 +141,7 @@ def scan_folders(data_dir: str, channels: list[str], label: str | None, mask: st
                 problems.append(common.Problem(os.path.join(folder, key), f"no label matches {fill(label or '')!r}; "
                                                "add it, or pass --unlabelled to prepare cases for prediction only"))
             else:
-                cases.append(Case(name, tuple(picked), None if unlabelled else label_path,
-                                  _pick(folder, fill(mask), "mask") if mask else None))
+                cases.append(Case(name, tuple(picked), None if unlabelled else label_path, mask_path))
     return cases, problems
 
 
@@ -335,12 +344,14 @@ def _assign(names: list[str], val_cases: list[str], test_cases: list[str], **spl
     if unknown:
         raise DataError(f"--val_cases/--test_cases name {', '.join(unknown)}, which are not among the cases found "
                         f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+    if both := sorted(set(val_cases) & set(test_cases)):
+        raise DataError(f"--val_cases and --test_cases both name {', '.join(both)}; put each case in one split")
     if not named:
         return common.split_patients(names, **split_args)
     train = sorted(n for n in names if n not in named)
     if not train:
         raise DataError("--val_cases and --test_cases leave no case for training")
-    return {"train": train, "val": sorted(val_cases), "test": sorted(test_cases)}
+    return {"train": train, "val": sorted(set(val_cases)), "test": sorted(set(test_cases))}
 
 
 def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str = "", label: str = "",
@@ -496,6 +507,8 @@ def _records(image, labels, geometry, settings: Settings, ids: dict, case: Case)
         return
     source = Geometry.from_dict(geometry["source"])
     axis = plane_axis(source, settings.slices)
+    in_plane = [s for i, s in enumerate(geometry["spacing"]) if i != axis]  # the record's two axes
+    common_features["spacing"] = np.asarray(in_plane, np.float32)
     for number, im, lab, pad in slice_records(image, labels, axis, settings.slice_size, case.channels[0]):
         yield encode_example({**common_features, "image": np.ascontiguousarray(im).tobytes(),
                               "mask": np.ascontiguousarray(lab).tobytes(), "shape": im.shape, "slice": number,

@@ -126,6 +126,29 @@ class WindowOptions:
         return [c for n in range(1, len(self.patch_size) + 1) for c in itertools.combinations(axes, n)]
 
 
+def predict_windows(predict_step: Callable, state, x: np.ndarray, *, batch_size: int, mesh) -> np.ndarray:
+    """`predict_step` on a host batch of up to `batch_size` (global) windows,
+    padded to the global batch; every process passes its share of the same
+    windows and gets every output back."""
+    local = batch_size // jax.process_count()
+    padded = np.zeros((batch_size, *x.shape[1:]), np.float32)
+    padded[:len(x)] = x
+    start = jax.process_index() * local
+    image = parallel.to_global({"image": padded[start:start + local]}, mesh)["image"]
+    return np.asarray(multihost_utils.process_allgather(predict_step(state, image), tiled=True))[:len(x)]
+
+
+def window_inference(predict_step: Callable, state, image: np.ndarray, window: WindowOptions,
+                     finalize: Callable, *, batch_size: int, mesh,
+                     keep_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sliding-window prediction of a whole [*spatial, C] image on the mesh:
+    `inference.sliding_window` with `predict_windows` as its model."""
+    return inference.sliding_window(
+        image, functools.partial(predict_windows, predict_step, state, batch_size=batch_size, mesh=mesh),
+        patch_size=window.patch_size, batch_size=batch_size, finalize=finalize, overlap=window.overlap,
+        importance=window.importance, flip_axes=window.flip_axes(), keep_probabilities=keep_probabilities)
+
+
 def as_slices(volume: np.ndarray) -> np.ndarray:
     """A 3-D volume [X, Y, Z] as a stack of its Z slices [Z, X, Y] (the layout of
     per-patient tables and figures); a 2-D image as a stack of one."""
@@ -149,7 +172,7 @@ class VolumeEvaluator:
         self.data_dir, self.normalization = os.path.abspath(data_dir), normalization
         self.names = [p["patient"] for p in manifest["splits"][split]["patients"]]
         self.display_channel = min(display_channel, pipeline.num_channels(manifest) - 1)
-        self.local_batch = parallel.check_batch_size(batch_size, mesh.size, name="eval_batch_size")
+        parallel.check_batch_size(batch_size, mesh.size, name="eval_batch_size")
         self.batch_size = batch_size
         self.source = pipeline.split_source(data_dir, split)
         if len(self.source) != len(self.names):
@@ -157,22 +180,10 @@ class VolumeEvaluator:
                                      f"{len(self.names)} cases; sliding-window evaluation needs one whole "
                                      "volume per case (data_prep.volumes without --slices)")
 
-    def predict(self, state, x: np.ndarray) -> np.ndarray:
-        """`predict_step` on a host batch of up to `batch_size` windows, padded
-        to the global batch; every process passes its share and gets all outputs."""
-        padded = np.zeros((self.batch_size, *x.shape[1:]), np.float32)
-        padded[:len(x)] = x
-        start = jax.process_index() * self.local_batch
-        image = parallel.to_global({"image": padded[start:start + self.local_batch]}, self.mesh)["image"]
-        out = multihost_utils.process_allgather(self.predict_step(state, image), tiled=True)
-        return np.asarray(out)[:len(x)]
-
     def case(self, state, element: dict) -> tuple[np.ndarray, np.ndarray | None]:
         """The prediction for one decoded, normalised case (and the blend with `keep_probabilities`)."""
-        return inference.sliding_window(
-            element["image"], functools.partial(self.predict, state), patch_size=self.window.patch_size,
-            batch_size=self.batch_size, finalize=self.task.finalize, overlap=self.window.overlap,
-            importance=self.window.importance, flip_axes=self.window.flip_axes())
+        return window_inference(self.predict_step, state, element["image"], self.window, self.task.finalize,
+                                batch_size=self.batch_size, mesh=self.mesh)
 
     def __call__(self, state) -> Evaluation:
         totals = self.task.empty_metrics()

@@ -129,28 +129,37 @@ def dicom_series_files(folder: str) -> list[str]:
     return [files[i] for i in np.argsort(positions, kind="stable")]
 
 
-def _nifti_shortfall(path: str, reader: sitk.ImageFileReader) -> str | None:
-    """Why a NIfTI file holds fewer voxel bytes than its header promises, or
-    None: ITK reads a truncated NIfTI without complaint, zero-filling the rest."""
-    keys = ("dim[0]", "vox_offset", "bitpix")
+# NIfTI float datatypes (header field `datatype`) and their NumPy types.
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _nifti_problem(path: str, reader: sitk.ImageFileReader) -> str | None:
+    """Why a NIfTI file cannot be trusted, or None. ITK reads a truncated NIfTI
+    without complaint, zero-filling the rest, and reads NaN and infinite
+    voxels as 0 (fixed in later ITKs), so both are checked on the raw bytes."""
+    keys = ("dim[0]", "vox_offset", "bitpix", "datatype")
     if not all(reader.HasMetaDataKey(k) for k in keys):
         return None
     dims = [int(reader.GetMetaData(f"dim[{i}]")) for i in range(1, int(reader.GetMetaData("dim[0]")) + 1)]
-    expected = (int(float(reader.GetMetaData("vox_offset")))
-                + int(np.prod(dims, dtype=np.int64)) * int(reader.GetMetaData("bitpix")) // 8)
+    offset = int(float(reader.GetMetaData("vox_offset")))
+    expected = offset + int(np.prod(dims, dtype=np.int64)) * int(reader.GetMetaData("bitpix")) // 8
     with open(path, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"  # niftilib also reads a plain file named .nii.gz
-    if gzipped:
-        size = 0
-        try:
-            with gzip.open(path, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    size += len(chunk)
-        except (EOFError, OSError, zlib.error) as e:
-            return f"compressed data unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-    else:
-        size = os.path.getsize(path)
-    return None if size >= expected else f"{size} bytes where its header promises {expected}"
+    try:
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as e:
+        return f"compressed data unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    if len(data) < expected:
+        return f"{len(data)} bytes where its header promises {expected}"
+    kind = _NIFTI_FLOATS.get(int(reader.GetMetaData("datatype")))
+    if kind is not None:
+        order = "<" if int.from_bytes(data[:4], "little") == 348 else ">"  # sizeof_hdr tells the byte order
+        bad = np.count_nonzero(~np.isfinite(np.frombuffer(data, order + kind, offset=offset,
+                                                          count=(expected - offset) // int(kind[1]))))
+        if bad:
+            return f"{bad} NaN or infinite voxels"
+    return None
 
 
 def read_volume(path: str) -> Volume:
@@ -168,9 +177,9 @@ def read_volume(path: str) -> Volume:
             reader = sitk.ImageFileReader()
             reader.SetFileName(path)
             reader.ReadImageInformation()
-            if path.lower().endswith((".nii", ".nii.gz")) and (shortfall := _nifti_shortfall(path, reader)):
-                raise DataError(f"{path}: truncated or corrupt NIfTI file ({shortfall}); "
-                                "replace the file or pass --skip_bad")
+            if path.lower().endswith((".nii", ".nii.gz")) and (problem := _nifti_problem(path, reader)):
+                raise DataError(f"{path}: unusable NIfTI file ({problem}); fix or replace the file, "
+                                "or pass --skip_bad")
             image = reader.Execute()
     except RuntimeError as e:  # SimpleITK's one exception type; its message spans many lines
         reason = next((line.strip() for line in str(e).splitlines() if "rror" in line or "annot" in line),
