@@ -364,3 +364,11 @@ def test_augment_slice_applies_intensity_after_geometry():
     ratio = im / image
     np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:1, :1], ratio.shape), rtol=1e-5)
     assert not np.allclose(ratio, 1) and (0.75 <= ratio).all() and (ratio <= 1.25).all()
+
+
+def test_warp_reads_zeros_beyond_the_border_not_the_edge_pixel():
+    image = np.zeros((8, 8, 1), np.float32)
+    image[0] = 1.0  # a bright top row
+    out = warp(image, np.eye(2) * 2.0)  # zoom out 2x about the centre (3.5, 3.5)
+    # Output rows 0 and 1 sample rows -3.5 and -1.5: outside, so zero; row 2 samples 0.5, half the edge.
+    np.testing.assert_allclose(out[:3, 4, 0], [0.0, 0.0, 0.5])

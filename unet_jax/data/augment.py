@@ -77,9 +77,11 @@ def warp(stack: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     centre = np.array([[(h - 1) / 2], [(w - 1) / 2]])
     grid = np.mgrid[0:h, 0:w].reshape(2, -1)
     y, x = matrix @ (grid - centre) + centre
+    # Coordinates (not their floors) clip onto the one pixel of zeros around the
+    # image, so points further out read zero rather than half the edge pixel.
+    y, x = np.clip(y, -1, h), np.clip(x, -1, w)
     y0, x0 = np.floor(y), np.floor(x)
     wy, wx = (y - y0).astype(np.float32)[:, None], (x - x0).astype(np.float32)[:, None]
-    # One pixel of zeros around the image; any coordinate further out clips onto it.
     c = stack.shape[-1]
     flat = np.pad(stack.astype(np.float32), ((1, 1), (1, 1), (0, 0))).reshape(-1, c)
     yi = np.clip(y0.astype(np.int64), -1, h) + 1
