@@ -20,3 +20,12 @@ def test_every_variant_gets_the_demo_recipe_and_3d_ones_get_volumes(tmp_path):
             assert manifest["image_shape"] == [64, 64, variants.DEPTH_3D, 3] and config.batch_size == 2
         else:
             assert manifest["image_shape"] == [64, 64, 3] and config.batch_size == recipe.batch_size
+
+
+def test_sliding_window_benchmark_runs_the_real_inference_on_a_whole_volume():
+    from unet_jax.benchmarks import sliding_window
+
+    row = sliding_window.measure_jax((20, 18, 10), (16, 16, 8), features=2, depth=1, batch=4, overlap=0.5,
+                                     repeats=1)
+    assert row["shape"] == [20, 18, 10] and row["patch"] == [16, 16, 8]
+    assert row["params"] > 0 and row["voxels_per_s"] > 0 and row["seconds"] > 0
