@@ -412,3 +412,14 @@ def test_resample_downsamples_in_plane():
     labels = resample(Volume((volume.array > 4).astype(np.uint8), volume.geometry), (2.0, 2.0, 3.0), label=True)
     assert labels.array.shape == (5, 5, 4)
     np.testing.assert_array_equal(labels.array, (volume.array[::2, ::2, :] > 4).astype(np.uint8))
+
+
+def test_dicom_writing_keeps_the_process_locale(tmp_path):
+    # GDCM sets the C locale to "C" for good; Python would then decode subprocess output as ASCII.
+    import locale
+
+    before = locale.getpreferredencoding(False)
+    volume = Volume(np.arange(4 * 5 * 3, dtype=np.int16).reshape(4, 5, 3), Geometry.identity(3, (0.7, 0.7, 2.5)))
+    write_dicom_series(str(tmp_path / "series"), volume)
+    read_volume(str(tmp_path / "series"))
+    assert locale.getpreferredencoding(False) == before

@@ -12,9 +12,11 @@ This module never imports JAX.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import gzip
+import locale
 import os
 import shutil
 import zlib
@@ -226,6 +228,23 @@ def write_dicom_series(folder: str, volume: Volume, *, series_description: str =
     out = os.path.abspath(folder)
     if os.path.exists(out):
         raise DataError(f"{out}: already exists; remove it or choose another folder")
+    with _locale_kept():
+        return _write_slices(image, tags, out)
+
+
+@contextlib.contextmanager
+def _locale_kept():
+    """Restores the process's C locale after GDCM, whose DICOM writer sets it to
+    "C" for good: Python would then decode every subprocess's output as ASCII."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(image: sitk.Image, tags: dict[str, str], out: str) -> list[str]:
+    """The slices of `image` as DICOM files in a temporary folder renamed to `out`."""
     tmp = f"{out}.tmp-{os.getpid()}"
     os.makedirs(tmp, exist_ok=True)
     writer = sitk.ImageFileWriter()
