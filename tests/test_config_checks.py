@@ -57,6 +57,9 @@ def test_the_defaults_and_the_real_configs_pass():
     ("data.augment.flip_prob", 1.5, "config.data.augment.flip_prob=1.5: a probability in [0, 1]"),
     ("data.augment.max_scale", 1.0, "config.data.augment.max_scale=1.0: a fraction in [0, 1)"),
     ("data.augment.max_rotate_deg", 200.0, "config.data.augment.max_rotate_deg=200.0: degrees in [0, 180]"),
+    ("data.augment.gamma_range", (1.5, 0.7), "config.data.augment.gamma_range=(1.5, 0.7): give (low, high)"),
+    ("data.augment.noise_std", -0.1, "config.data.augment.noise_std=-0.1: must be 0 or more"),
+    ("data.augment.flip_axes", (1, 2), "config.data.augment.flip_axes=(1, 2): axes of the 2-D input lie in 0..1"),
 ])
 def test_a_bad_value_is_one_line_naming_its_key(key, value, message):
     config = base()

@@ -156,6 +156,16 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
                  f"config.data.augment.max_rotate_deg={data.augment.get('max_rotate_deg')}: degrees in [0, 180]")
         _require(0 <= data.augment.get("max_scale", 0) < 1,
                  f"config.data.augment.max_scale={data.augment.get('max_scale')}: a fraction in [0, 1)")
+        for key, value in data.augment.items():
+            if key.endswith("_range"):
+                _require(len(value) == 2 and 0 < value[0] <= value[1],
+                         f"config.data.augment.{key}={tuple(value)}: give (low, high) with 0 < low <= high")
+        _require(data.augment.get("noise_std", 0) >= 0,
+                 f"config.data.augment.noise_std={data.augment.get('noise_std')}: must be 0 or more")
+        dims = len(spatial)
+        _require(all(0 <= a < dims for a in data.augment.get("flip_axes", ())),
+                 f"config.data.augment.flip_axes={tuple(data.augment.get('flip_axes', ()))}: axes of the "
+                 f"{dims}-D input lie in 0..{dims - 1}")
 
     # ---- splits
     if mode != "train":
