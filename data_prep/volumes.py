@@ -280,6 +280,9 @@ def load_case(case: Case, settings: Settings) -> tuple[np.ndarray, np.ndarray, d
     channels = []
     for path in case.channels:
         volume = read_volume(path)
+        if volume.array.ndim != 3:
+            raise DataError(f"{path}: a {volume.array.ndim}-D volume of shape {volume.array.shape}; each channel "
+                            "must be one 3-D file (split 4-D series into one file per channel)")
         check_finite(volume, path)
         if channels:
             check_same_grid(volume, path, channels[0], case.channels[0])

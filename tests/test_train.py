@@ -376,8 +376,21 @@ def test_3d_patch_training_validates_whole_volumes_and_keeps_the_best_hd95(lesio
 def test_volumes_of_different_sizes_need_a_patch_size(lesion_volume_dir):
     config = volume_config(lesion_volume_dir)
     config.data.patch_size = None
-    with pytest.raises(ConfigError, match="volumes of different sizes; set config.data.patch_size"):
+    with pytest.raises(ConfigError, match="holds whole volumes of data_prep.volumes; set config.data.patch_size"):
         validate_config(config, pipeline.read_manifest(lesion_volume_dir), num_devices=4)
     config.data.patch_size = (16, 16)
     with pytest.raises(ConfigError, match=r"patch_size=\(16, 16\): give 3 positive sizes"):
         validate_config(config, pipeline.read_manifest(lesion_volume_dir), num_devices=4)
+
+
+def test_whole_volumes_need_patches_and_a_metric_sliding_windows_compute(lesion_volume_dir):
+    manifest = pipeline.read_manifest(lesion_volume_dir)
+    config = volume_config(lesion_volume_dir)
+    config.best_metric = "val_loss"
+    with pytest.raises(ConfigError, match="computes no loss"):
+        validate_config(config, manifest, num_devices=4)
+    config.best_metric = None
+    config.data.patch_size = None
+    equal_sizes = {**manifest, "image_shape": [32, 32, 12, 2]}  # as with --no-crop on equal grids
+    with pytest.raises(ConfigError, match="holds whole volumes of data_prep.volumes; set config.data.patch_size"):
+        validate_config(config, equal_sizes, num_devices=4)

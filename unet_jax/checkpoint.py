@@ -5,6 +5,7 @@ epoch's running metrics, the grain iterator state, and the per-epoch history
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -27,7 +28,9 @@ def make_manager(directory: str, *, best_metric: str, best_mode: str = "max") ->
         raise ValueError(f"best_mode={best_mode!r}: choose 'max' or 'min'")
 
     def best_fn(metrics: dict[str, float]) -> float:
-        return metrics[best_metric]
+        # A NaN metric (an AVD with empty targets, say) ranks worst, never best.
+        value = metrics[best_metric]
+        return value if math.isfinite(value) else (-math.inf if best_mode == "max" else math.inf)
 
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=1),

@@ -107,6 +107,12 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
 
     # ---- patches against the data, then the model against its input
     data = config.data
+    _require(data.patch_size or not (manifest.get("dataset") == "volumes" and manifest.get("layout") == "volumes"),
+             f"{data.data_dir} holds whole volumes of data_prep.volumes; set config.data.patch_size (e.g. "
+             "(128, 128, 16)) to train on patches and evaluate by sliding window")
+    _require(not (data.patch_size and metric == "val_loss"),
+             "config.best_metric='val_loss': sliding-window evaluation of whole volumes computes no loss (it is "
+             "defined on training patches); choose val_dice or a per-case metric such as val_hd95")
     if data.patch_size:
         dims = pipeline.spatial_dims(manifest)
         _require(len(data.patch_size) == dims and min(data.patch_size) >= 1,

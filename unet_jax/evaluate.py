@@ -131,6 +131,8 @@ def predict_windows(predict_step: Callable, state, x: np.ndarray, *, batch_size:
     padded to the global batch; every process passes its share of the same
     windows and gets every output back."""
     local = batch_size // jax.process_count()
+    # Process p's rows are global rows [p * local, (p + 1) * local): `make_mesh` lists
+    # the devices process by process.
     padded = np.zeros((batch_size, *x.shape[1:]), np.float32)
     padded[:len(x)] = x
     start = jax.process_index() * local
@@ -181,7 +183,7 @@ class VolumeEvaluator:
                                      "volume per case (data_prep.volumes without --slices)")
 
     def case(self, state, element: dict) -> tuple[np.ndarray, np.ndarray | None]:
-        """The prediction for one decoded, normalised case (and the blend with `keep_probabilities`)."""
+        """The prediction for one decoded, normalised case, and None (no blend kept)."""
         return window_inference(self.predict_step, state, element["image"], self.window, self.task.finalize,
                                 batch_size=self.batch_size, mesh=self.mesh)
 

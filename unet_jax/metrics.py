@@ -344,9 +344,10 @@ def _hd95_and_assd(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float
 
 
 def hd95(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None) -> float:
-    """95th-percentile Hausdorff distance in mm, as the WMH segmentation challenge
-    defines it: the larger of the two directed 95th percentiles (linear
-    interpolation) of `surface_distances`.
+    """95th-percentile Hausdorff distance in mm: the larger of the two directed
+    95th percentiles (linear interpolation) of `surface_distances`, the WMH
+    segmentation challenge's rule (its script takes in-plane contours as the
+    surface; here the surface is 3-D, face-connected).
 
     Conventions: 0.0 when both masks are empty; when exactly one is empty, the worst
     possible value, the length in mm of the array's diagonal

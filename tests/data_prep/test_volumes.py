@@ -577,3 +577,13 @@ def test_real_brats(tmp_path):
     assert m["preprocessing"]["crop"] == "mask bounding box"
     for p in patients.values():
         assert all(n <= full for n, full in zip(p["shape"], (240, 240, 155))) and p["shape"] != [240, 240, 155]
+
+
+def test_a_channel_that_is_not_3d_is_one_line(tmp_path):
+    src = _make_cases(tmp_path / "src")
+    os.remove(src / "case1" / "t1.nii.gz")
+    write_volume(str(src / "case1" / "t1.nii.gz"), Volume(np.ones((10, 12), np.float32), Geometry.identity(2)))
+    with pytest.raises(DataError, match=r"case1/t1.nii.gz: a 2-D volume of shape \(10, 12\); each channel must be "
+                                        r"one 3-D file") as error:
+        _prepare(src, tmp_path / "out", **CASES)
+    assert "\n" not in str(error.value)

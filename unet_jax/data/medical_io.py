@@ -156,7 +156,8 @@ def _nifti_problem(path: str, reader: sitk.ImageFileReader) -> str | None:
         return f"{len(data)} bytes where its header promises {expected}"
     kind = _NIFTI_FLOATS.get(int(reader.GetMetaData("datatype")))
     if kind is not None:
-        order = "<" if int.from_bytes(data[:4], "little") == 348 else ">"  # sizeof_hdr tells the byte order
+        # sizeof_hdr (348 for NIfTI-1, 540 for NIfTI-2) tells the byte order.
+        order = "<" if int.from_bytes(data[:4], "little") in (348, 540) else ">"
         bad = np.count_nonzero(~np.isfinite(np.frombuffer(data, order + kind, offset=offset,
                                                           count=(expected - offset) // int(kind[1]))))
         if bad:

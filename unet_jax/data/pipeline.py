@@ -148,7 +148,8 @@ def _check(data_dir: str, batch_size: int, shard_index: int, shard_count: int, n
 def check_normalization(data_dir: str, manifest: dict, normalization: str) -> None:
     """DataError unless the prepared data carries what `normalization` needs."""
     path = os.path.join(data_dir, MANIFEST)
-    if manifest.get("preprocessing") and normalization != "none":
+    methods = [m["method"] for m in manifest.get("preprocessing", {}).get("intensity", [])]
+    if any(m != "none" for m in methods) and normalization != "none":
         raise DataError(f"{path}: data_prep.volumes normalised these intensities already (see the manifest's "
                         f"preprocessing); set config.data.normalization=none, not {normalization}")
     if normalization == "patient_zscore" and not manifest.get("intensity_stats"):
