@@ -36,10 +36,13 @@ class AugmentOptions:
     max_rotate_deg: float = 15.0    # uniform in [-max, max] (each of the three angles in 3-D)
     scale_prob: float = 0.5
     max_scale: float = 0.05         # isotropic zoom factor uniform in [1-max, 1+max]
-    flip_axes: tuple[int, ...] = (1,)  # spatial axes: (1,) left-right of [H, W]; (0, 1, 2) for 3-D patches
+    # Spatial axes: (1,) is left-right of a kaggle_3m [H, W] slice; in an [X, Y, Z]
+    # volume of medical_io axis 0 is left-right, so 3-D configs name theirs, e.g. (0, 1, 2).
+    flip_axes: tuple[int, ...] = (1,)
     rotate_3d: bool = False         # sample_patch of a volume: False rotates about the last axis, in the
     #                                 plane of axes 0 and 1, and zooms there only; True rotates about all
-    #                                 three axes and zooms in 3-D (augment_slice is always in-plane)
+    #                                 three axes and zooms in 3-D, in voxel space (anisotropic spacing
+    #                                 is not undone); augment_slice is always in-plane
     brightness_prob: float = 0.0    # multiply by a factor uniform in brightness_range
     brightness_range: tuple[float, float] = (0.75, 1.25)
     contrast_prob: float = 0.0      # (x - mean) * factor + mean, clipped to the channel's min/max
