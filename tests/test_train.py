@@ -394,3 +394,22 @@ def test_whole_volumes_need_patches_and_a_metric_sliding_windows_compute(lesion_
     equal_sizes = {**manifest, "image_shape": [32, 32, 12, 2]}  # as with --no-crop on equal grids
     with pytest.raises(ConfigError, match="holds whole volumes of data_prep.volumes; set config.data.patch_size"):
         validate_config(config, equal_sizes, num_devices=4)
+
+
+@pytest.mark.slow
+def test_2d_unet_trains_on_axial_slices_of_the_volumes(tmp_path):
+    from data_prep import volumes
+
+    cases = tmp_path / "cases"
+    synthetic.write_lesion_phantoms(cases, num_cases=4, shape=(28, 30, 8), spacing=(1.0, 1.0, 3.0), seed=2,
+                                    progress=False)
+    data_dir = str(tmp_path / "slices")
+    volumes.prepare(str(cases), data_dir, channels="FLAIR*,T1*", label="lesions*", slices="axial",
+                    slice_size="32,32", val_fraction=0.25, test_fraction=0.25, progress=False, command="test")
+    config = tiny_config(data_dir)
+    config.data.normalization = "none"
+    config.num_epochs = 1
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary["patients"][0]["num_slices"] == len(
+        pipeline.split_source(data_dir, "test"))  # every axial slice of the test case, reassembled
+    assert 0 <= summary["metrics"]["dice_3d"] <= 1
