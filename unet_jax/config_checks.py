@@ -15,7 +15,6 @@ from unet_jax import inference, parallel, tasks
 from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
 from unet_jax.data.pipeline import PatchOptions
-from unet_jax.evaluate import WindowOptions
 from unet_jax.models.transformer import TransformerOptions
 from unet_jax.models.unet import UNet
 
@@ -59,11 +58,11 @@ def input_shape(config: ml_collections.ConfigDict, manifest: dict) -> tuple[int,
     return tuple(manifest["image_shape"])
 
 
-def window_options(config: ml_collections.ConfigDict) -> WindowOptions | None:
+def window_options(config: ml_collections.ConfigDict) -> inference.WindowOptions | None:
     """Sliding-window evaluation of whole volumes, when training on patches."""
     if not config.data.patch_size:
         return None
-    return WindowOptions(tuple(int(v) for v in config.data.patch_size), **config.data.sliding_window)
+    return inference.WindowOptions(tuple(int(v) for v in config.data.patch_size), **config.data.sliding_window)
 
 
 def patch_options(config: ml_collections.ConfigDict) -> PatchOptions | None:

@@ -10,8 +10,6 @@ dataset and the jitted step are made once, not per call.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -108,49 +106,6 @@ class Evaluator:
         return Evaluation(self.split, result, table, volumes, accumulator.images(), self.display_channel)
 
 
-@dataclasses.dataclass(frozen=True)
-class WindowOptions:
-    """Sliding-window inference: windows of `patch_size` overlapping by
-    `overlap`, blended with `importance` weights, and with `flip_tta` also
-    predicted flipped on every combination of axes (8 passes in 3-D)."""
-
-    patch_size: tuple[int, ...]
-    overlap: float = 0.5
-    importance: str = "gaussian"
-    flip_tta: bool = False
-
-    def flip_axes(self) -> list[tuple[int, ...]]:
-        if not self.flip_tta:
-            return []
-        axes = range(len(self.patch_size))
-        return [c for n in range(1, len(self.patch_size) + 1) for c in itertools.combinations(axes, n)]
-
-
-def predict_windows(predict_step: Callable, state, x: np.ndarray, *, batch_size: int, mesh) -> np.ndarray:
-    """`predict_step` on a host batch of up to `batch_size` (global) windows,
-    padded to the global batch; every process passes its share of the same
-    windows and gets every output back."""
-    local = batch_size // jax.process_count()
-    # Process p's rows are global rows [p * local, (p + 1) * local): `make_mesh` lists
-    # the devices process by process.
-    padded = np.zeros((batch_size, *x.shape[1:]), np.float32)
-    padded[:len(x)] = x
-    start = jax.process_index() * local
-    image = parallel.to_global({"image": padded[start:start + local]}, mesh)["image"]
-    return np.asarray(multihost_utils.process_allgather(predict_step(state, image), tiled=True))[:len(x)]
-
-
-def window_inference(predict_step: Callable, state, image: np.ndarray, window: WindowOptions,
-                     finalize: Callable, *, batch_size: int, mesh,
-                     keep_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Sliding-window prediction of a whole [*spatial, C] image on the mesh:
-    `inference.sliding_window` with `predict_windows` as its model."""
-    return inference.sliding_window(
-        image, functools.partial(predict_windows, predict_step, state, batch_size=batch_size, mesh=mesh),
-        patch_size=window.patch_size, batch_size=batch_size, finalize=finalize, overlap=window.overlap,
-        importance=window.importance, flip_axes=window.flip_axes(), keep_probabilities=keep_probabilities)
-
-
 def as_slices(volume: np.ndarray) -> np.ndarray:
     """A 3-D volume [X, Y, Z] as a stack of its Z slices [Z, X, Y] (the layout of
     per-patient tables and figures); a 2-D image as a stack of one."""
@@ -168,7 +123,7 @@ class VolumeEvaluator:
     """
 
     def __init__(self, task: Task, predict_step: Callable, data_dir: str, split: str, *, batch_size: int,
-                 normalization: str, mesh, window: WindowOptions, display_channel: int = 0):
+                 normalization: str, mesh, window: inference.WindowOptions, display_channel: int = 0):
         manifest = pipeline.read_manifest(data_dir)
         self.task, self.predict_step, self.split, self.mesh, self.window = task, predict_step, split, mesh, window
         self.data_dir, self.normalization = os.path.abspath(data_dir), normalization
@@ -184,8 +139,8 @@ class VolumeEvaluator:
 
     def case(self, state, element: dict) -> tuple[np.ndarray, np.ndarray | None]:
         """The prediction for one decoded, normalised case, and None (no blend kept)."""
-        return window_inference(self.predict_step, state, element["image"], self.window, self.task.finalize,
-                                batch_size=self.batch_size, mesh=self.mesh)
+        return inference.window_inference(self.predict_step, state, element["image"], self.window,
+                                          self.task.finalize, batch_size=self.batch_size, mesh=self.mesh)
 
     def __call__(self, state) -> Evaluation:
         totals = self.task.empty_metrics()

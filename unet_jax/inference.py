@@ -1,7 +1,9 @@
-"""Sliding-window inference over whole volumes, in NumPy on the host.
+"""Sliding-window inference over whole volumes: the blend in NumPy on the host,
+the windows batched on the device mesh.
 
-The model comes in as a function on NumPy batches, so this module knows
-nothing of JAX or devices: the caller jits, shards and pads as it likes.
+`sliding_window` takes the model as a function on NumPy batches and knows
+nothing of devices; `window_inference` runs it with a jitted predict step on
+the mesh (`predict_windows`), as evaluation and the benchmark do.
 Windows are tiled and blended as nnU-Net does (Gaussian importance, evenly
 spread starts, symmetric zero padding of axes smaller than the patch), with
 optional flip test-time augmentation.
@@ -20,11 +22,17 @@ floats as well.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
+
+from unet_jax import parallel
 
 IMPORTANCE = ("gaussian", "constant")
 
@@ -185,3 +193,46 @@ def _predict(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
     for axes in flips:
         total += np.flip(call(np.ascontiguousarray(np.flip(x, axes))), axes)
     return total / (1 + len(flips))
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowOptions:
+    """Sliding-window inference: windows of `patch_size` overlapping by
+    `overlap`, blended with `importance` weights, and with `flip_tta` also
+    predicted flipped on every combination of axes (8 passes in 3-D)."""
+
+    patch_size: tuple[int, ...]
+    overlap: float = 0.5
+    importance: str = "gaussian"
+    flip_tta: bool = False
+
+    def flip_axes(self) -> list[tuple[int, ...]]:
+        if not self.flip_tta:
+            return []
+        axes = range(len(self.patch_size))
+        return [c for n in range(1, len(self.patch_size) + 1) for c in itertools.combinations(axes, n)]
+
+
+def predict_windows(predict_step: Callable, state, x: np.ndarray, *, batch_size: int, mesh) -> np.ndarray:
+    """`predict_step` on a host batch of up to `batch_size` (global) windows,
+    padded to the global batch; every process passes its share of the same
+    windows and gets every output back."""
+    local = batch_size // jax.process_count()
+    # Process p's rows are global rows [p * local, (p + 1) * local): `make_mesh` lists
+    # the devices process by process.
+    padded = np.zeros((batch_size, *x.shape[1:]), np.float32)
+    padded[:len(x)] = x
+    start = jax.process_index() * local
+    image = parallel.to_global({"image": padded[start:start + local]}, mesh)["image"]
+    return np.asarray(multihost_utils.process_allgather(predict_step(state, image), tiled=True))[:len(x)]
+
+
+def window_inference(predict_step: Callable, state, image: np.ndarray, window: WindowOptions,
+                     finalize: Callable, *, batch_size: int, mesh,
+                     keep_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sliding-window prediction of a whole [*spatial, C] image on the mesh:
+    `sliding_window` with `predict_windows` as its model."""
+    return sliding_window(
+        image, functools.partial(predict_windows, predict_step, state, batch_size=batch_size, mesh=mesh),
+        patch_size=window.patch_size, batch_size=batch_size, finalize=finalize, overlap=window.overlap,
+        importance=window.importance, flip_axes=window.flip_axes(), keep_probabilities=keep_probabilities)

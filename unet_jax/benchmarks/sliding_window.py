@@ -28,7 +28,7 @@ def measure_jax(shape, patch, *, features: int, depth: int, batch: int, overlap:
     import jax
     import jax.numpy as jnp
 
-    from unet_jax import evaluate, parallel, steps, tasks
+    from unet_jax import inference, parallel, steps, tasks
     from unet_jax.models.unet import UNet
 
     mesh, task = parallel.make_mesh(), tasks.Segmentation()
@@ -39,11 +39,11 @@ def measure_jax(shape, patch, *, features: int, depth: int, batch: int, overlap:
     predict_step = jax.jit(lambda s, x: steps.predict_step(s, x, output_fn=task.window_output),
                            in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
                            out_shardings=parallel.batch_sharded(mesh))
-    window = evaluate.WindowOptions(tuple(patch), overlap=overlap)
+    window = inference.WindowOptions(tuple(patch), overlap=overlap)
     volume = np.random.default_rng(0).standard_normal((*shape, 1), np.float32)
 
     def run(image):
-        labels, _ = evaluate.window_inference(predict_step, state, image, window, task.finalize,
+        labels, _ = inference.window_inference(predict_step, state, image, window, task.finalize,
                                               batch_size=batch, mesh=mesh)
         return labels
 
