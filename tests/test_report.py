@@ -113,3 +113,19 @@ def test_regression_figure_titles_name_patients_and_slice_numbers(tmp_path, monk
     report.regression_figure([{"patient_index": 5, "patient": "TCGA_X"}], volumes, {5: np.ones((3, 4, 4))},
                              str(tmp_path / "r.png"), rows=1)
     assert seen["titles"] == ["TCGA_X slice 12  Jaccard 0.50"]
+
+
+def test_learning_curves_put_distances_and_volume_differences_in_panels_of_their_own(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(report, "_draw_curves", lambda ax, series, title, unit, best: drawn.update({title: series}))
+    rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": "nan", "val_dice": 0.1 * e, "val_hd95": 30 - e,
+             "val_assd": 9 - e, "val_avd": 900 / e, "val_lesion_f1": 0.2} for e in (1, 2, 3)]
+    report.plot_learning_curves(rows, str(tmp_path / "curves.png"))
+    assert set(drawn) == {"losses", "surface distances", "absolute volume difference", "scores"}
+    assert set(drawn["losses"]) == {"train_loss"}  # a NaN validation loss is not drawn
+    assert set(drawn["surface distances"]) == {"val_hd95", "val_assd"}
+    assert set(drawn["absolute volume difference"]) == {"val_avd"}
+    assert set(drawn["scores"]) == {"val_dice", "val_lesion_f1"}
+    drawn.clear()
+    report.plot_learning_curves([{"epoch": 1, "train_loss": 0.5, "val_dice": 0.4}], str(tmp_path / "lgg.png"))
+    assert set(drawn) == {"losses", "scores"}

@@ -6,6 +6,7 @@ they are safe to draw from any thread; every PNG is written atomically.
 
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -45,13 +46,15 @@ def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> None:
 
 
 def _to_float(value) -> float | None:
-    """A csv cell as float; None for missing, empty or unparsable cells."""
+    """A csv cell as float; None for missing, empty, unparsable or NaN cells
+    (the loss of a sliding-window evaluation)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
-        return float(value)
+        value = float(value)
     except (TypeError, ValueError):
         return None
+    return None if math.isnan(value) else value
 
 
 def _series(rows: Sequence[dict]) -> dict[str, tuple[list[float], list[float]]]:
@@ -97,22 +100,32 @@ def _draw_curves(ax, series: dict, title: str, ylabel: str, best_epoch: int | No
         ax.legend(fontsize=8)
 
 
+# Panels of the learning curves: (title, y label, which metric names go there);
+# a column goes to the first panel that takes it, scores to the last.
+_CURVE_PANELS = (("losses", "loss", lambda k: "loss" in k),
+                 ("surface distances", "mm", lambda k: "hd95" in k or "assd" in k),
+                 ("absolute volume difference", "%", lambda k: "avd" in k),
+                 ("scores", "score", lambda k: True))
+
+
 def plot_learning_curves(rows: list[dict], path: str, best_epoch: int | None = None) -> None:
     """Losses and scores per epoch from the rows of a run's metrics.csv, as a PNG.
 
-    Columns named `train_*`/`val_*` are plotted; those containing "loss" go to the
-    left panel, all others (Dice, IoU, per-patient Dice, ...) to the right. Values
-    may be numbers or strings; missing or empty cells are skipped.
+    Columns named `train_*`/`val_*` are plotted, one panel per unit: losses,
+    surface distances (mm), volume difference (%) where a run has them, and
+    the scores (Dice, IoU, lesion F1, ...). Values may be numbers or strings;
+    missing, empty or NaN cells are skipped.
     """
     if not rows:
         raise ValueError(f"no metric rows to plot for {path}")
-    series = _series(rows)
-    losses = {k: v for k, v in series.items() if "loss" in k}
-    scores = {k: v for k, v in series.items() if "loss" not in k}
-    fig = Figure(figsize=(11, 4))
-    loss_ax, score_ax = fig.subplots(1, 2)
-    _draw_curves(loss_ax, losses, "losses", "loss", best_epoch)
-    _draw_curves(score_ax, scores, "scores", "score", best_epoch)
+    panels: dict[str, dict] = {}
+    for key, values in _series(rows).items():
+        title = next(t for t, _, takes in _CURVE_PANELS if takes(key))
+        panels.setdefault(title, {})[key] = values
+    shown = [(t, unit) for t, unit, _ in _CURVE_PANELS if t in panels or t in ("losses", "scores")]
+    fig = Figure(figsize=(5.5 * len(shown), 4))
+    for ax, (title, unit) in zip(fig.subplots(1, len(shown), squeeze=False)[0], shown):
+        _draw_curves(ax, panels.get(title, {}), title, unit, best_epoch)
     fig.tight_layout()
     _save(fig, path, dpi=100)
 
