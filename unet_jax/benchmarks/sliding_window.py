@@ -24,6 +24,16 @@ import time
 import numpy as np
 
 
+def median_seconds(run, volume, repeats: int) -> float:
+    """Median wall time of `run(volume)` over `repeats` calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(volume)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def measure_jax(shape, patch, *, features: int, depth: int, batch: int, overlap: float, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -47,15 +57,8 @@ def measure_jax(shape, patch, *, features: int, depth: int, batch: int, overlap:
                                               batch_size=batch, mesh=mesh)
         return labels
 
-    start = time.perf_counter()
-    run(volume[tuple(slice(0, p) for p in patch)])  # compiles
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(volume)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    compile_s = median_seconds(run, volume[tuple(slice(0, p) for p in patch)], 1)  # compiles
+    seconds = median_seconds(run, volume, repeats)
     return {"framework": "jax", "version": jax.__version__, "device": str(jax.devices()[0].device_kind),
             "devices": jax.device_count(), "shape": list(shape), "patch": list(patch), "batch": batch,
             "overlap": overlap, "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
@@ -83,13 +86,8 @@ def measure_torch(shape, patch, *, script: str, features: int, depth: int, batch
                                              overlap=overlap, mode="gaussian")
             return (probs > 0.5).to(torch.uint8)
 
-    run(volume[(..., *(slice(0, p) for p in patch))])
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(volume)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    median_seconds(run, volume[(..., *(slice(0, p) for p in patch))], 1)  # warm-up
+    seconds = median_seconds(run, volume, repeats)
     return {"framework": "torch+monai", "version": f"{torch.__version__}/{monai.__version__}",
             "threads": torch.get_num_threads(), "shape": list(shape), "patch": list(patch), "batch": batch,
             "overlap": overlap, "params": int(sum(p.numel() for p in model.parameters())),
