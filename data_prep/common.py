@@ -48,12 +48,18 @@ def split_patients(patients: Sequence[str], *, val_fraction: float, test_fractio
     val. With `num_folds=K`, the shuffled patients are cut into K near-equal
     folds, fold `fold` is the test set, and val is taken from the rest by
     `val_fraction`. Each requested non-empty split gets at least one patient.
+    Fractions summing to 1 (`test_fraction=1`, say) put every patient in val
+    and test and none in train: an external cohort to evaluate a run on.
     """
     patients = sorted(patients)
     n = len(patients)
-    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise DataError(f"split fractions val={val_fraction} test={test_fraction}: each must be in [0, 1) "
-                        "and their sum below 1")
+    if not 0 <= val_fraction <= 1 or not 0 <= test_fraction <= 1 or val_fraction + test_fraction > 1:
+        raise DataError(f"split fractions val={val_fraction} test={test_fraction}: each must be in [0, 1] "
+                        "and their sum at most 1 (1: no training split, for evaluation only)")
+    evaluation_only = val_fraction + test_fraction == 1
+    if evaluation_only and num_folds:
+        raise DataError(f"--num_folds={num_folds} with val and test fractions summing to 1 leaves no fold to train "
+                        "on; drop --num_folds")
     order = [patients[i] for i in np.random.default_rng(seed).permutation(n)]
 
     def take(fraction: float, available: int) -> int:
@@ -68,12 +74,13 @@ def split_patients(patients: Sequence[str], *, val_fraction: float, test_fractio
         test = [order[i] for i in folds[fold]]
         rest = [p for p in order if p not in set(test)]
     else:
-        n_test = take(test_fraction, n)
+        n_test = n if test_fraction == 1 else min(take(test_fraction, n), n - 1 if val_fraction else n)
         test, rest = order[:n_test], order[n_test:]
-    n_val = take(val_fraction, len(rest))
+    n_val = len(rest) if evaluation_only else take(val_fraction, len(rest))
     val, train = rest[:n_val], rest[n_val:]
-    if not train:
-        raise DataError(f"only {n} patients: the split leaves none for training; lower the val/test fractions")
+    if not train and not evaluation_only:
+        raise DataError(f"only {n} patients: the split leaves none for training; lower the val/test fractions "
+                        "(or make them sum to 1 to prepare an evaluation-only folder)")
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 

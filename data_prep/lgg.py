@@ -69,19 +69,8 @@ def scan(data_dir: str) -> tuple[dict[str, list[Slice]], list[common.Problem]]:
     problems: list[common.Problem] = []
     for patient in patients:
         folder = os.path.join(data_dir, patient)
-        pattern = re.compile(rf"^{re.escape(patient)}_(\d+)(_mask)?\.tiff?$")
-        images: dict[int, str] = {}
-        masks: dict[int, str] = {}
-        for name in sorted(os.listdir(folder)):
-            if name.startswith("."):
-                continue
-            path = os.path.join(folder, name)
-            m = pattern.match(name)
-            if m is None:
-                problems.append(common.Problem(path, f"unexpected file name; expected {patient}_<n>.tif or "
-                                              f"{patient}_<n>_mask.tif"))
-                continue
-            (masks if m.group(2) else images)[int(m.group(1))] = path
+        images, masks, unexpected = patient_files(folder)
+        problems += unexpected
         for n in sorted(images.keys() - masks.keys()):
             problems.append(common.Problem(images[n], "image without a mask; add the _mask.tif or remove the image"))
         for n in sorted(masks.keys() - images.keys()):
@@ -91,6 +80,28 @@ def scan(data_dir: str) -> tuple[dict[str, list[Slice]], list[common.Problem]]:
             problems.append(common.Problem(folder, "patient folder holds no image/mask pairs"))
         result[patient] = slices
     return result, problems
+
+
+def patient_files(folder: str) -> tuple[dict[int, str], dict[int, str], list[common.Problem]]:
+    """The slice images and masks of one kaggle_3m patient folder, by slice
+    number (`<folder name>_<n>.tif`, `<folder name>_<n>_mask.tif`), and the
+    files named otherwise."""
+    patient = os.path.basename(os.path.normpath(folder))
+    pattern = re.compile(rf"^{re.escape(patient)}_(\d+)(_mask)?\.tiff?$")
+    images: dict[int, str] = {}
+    masks: dict[int, str] = {}
+    problems = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("."):
+            continue
+        path = os.path.join(folder, name)
+        m = pattern.match(name)
+        if m is None:
+            problems.append(common.Problem(path, f"unexpected file name; expected {patient}_<n>.tif or "
+                                                 f"{patient}_<n>_mask.tif"))
+            continue
+        (masks if m.group(2) else images)[int(m.group(1))] = path
+    return images, masks, problems
 
 
 def _read_tiff(path: str) -> np.ndarray:

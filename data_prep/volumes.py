@@ -147,8 +147,10 @@ def scan_folders(data_dir: str, channels: list[str], label: str | None, mask: st
 
 def scan_decathlon(data_dir: str, unlabelled: bool) -> tuple[list[Case], list[common.Problem]]:
     """Cases of the Decathlon/nnU-Net layout: imagesTr/<case>_<4-digit channel>.<ext>
-    with labelsTr/<case>.<ext> (imagesTs/ with --unlabelled)."""
+    with labelsTr/<case>.<ext> (with --unlabelled imagesTs/, or else `data_dir` itself)."""
     images = os.path.join(data_dir, "imagesTs" if unlabelled else "imagesTr")
+    if unlabelled and not os.path.isdir(images):
+        images = data_dir  # the <case>_0000 files themselves, as prediction may be given
     if not os.path.isdir(images):
         raise DataError(f"{images}: no such folder; the Decathlon layout needs imagesTr/ and labelsTr/")
     by_case: dict[str, dict[int, str]] = {}
@@ -274,9 +276,10 @@ def normalize_channel(x: np.ndarray, method: str, foreground: np.ndarray, window
     return x, {}
 
 
-def load_case(case: Case, settings: Settings) -> tuple[np.ndarray, np.ndarray, dict, dict]:
-    """Reads, checks and converts one case: image float32 [*spatial, C], labels
-    uint8 [*spatial], the record geometry and per-channel statistics."""
+def read_case(case: Case, label_map: dict[int, int]) -> tuple[list[Volume], np.ndarray | None, np.ndarray | None]:
+    """Reads and checks one case's files: the channel volumes (3-D, finite, on
+    one grid), its labels (uint8 on that grid, remapped) or None, and its
+    foreground mask or None."""
     channels = []
     for path in case.channels:
         volume = read_volume(path)
@@ -287,21 +290,30 @@ def load_case(case: Case, settings: Settings) -> tuple[np.ndarray, np.ndarray, d
         if channels:
             check_same_grid(volume, path, channels[0], case.channels[0])
         channels.append(volume)
-    first, first_path = channels[0], case.channels[0]
-    if case.label is not None:
-        labels = load_label(case.label, first, first_path, settings.label_map)
-    else:
-        labels = np.zeros(first.array.shape, np.uint8)
+    labels = None if case.label is None else load_label(case.label, channels[0], case.channels[0], label_map)
     foreground = None
     if case.mask is not None:
         mask_volume = read_volume(case.mask)
-        check_same_grid(mask_volume, case.mask, first, first_path)
+        check_same_grid(mask_volume, case.mask, channels[0], case.channels[0])
         foreground = mask_volume.array > 0
+    return channels, labels, foreground
+
+
+def preprocess(channels: list[Volume], labels: np.ndarray | None, foreground: np.ndarray | None,
+               settings: Settings, name: str) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """Channels on one grid -> the record's image float32 [*spatial, C], labels
+    uint8 (zeros without `labels`), geometry and per-channel statistics:
+    resampled to `settings.spacing`, cropped to the foreground's bounding box,
+    intensities normalised. Prediction calls it too, so new scans get exactly
+    the training preprocessing; `name` (a file) heads its errors."""
+    first = channels[0]
+    if labels is None:
+        labels = np.zeros(first.array.shape, np.uint8)
     source = first.geometry
     geometry = {"source": {**source.to_dict(), "shape": list(first.array.shape)}}
     if settings.spacing is not None:
         if len(settings.spacing) != source.ndim:
-            raise DataError(f"--spacing={settings.spacing}: give {source.ndim} values for {first_path}")
+            raise DataError(f"--spacing={settings.spacing}: give {source.ndim} values for {name}")
         channels = [resample(v, settings.spacing, label=False) for v in channels]
         labels = resample(Volume(labels, source), settings.spacing, label=True).array
         if foreground is not None:
@@ -323,6 +335,23 @@ def load_case(case: Case, settings: Settings) -> tuple[np.ndarray, np.ndarray, d
         image[..., c], s = normalize_channel(image[..., c], method, foreground, settings.ct_window)
         stats.append(s)
     return image, labels, {"spacing": list(spacing), **geometry}, {"channels": stats}
+
+
+def load_case(case: Case, settings: Settings) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """Reads, checks and converts one case: `read_case`, then `preprocess`."""
+    channels, labels, foreground = read_case(case, settings.label_map)
+    return preprocess(channels, labels, foreground, settings, case.channels[0])
+
+
+def settings_from_manifest(manifest: dict) -> Settings:
+    """The `Settings` a prepared folder was made with, from its manifest (to
+    prepare new scans as the run's training data was)."""
+    pre = manifest["preprocessing"]
+    window = next((tuple(i["window"]) for i in pre["intensity"] if "window" in i), CT_WINDOWS["lung_wide"])
+    return Settings(tuple(i["method"] for i in pre["intensity"]), window,
+                    {int(k): int(v) for k, v in pre["label_map"].items()},
+                    tuple(pre["spacing"]) if pre["spacing"] else None, bool(pre["crop"]), pre["slices"],
+                    tuple(pre["slice_size"]) if pre["slice_size"] else None)
 
 
 def slice_records(image: np.ndarray, labels: np.ndarray, axis: int, size: tuple[int, int], name: str):
@@ -440,6 +469,7 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
             "num_channels": len(settings.intensity),
             "channels": [os.path.basename(p) for p in cases[0].channels] if layout == "decathlon"
             else [p.strip() for p in channels.split(",")],
+            "label_pattern": label or None, "mask_pattern": mask or None,  # prediction finds files as here
             "image_dtype": "float32",
             "mask": "uint8 labels",
             "num_classes": num_classes,

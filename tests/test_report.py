@@ -129,3 +129,105 @@ def test_learning_curves_put_distances_and_volume_differences_in_panels_of_their
     drawn.clear()
     report.plot_learning_curves([{"epoch": 1, "train_loss": 0.5, "val_dice": 0.4}], str(tmp_path / "lgg.png"))
     assert set(drawn) == {"losses", "scores"}
+
+
+def case(areas, size=32, seed=0):
+    """A [S, size, size] image and labels with a square of about `areas[s]` voxels on slice s."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(100.0, 30.0, (len(areas), size, size)).astype(np.float32)
+    pred = np.zeros(image.shape, np.uint8)
+    for s, area in enumerate(areas):
+        side = int(round(area ** 0.5))
+        pred[s, 4:4 + side, 4:4 + side] = 1
+    return image, pred
+
+
+def drawn_figures(monkeypatch):
+    """The figures report writes from now on, still saved to their paths."""
+    figures, save = [], report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path, dpi: (figures.append(fig), save(fig, path, dpi)))
+    return figures
+
+
+def test_prediction_figure_shows_the_slices_with_most_foreground_in_slice_order(tmp_path, monkeypatch):
+    figures = drawn_figures(monkeypatch)
+    image, pred = case([4, 25, 0, 9, 16])
+    pred[3, 20:22, 20:22] = 2  # a second class counts as foreground: 13 voxels
+    path = tmp_path / "cases" / "patient07.png"
+    report.prediction_figure(image, pred, str(path), title="patient07 — 12.3 ml, 5 lesions",
+                             slice_numbers=[10, 11, 12, 13, 14], num_slices=3)
+    pixels = read_png(str(path))
+    fig, = figures
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["slice 11 · 25 voxels", "slice 13 · 13 voxels",
+                                                       "slice 14 · 16 voxels"]
+    assert len(fig.axes) == 6  # image and overlay for each chosen slice
+    assert fig.get_suptitle() == "patient07 — 12.3 ml, 5 lesions"
+    assert pixels.shape[1] > pixels.shape[0]  # three columns, two rows
+
+
+def test_prediction_figure_multiclass_overlay_probabilities_and_legend(tmp_path, monkeypatch):
+    figures = drawn_figures(monkeypatch)
+    image, pred = case([25, 9])
+    pred[0, 20:23, 20:23] = 2
+    probabilities = np.where(pred > 0, 0.9, 0.1).astype(np.float32)
+    report.prediction_figure(image, pred, str(tmp_path / "p.png"), title="p", probabilities=probabilities)
+    read_png(str(tmp_path / "p.png"))
+    fig, = figures
+    assert len(fig.axes) == 6  # a third row: the probability
+    shown = fig.axes[2].images[0].get_array()  # the overlay of slice 0
+    assert tuple(shown[4, 4]) == tuple(round(255 * c) for c in report.CLASS_COLOURS[0])  # outline of class 1
+    assert tuple(shown[20, 20]) == tuple(round(255 * c) for c in report.CLASS_COLOURS[1])  # outline of class 2
+    assert fig.axes[4].images[0].get_clim() == (0, 1)
+    assert [t.get_text() for t in fig.legends[0].texts] == ["class 1", "class 2"]
+
+
+def test_label_overlay_blends_classes_in_distinct_colours_and_outlines_them():
+    image = np.full((9, 9), 7.0)  # flat: grey level 0 everywhere
+    labels = np.zeros((9, 9), np.int64)
+    labels[1:6, 1:6] = 1
+    labels[7, 7] = 3
+    rgb = report.label_overlay(image, labels)
+    assert rgb.shape == (9, 9, 3) and rgb.dtype == np.uint8
+    one, three = (np.round(255 * np.array(report.CLASS_COLOURS[c])).astype(np.uint8) for c in (0, 2))
+    assert (rgb[1, 3] == one).all() and (rgb[5, 5] == one).all()  # the outline in full colour
+    assert (rgb[3, 3] == np.round(one / 2)).all()  # the inside blended at 50% over black
+    assert (rgb[7, 7] == three).all() and not (one == three).all()  # a lesion of one pixel is all outline
+    assert (rgb[0, 0] == 0).all() and (rgb[8, 0] == 0).all()
+
+
+def test_prediction_figure_with_target_colours_true_and_false_positives_and_negatives(tmp_path, monkeypatch):
+    figures = drawn_figures(monkeypatch)
+    image, target = case([16, 0])
+    pred = np.zeros_like(target)
+    pred[0, 4:8, 6:10] = 1  # columns 6-7 true positive, 8-9 false positive, 4-5 false negative
+    report.prediction_figure(image[:1], pred[:1], str(tmp_path / "t.png"), title="a 2-D case",
+                             target=target[:1])
+    read_png(str(tmp_path / "t.png"))
+    fig, = figures
+    shown = fig.axes[1].images[0].get_array().astype(int)
+    for (y, x), channel in (((5, 6), 1), ((5, 9), 0), ((5, 4), 2)):  # TP green, FP red, FN blue
+        assert shown[y, x, channel] > shown[y, x, (channel + 1) % 3] + 50
+        assert shown[y, x, channel] > shown[y, x, (channel + 2) % 3] + 50
+    assert [t.get_text() for t in fig.legends[0].texts] == ["true positive", "false positive", "false negative"]
+    # One panel wide: the legend goes on lines of its own rather than past the edges.
+    box = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width
+
+
+def test_prediction_figure_of_an_empty_prediction_shows_the_first_slices(tmp_path, monkeypatch):
+    figures = drawn_figures(monkeypatch)
+    image, pred = case([0, 0, 0])
+    report.prediction_figure(image, pred, str(tmp_path / "empty.png"), title="patient08 — 0.0 ml, 0 lesions",
+                             num_slices=2)
+    read_png(str(tmp_path / "empty.png"))
+    assert [ax.get_title() for ax in figures[0].axes[:2]] == ["slice 0 · 0 voxels", "slice 1 · 0 voxels"]
+    assert sorted(os.listdir(tmp_path)) == ["empty.png"]
+
+
+def test_prediction_figure_rejects_mismatched_shapes(tmp_path):
+    image, pred = case([4, 9])
+    with pytest.raises(ValueError, match="pred"):
+        report.prediction_figure(image, pred[:1], str(tmp_path / "x.png"), title="x")
+    with pytest.raises(ValueError, match="slice numbers"):
+        report.prediction_figure(image, pred, str(tmp_path / "x.png"), title="x", slice_numbers=[3])
+    assert not os.listdir(tmp_path)

@@ -177,6 +177,8 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
         return
     splits = manifest["splits"]
     train = splits["train"]["num_examples"] * (data.patches_per_volume if data.patch_size else 1)
+    _require(train > 0, f"{data.data_dir} has no training examples (prepared for evaluation only, with val and "
+                        "test fractions summing to 1); train on another folder, or evaluate with --mode=evaluate")
     _require(train >= config.batch_size,
              f"config.batch_size={config.batch_size} is larger than the {train} training examples of "
              f"{data.data_dir} per epoch; lower it" + (", or raise config.data.patches_per_volume"

@@ -1,9 +1,10 @@
-"""Train or evaluate a U-Net from a config file.
+"""Train or evaluate a U-Net from a config file, or predict new scans with a trained run.
 
   python -m unet_jax.main --config=configs/lgg.py --workdir=runs/lgg
   python -m unet_jax.main --config=configs/lgg.py --workdir=runs/lgg --config.batch_size=8
   python -m unet_jax.main --config=configs/lgg.py --workdir=runs/lgg --mode=evaluate \
       --data_dir=data/other --split=test
+  python -m unet_jax.main --mode=predict --workdir=runs/lgg --input=scans/ --output=predictions/
 """
 
 import logging as std_logging
@@ -18,18 +19,19 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from unet_jax import parallel, train  # noqa: E402
+from unet_jax import parallel, predict, train  # noqa: E402  (predict defines --input, --output, ...)
 from unet_jax.config_checks import ConfigError  # noqa: E402
 from unet_jax.data import DataError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder of the run: checkpoints, logs, metrics, figures.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
-                  "train (resumes if the workdir has a checkpoint), or evaluate the best checkpoint.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
+                  "train (resumes if the workdir has a checkpoint), evaluate the best checkpoint, or predict "
+                  "--input scans with it (the run's own config; --config is not needed).")
 flags.DEFINE_string("data_dir", None, "evaluate: prepared data folder (default: the config's).")
 flags.DEFINE_string("split", "test", "evaluate: which split of --data_dir.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def _quiet_checkpoint_logs(record: std_logging.LogRecord) -> bool:
@@ -42,6 +44,17 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_quiet_checkpoint_logs)
     parallel.initialize_distributed()
+    if FLAGS.mode == "predict":
+        if FLAGS.config is not None:
+            logging.warning("--mode=predict uses the run's own config.json in --workdir; --config is ignored.")
+        try:
+            predict.run_from_flags(FLAGS.workdir)
+        except (ConfigError, DataError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        return
+    if FLAGS.config is None:
+        raise app.UsageError("--config is required for --mode=train and --mode=evaluate")
     config = FLAGS.config
     logging.info("JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
     try:
@@ -77,7 +90,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's parsing, with a misspelled `--config.key` reported in one line."""
     try:
         argv = FLAGS(argv)
-        FLAGS.config.to_dict()  # a config file that failed to load raises here
+        if FLAGS.config is not None:
+            FLAGS.config.to_dict()  # a config file that failed to load raises here
         return argv
     except OSError as e:
         print(f"error: cannot load --config: {str(e).splitlines()[-1].strip()}", file=sys.stderr)

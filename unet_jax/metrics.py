@@ -232,7 +232,7 @@ class RegressionMetrics(clu_metrics.Collection):
 # Per-patient volumes (host, NumPy)
 # ---------------------------------------------------------------------------
 
-def _components(volume: np.ndarray) -> tuple[np.ndarray, int]:
+def connected_components(volume: np.ndarray) -> tuple[np.ndarray, int]:
     """Labels 1..n of the connected components of a boolean array with full
     connectivity (26 neighbours in 3-D, 8 in 2-D), and n."""
     return ndimage.label(volume, structure=np.ones((3,) * volume.ndim, bool))
@@ -245,7 +245,7 @@ def largest_connected_component(volume: np.ndarray) -> np.ndarray:
     with the lowest label; an empty input stays empty.
     """
     volume = np.asarray(volume, bool)
-    labels, num = _components(volume)
+    labels, num = connected_components(volume)
     if num == 0:
         return np.zeros_like(volume)
     sizes = np.bincount(labels.ravel())[1:]
@@ -397,8 +397,8 @@ def lesion_detection(pred: np.ndarray, target: np.ndarray) -> dict[str, float | 
     an empty target recall 1, precision 0, F1 0.
     """
     pred, target = np.asarray(pred, bool), np.asarray(target, bool)
-    target_labels, num_lesions = _components(target)
-    pred_labels, num_pred = _components(pred)
+    target_labels, num_lesions = connected_components(target)
+    pred_labels, num_pred = connected_components(pred)
     overlap = pred & target
     recall = np.unique(target_labels[overlap]).size / num_lesions if num_lesions else 1.0
     precision = np.unique(pred_labels[overlap]).size / num_pred if num_pred else 1.0

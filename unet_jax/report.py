@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
+from scipy import ndimage
 
 from unet_jax.files import atomic_write
 from unet_jax.metrics import dice_score, grey_level_jaccard
@@ -23,6 +24,10 @@ from unet_jax.metrics import dice_score, grey_level_jaccard
 TP_COLOUR = (0.0, 1.0, 0.0)  # green
 FP_COLOUR = (1.0, 0.0, 0.0)  # red
 FN_COLOUR = (0.0, 0.0, 1.0)  # blue
+# Predicted classes 1, 2, ... without a ground truth, repeating past the last:
+# yellow, cyan, magenta, orange, violet, lime.
+CLASS_COLOURS = ((1.0, 0.85, 0.0), (0.0, 0.85, 1.0), (1.0, 0.0, 1.0),
+                 (1.0, 0.5, 0.0), (0.6, 0.4, 1.0), (0.6, 1.0, 0.2))
 _ALPHA = 0.5
 # Prediction grid geometry in inches: square image panels, a two-line title band
 # above each row, gaps between columns and a strip for the colour legend.
@@ -31,6 +36,9 @@ _TITLE_INCHES = 0.32
 _TITLE_CHARS = 36  # what fits on one line above a panel at 7 pt
 _GAP_INCHES = 0.08
 _LEGEND_INCHES = 0.3
+_LEGEND_LINE_INCHES = 0.15  # each further line of legend entries
+_LEGEND_ENTRY_INCHES = 1.25  # the widest entry ("false negative") at 7 pt
+_SUPTITLE_LINE_INCHES = 0.17  # one line of a figure title at 9 pt
 
 
 def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> None:
@@ -171,20 +179,57 @@ def overlay(image2d: np.ndarray, target: np.ndarray, pred: np.ndarray) -> np.nda
     return np.round(rgb * 255).astype(np.uint8)
 
 
-def _panel_grid(rows: int, columns: int, path: str):
+def _class_colour(label: int) -> tuple[float, float, float]:
+    """The colour of predicted class `label` (1, 2, ...) from CLASS_COLOURS."""
+    return CLASS_COLOURS[(int(label) - 1) % len(CLASS_COLOURS)]
+
+
+def label_overlay(image2d: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """RGB uint8 [H, W, 3]: the image in grey, each label > 0 blended at 50% in its
+    class colour and outlined in full colour, so that lesions of a few pixels stay visible.
+
+    The image may have any range; it is normalised by its 1st/99th percentile.
+    """
+    grey, labels = normalise(image2d), np.asarray(labels)
+    if grey.shape != labels.shape:
+        raise ValueError(f"shapes differ: image {grey.shape}, labels {labels.shape}")
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    for label in np.unique(labels[labels > 0]):
+        colour, region = np.asarray(_class_colour(label), np.float32), labels == label
+        rgb[region] = (1 - _ALPHA) * rgb[region] + _ALPHA * colour
+        rgb[region & ~ndimage.binary_erosion(region)] = colour
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+def _panel_grid(rows: int, columns: int, path: str, title: str | None = None, legend: Sequence[Patch] = ()):
     """A figure of square image panels, `rows` x `columns`, with a title band
-    above each row and a strip for a legend at the bottom."""
-    if rows == 0:
+    above each row, a strip at the bottom with the `legend` entries (on as many
+    lines as the width needs) and, given a `title`, that title wrapped above it all."""
+    if rows == 0 or columns == 0:
         raise ValueError(f"no examples to plot for {path}")
     # Cells sized in inches, not tight_layout, which misplaces fixed-aspect image axes.
     width = columns * _PANEL_INCHES + (columns + 1) * _GAP_INCHES
-    height = rows * (_PANEL_INCHES + _TITLE_INCHES) + _LEGEND_INCHES
+    per_line = max(1, int(columns * _PANEL_INCHES // _LEGEND_ENTRY_INCHES))
+    strip = _LEGEND_INCHES + max(0, math.ceil(len(legend) / per_line) - 1) * _LEGEND_LINE_INCHES
+    lines = textwrap.wrap(title, _TITLE_CHARS * 7 // 9 * columns) if title else []  # at 9 pt
+    header = len(lines) * _SUPTITLE_LINE_INCHES + _GAP_INCHES if lines else 0.0
+    height = rows * (_PANEL_INCHES + _TITLE_INCHES) + strip + header
     fig = Figure(figsize=(width, height))
     axes = fig.subplots(rows, columns, squeeze=False, gridspec_kw=dict(
         left=_GAP_INCHES / width, right=1 - _GAP_INCHES / width,
-        bottom=_LEGEND_INCHES / height, top=1 - _TITLE_INCHES / height,
+        bottom=strip / height, top=1 - (_TITLE_INCHES + header) / height,
         wspace=_GAP_INCHES / _PANEL_INCHES, hspace=_TITLE_INCHES / _PANEL_INCHES))
+    if lines:
+        fig.suptitle("\n".join(lines), y=1 - _GAP_INCHES / height, va="top", fontsize=9)
+    if legend:
+        fig.legend(handles=legend, loc="lower center", ncol=min(len(legend), per_line), fontsize=7, frameon=False)
     return fig, axes
+
+
+def _outcome_legend() -> list[Patch]:
+    """Legend entries for the colours of `overlay`."""
+    return [Patch(color=colour, label=label) for colour, label in
+            ((TP_COLOUR, "true positive"), (FP_COLOUR, "false positive"), (FN_COLOUR, "false negative"))]
 
 
 def plot_prediction_grid(images: np.ndarray, targets: np.ndarray, preds: np.ndarray, path: str,
@@ -202,7 +247,7 @@ def plot_prediction_grid(images: np.ndarray, targets: np.ndarray, preds: np.ndar
     if not 0 <= channel < images.shape[-1]:
         raise ValueError(f"channel {channel} out of range for {images.shape[-1]} image channels")
     n = min(len(images), max_rows)
-    fig, axes = _panel_grid(n, 3, path)
+    fig, axes = _panel_grid(n, 3, path, legend=_outcome_legend())
     for i in range(n):
         image = images[i, ..., channel]
         panels = (normalise(image), _mask2d(targets[i]), overlay(image, targets[i], preds[i]))
@@ -215,10 +260,6 @@ def plot_prediction_grid(images: np.ndarray, targets: np.ndarray, preds: np.ndar
     axes[0, 1].set_title("ground truth", fontsize=8)
     if titles is None:
         axes[0, 2].set_title("prediction", fontsize=8)
-    legend = [Patch(color=colour, label=label) for colour, label in
-              ((TP_COLOUR, "true positive"), (FP_COLOUR, "false positive"),
-               (FN_COLOUR, "false negative"))]
-    fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=7, frameon=False)
     _save(fig, path, dpi=100)
 
 
@@ -336,3 +377,52 @@ def regression_figure(table: Sequence[Mapping], volumes: Mapping, images: Mappin
         titles.append(f"{names.get(p, p)} slice {numbers[i]}  Jaccard {grey_level_jaccard(output[i], target[i]):.2f}")
     plot_regression_grid(stack_padded(shown), stack_padded(targets), stack_padded(outputs), path, titles=titles,
                          image_label=f"image ({channel_label})")
+
+
+# ----------------------------------------------------------------------------
+# Pictures of a prediction on a new case, with or without its ground truth
+# ----------------------------------------------------------------------------
+
+
+def prediction_figure(image: np.ndarray, pred: np.ndarray, path: str, *, title: str,
+                      target: np.ndarray | None = None, slice_numbers: Sequence[int] | None = None,
+                      num_slices: int = 4, probabilities: np.ndarray | None = None) -> None:
+    """One case's prediction as a PNG titled `title`: a column for each of the
+    `num_slices` slices with the most foreground (in slice order) showing the image
+    in grey, the prediction overlaid (classes in colour, or TP/FP/FN against
+    `target`) and, if given, the foreground probability.
+
+    image: float [S, H, W], any range; pred, target: integer labels [S, H, W], 0
+    background; probabilities: float [S, H, W] in 0..1; `slice_numbers` name the
+    slices in the panel titles (default 0..S-1).
+    """
+    image, pred = np.asarray(image, np.float32), np.asarray(pred)
+    if image.ndim != 3:
+        raise ValueError(f"expected an image [S, H, W], got shape {image.shape}")
+    for name, array in (("pred", pred), ("target", target), ("probabilities", probabilities)):
+        if array is not None and np.shape(array) != image.shape:
+            raise ValueError(f"{name} has shape {np.shape(array)}, the image {image.shape}")
+    numbers = list(range(len(image)) if slice_numbers is None else slice_numbers)
+    if len(numbers) != len(image):
+        raise ValueError(f"{len(numbers)} slice numbers for {len(image)} slices")
+    chosen = slices_to_show(pred, np.zeros_like(pred) if target is None else np.asarray(target), num_slices)
+    if target is None:
+        classes = np.unique(pred[pred > 0]).tolist() or [1]
+        legend = [Patch(color=_class_colour(c), label="prediction" if classes == [1] else f"class {c}")
+                  for c in classes]
+    else:
+        legend = _outcome_legend()
+    fig, axes = _panel_grid(2 if probabilities is None else 3, len(chosen), path, title=title, legend=legend)
+    for column, i in zip(axes.T, chosen):
+        column[0].imshow(normalise(image[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        column[0].set_title(f"slice {numbers[i]} · {np.count_nonzero(pred[i])} voxels", fontsize=7)
+        column[1].imshow(label_overlay(image[i], pred[i]) if target is None
+                         else overlay(image[i], target[i], pred[i]), interpolation="nearest")
+        if probabilities is not None:
+            column[2].imshow(probabilities[i], cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+        for ax in column:
+            ax.set_axis_off()
+    if probabilities is not None:
+        axes[2, 0].set_title("foreground probability 0 to 1", fontsize=7)
+    # Panels at the scan's own resolution (100 to 300 dpi), so outlines of small lesions show.
+    _save(fig, path, dpi=int(np.clip(max(image.shape[1:]) / _PANEL_INCHES, 100, 300)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import os
 import signal
 import tempfile
@@ -303,6 +304,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     return summary
 
 
+def _tuples(value):
+    """JSON lists back to the tuples a config holds (sizes, ranges)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def read_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
+    """A run's config (config.json) and the manifest of the data it trained on,
+    as the workdir keeps them; ConfigError in one line when they are absent."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path) or not os.path.exists(os.path.join(workdir, TRAIN_MANIFEST)):
+        raise ConfigError(f"{workdir}: no config.json and {TRAIN_MANIFEST}; point --workdir at the folder of a run "
+                          "that unet_jax.main --mode=train wrote")
+    try:
+        with open(path) as f:
+            config = ml_collections.ConfigDict(_tuples(json.load(f)))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); restore it from the run's config file") from None
+    return config, pipeline.read_manifest(workdir, TRAIN_MANIFEST)
+
+
+def restore_best(config: ml_collections.ConfigDict, workdir: str, mesh, image_shape) -> tuple[steps.TrainState, int | None]:
+    """The best checkpoint's TrainState of a run (built for inputs of
+    `image_shape`, the training shape), replicated over `mesh`, and its epoch;
+    ConfigError in one line when the workdir holds none."""
+    task, (metric, mode) = tasks.get_task(config), best_metric(config)
+    folder = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{folder}: no checkpoints; is {workdir} the --workdir of a run? Train first with "
+                          "--mode=train")
+    manager = checkpoint.make_manager(folder, best_metric=metric, best_mode=mode)
+    best = manager.best_step()
+    if best is None:
+        raise ConfigError(f"{folder}: no checkpoint with validation metrics (no epoch finished); train first with "
+                          "--mode=train")
+    template = initial_state(config, build_model(config), mesh, image_shape, 1)
+    (state, _), history = restore(manager, best, (template, task.empty_metrics()))
+    return state, next((row["epoch"] for row in history if row["step"] == best), None)
+
+
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, data_dir: str, split: str) -> dict:
     """Restores a workdir's best checkpoint and evaluates it on a split of any prepared folder."""
     workdir, mesh = os.path.abspath(workdir), parallel.make_mesh()
@@ -321,15 +363,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, data_dir: 
     if config.model.bottleneck == "transformer" and shape != trained:
         raise DataError(f"{data_dir}: images {shape} differ from the {trained} the run trained on, and the "
                         "transformer's position embeddings fit one size only; prepare the data at that size")
-    task, (metric, mode) = tasks.get_task(config), best_metric(config)
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), best_metric=metric, best_mode=mode)
-    best = manager.best_step()
-    if best is None:
-        raise ConfigError(f"{workdir}/checkpoints: no checkpoint with validation metrics; train first with "
-                          "--mode=train")
-    template = initial_state(config, build_model(config), mesh, trained, 1)
-    (state, _), history = restore(manager, best, (template, task.empty_metrics()))
-    best_epoch = next((row["epoch"] for row in history if row["step"] == best), None)
+    task = tasks.get_task(config)
+    state, best_epoch = restore_best(config, workdir, mesh, trained)
     evaluator = make_evaluator(config, task, compile_steps(config, task, mesh), mesh, data_dir, split) \
         if manifest["splits"][split]["num_examples"] else None
     return test(task, state, workdir, f"evaluate_{os.path.basename(os.path.normpath(data_dir))}_{split}",

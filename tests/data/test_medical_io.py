@@ -1,6 +1,7 @@
 """Medical volume I/O: real files against known facts and SimpleITK itself,
 round trips through every format (DICOM series included), one-line errors,
-grid comparison, anatomical planes and resampling."""
+grid comparison, anatomical planes and resampling; vector volumes, resampling
+back onto a scan's grid, and 2-D pictures (PNG, JPEG, BMP, TIFF)."""
 
 import glob
 import json
@@ -13,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import tifffile
+from PIL import Image
 
 from unet_jax.data import DataError
-from unet_jax.data.medical_io import (Geometry, Volume, plane_axis, read_volume, resample, write_dicom_series,
-                                      write_volume)
+from unet_jax.data.medical_io import (Geometry, Volume, is_image_path, plane_axis, read_image, read_volume, resample,
+                                      resample_to, write_dicom_series, write_image, write_volume)
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"  # beside the repository, as in conftest.py
 MS_PATIENT = SHARED / "ms_lesions_ljubljana" / "patient07"
@@ -423,3 +426,287 @@ def test_dicom_writing_keeps_the_process_locale(tmp_path):
     write_dicom_series(str(tmp_path / "series"), volume)
     read_volume(str(tmp_path / "series"))
     assert locale.getpreferredencoding(False) == before
+
+
+# --- vector volumes -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_write_vector_volume(tmp_path, suffix):
+    scalar = _synthetic(np.float32, PERMUTED_FLIPPED, shape=(7, 5, 4))
+    probabilities = np.random.default_rng(1).random((7, 5, 4, 3)).astype(np.float32)
+    volume = Volume(probabilities, scalar.geometry)
+    path = tmp_path / f"probabilities{suffix}"
+    write_volume(str(path), volume)
+    assert os.listdir(tmp_path) == [path.name]
+    image = sitk.ReadImage(str(path))
+    assert image.GetNumberOfComponentsPerPixel() == 3 and image.GetSize() == (7, 5, 4)
+    np.testing.assert_allclose(image.GetSpacing(), volume.geometry.spacing, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(image.GetOrigin(), volume.geometry.origin, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(image.GetDirection(), volume.geometry.direction, rtol=0, atol=1e-5)
+    for ijk in [(0, 0, 0), (6, 4, 3), (1, 2, 3), (5, 0, 2)]:  # array index (i, j, k) is SimpleITK's pixel (i, j, k)
+        np.testing.assert_array_equal(image.GetPixel(ijk), probabilities[ijk])
+    with pytest.raises(DataError) as excinfo:  # read_volume still takes scalar volumes only
+        read_volume(str(path))
+    _assert_one_line_error(excinfo, path, "one file each")
+
+
+# --- resample_to --------------------------------------------------------------------------------------------------
+
+# Fine grid of 19 x 15 x 6 voxels: halving the in-plane resolution gives 10 x 8 voxels whose centres are every other
+# fine centre, the last fine centre included, so going back needs no extrapolation.
+FINE = Geometry((0.5, 0.8, 3.0), (-12.5, 30.25, 7.0), ROT_Z30)
+A, KU, KV = 100.0, 2 * np.pi / 12.0, 2 * np.pi / 16.0  # amplitude, wave numbers along axes 0 and 1 (rad/mm)
+
+
+def _smooth(shape=(19, 15, 6), geometry=FINE) -> Volume:
+    u, v, w = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, geometry.spacing)), indexing="ij")
+    return Volume((A * np.sin(KU * u) * np.cos(KV * v) + 0.5 * w).astype(np.float32), geometry)
+
+
+def test_resample_to_undoes_resample():
+    volume = _smooth()
+    coarse = resample(volume, (1.0, 1.6, 3.0), label=False)
+    assert coarse.array.shape == (10, 8, 6)
+    np.testing.assert_allclose(coarse.array, volume.array[::2, ::2, :], rtol=0, atol=1e-3)  # samples at fine centres
+    back = resample_to(coarse, volume.geometry, volume.array.shape, label=False)
+    assert back.array.shape == volume.array.shape and back.array.dtype == np.float32
+    assert back.geometry.same_grid(volume.geometry)
+    np.testing.assert_allclose(back.geometry.spacing, volume.geometry.spacing, rtol=1e-12)
+    # Linear interpolation between exact samples H apart errs by at most H^2/8 max|f''| along each axis (the
+    # tensor-product bound adds them): 1.0^2/8 A KU^2 + 1.6^2/8 A KV^2 = 8.4, of an amplitude of 100; z is unchanged
+    # and linear. A wrong axis order or origin would put errors of the amplitude's size.
+    bound = 1.0 ** 2 / 8 * A * KU ** 2 + 1.6 ** 2 / 8 * A * KV ** 2
+    error = np.abs(back.array - volume.array)
+    assert error.max() <= bound, (error.max(), bound)
+    np.testing.assert_allclose(back.array[::2, ::2, :], volume.array[::2, ::2, :], rtol=0, atol=1e-3)
+
+
+def test_resample_to_labels_keep_dtype_and_values():
+    labels = np.random.default_rng(0).choice(np.array([0, 2, 5], np.uint8), size=(19, 15, 6))
+    volume = Volume(labels, FINE)
+    coarse = resample(volume, (1.0, 1.6, 3.0), label=True)
+    back = resample_to(coarse, FINE, labels.shape, label=True)
+    assert back.array.dtype == np.uint8 and back.array.shape == labels.shape
+    assert back.geometry.same_grid(FINE)
+    assert set(np.unique(back.array).tolist()) <= {0, 2, 5}
+    np.testing.assert_array_equal(back.array[::2, ::2, :], labels[::2, ::2, :])  # fine centres under coarse ones
+    mask = Volume(labels > 0, FINE)
+    back = resample_to(resample(mask, (1.0, 1.6, 3.0), label=True), FINE, labels.shape, label=True)
+    assert back.array.dtype == np.bool_
+    np.testing.assert_array_equal(back.array[::2, ::2, :], labels[::2, ::2, :] > 0)
+
+
+@pytest.mark.parametrize("direction", [EYE, ROT_Z30], ids=["identity", "rot_z30"])
+def test_resample_to_half_voxel_shift_gives_midpoints(direction):
+    spacing, origin = (2.0, 1.0, 1.5), (5.0, -6.0, 7.5)
+    ramp = np.broadcast_to((10.0 + 3.0 * np.arange(6))[:, None, None], (6, 3, 2)).astype(np.float32)
+    volume = Volume(np.ascontiguousarray(ramp), Geometry(spacing, origin, direction))
+    # Half a voxel back along axis 0 and one voxel more: points at indices -0.5, 0.5, ..., 5.5 of the input.
+    g = volume.geometry
+    shifted = Geometry(spacing, tuple(np.asarray(origin) - g.matrix() @ [0.5 * spacing[0], 0.0, 0.0]), g.direction)
+    out = resample_to(volume, shifted, (7, 3, 2), label=False)
+    assert out.array.shape == (7, 3, 2) and out.geometry.same_grid(shifted)
+    midpoints = 10.0 + 3.0 * (np.arange(5) + 0.5)
+    np.testing.assert_allclose(out.array[1:6], np.broadcast_to(midpoints[:, None, None], (5, 3, 2)), atol=1e-4)
+    # Past the input's first and last centres: the nearest input value, not zero.
+    np.testing.assert_allclose(out.array[0], 10.0, atol=1e-4)
+    np.testing.assert_allclose(out.array[6], 25.0, atol=1e-4)
+    with pytest.raises(ValueError, match="grid of shape"):
+        resample_to(volume, shifted, (7, 3), label=False)
+
+
+def test_resample_to_vector_volume():
+    volume = _smooth(shape=(7, 5, 4))
+    vector = Volume(np.stack([volume.array, -volume.array], axis=-1), volume.geometry)
+    coarse = resample(volume, (1.0, 1.6, 3.0), label=False)
+    coarse_vector = resample(vector, (1.0, 1.6, 3.0), label=False)
+    assert coarse_vector.array.shape == coarse.array.shape + (2,) and coarse_vector.array.dtype == np.float32
+    np.testing.assert_allclose(coarse_vector.array[..., 0], coarse.array, atol=1e-4)
+    np.testing.assert_allclose(coarse_vector.array[..., 1], -coarse.array, atol=1e-4)
+    back = resample_to(coarse_vector, volume.geometry, (7, 5, 4), label=False)
+    assert back.array.shape == (7, 5, 4, 2)
+    np.testing.assert_allclose(back.array[..., 0], resample_to(coarse, volume.geometry, (7, 5, 4), label=False).array,
+                               atol=1e-4)
+
+
+# --- 2-D pictures -------------------------------------------------------------------------------------------------
+
+_RNG = np.random.default_rng(7)
+GREY8 = _RNG.integers(0, 256, (9, 13), dtype=np.uint8)
+RGB8 = _RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)
+GREY16 = _RNG.integers(0, 65536, (9, 13), dtype=np.uint16)
+
+
+def test_is_image_path():
+    assert is_image_path("a/scan.PNG") and is_image_path("x.Tiff") and is_image_path(Path("y.jpeg"))
+    assert not is_image_path("scan.nii.gz") and not is_image_path("picture.gif") and not is_image_path("png")
+
+
+@pytest.mark.parametrize("name,array", [("grey.png", GREY8), ("grey1.png", GREY8[..., None]), ("rgb.png", RGB8),
+                                        ("grey16.png", GREY16), ("rgb.bmp", RGB8), ("grey.bmp", GREY8),
+                                        ("rgb.tif", RGB8), ("grey16.tiff", GREY16),
+                                        ("float.tif", (GREY8 / 7.0).astype(np.float32)),
+                                        ("float3.tif", (RGB8 / 7.0 - 5.0).astype(np.float32)),
+                                        ("float2.tif", (RGB8[..., :2] / 3.0).astype(np.float32))])
+def test_image_round_trip(tmp_path, name, array):
+    path = tmp_path / name
+    write_image(str(path), array)
+    assert os.listdir(tmp_path) == [name]  # no temporary file left behind
+    back = read_image(path)
+    want = array if array.ndim == 3 else array[..., None]  # grey comes back [H, W, 1]
+    assert back.dtype == array.dtype and back.shape == want.shape and back.flags.c_contiguous
+    np.testing.assert_array_equal(back, want)
+
+
+def test_image_files_written_are_what_they_say(tmp_path):
+    write_image(tmp_path / "grey16.png", GREY16)
+    with Image.open(tmp_path / "grey16.png") as image:
+        assert image.format == "PNG" and image.mode == "I;16"
+    write_image(tmp_path / "rgb.tif", RGB8)
+    with tifffile.TiffFile(tmp_path / "rgb.tif") as tif:
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB and tif.series[0].shape == (9, 13, 3)
+
+
+def test_image_alpha_dropped_only_when_opaque(tmp_path):
+    rgba = np.concatenate([RGB8, np.full((9, 13, 1), 255, np.uint8)], axis=-1)
+    for name in ("opaque.png", "opaque.tif"):
+        write_image(tmp_path / name, rgba)
+        np.testing.assert_array_equal(read_image(tmp_path / name), RGB8)
+    rgba[2, 3, 3] = 128
+    for name in ("translucent.png", "translucent.tif"):
+        write_image(tmp_path / name, rgba)
+        np.testing.assert_array_equal(read_image(tmp_path / name), rgba)
+    grey_alpha = np.stack([GREY8, np.full_like(GREY8, 255)], axis=-1)
+    write_image(tmp_path / "la.png", grey_alpha)
+    np.testing.assert_array_equal(read_image(tmp_path / "la.png"), GREY8[..., None])
+    # A float TIFF's extra channels are data, never alpha: a last channel of ones stays.
+    ones = np.stack([GREY8.astype(np.float32), np.ones((9, 13), np.float32)], axis=-1)
+    write_image(tmp_path / "two.tif", ones)
+    assert read_image(tmp_path / "two.tif").shape == (9, 13, 2)
+
+
+def test_image_palette_and_bilevel_png(tmp_path):
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 128, 255]], np.uint8)
+    indices = _RNG.integers(0, 3, (9, 13), dtype=np.uint8)
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette(palette.ravel().tolist())
+    image.save(tmp_path / "palette.png")
+    back = read_image(tmp_path / "palette.png")
+    assert back.shape == (9, 13, 3) and back.dtype == np.uint8
+    np.testing.assert_array_equal(back, palette[indices])
+    Image.fromarray(GREY8 > 127).save(tmp_path / "bilevel.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "bilevel.png"), np.where(GREY8 > 127, 255, 0)[..., None])
+
+
+def test_image_jpeg_read(tmp_path):
+    flat = np.full((16, 16, 3), (200, 40, 90), np.uint8)  # one colour survives JPEG's lossy blocks almost exactly
+    Image.fromarray(flat).save(tmp_path / "flat.jpg", quality=95)
+    back = read_image(tmp_path / "flat.jpg")
+    assert back.shape == (16, 16, 3) and back.dtype == np.uint8
+    np.testing.assert_allclose(back, flat, atol=3)
+    Image.fromarray(flat[..., 0]).save(tmp_path / "grey.JPEG")
+    assert read_image(tmp_path / "grey.JPEG").shape == (16, 16, 1)
+
+
+@pytest.mark.parametrize("name,array", [("grey.png", GREY8), ("rgb.png", RGB8), ("grey16.png", GREY16),
+                                        ("float.tif", (RGB8 / 3.0).astype(np.float32)), ("rgb.tif", RGB8)])
+def test_image_truncated(tmp_path, name, array):
+    whole = tmp_path / f"whole_{name}"
+    write_image(whole, array)
+    data = whole.read_bytes()
+    path = tmp_path / f"truncated_{name}"
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(DataError) as excinfo:
+        read_image(str(path))
+    _assert_one_line_error(excinfo, path, "replace the file or pass --skip_bad")
+    assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
+
+
+@pytest.mark.parametrize("name", ["missing.png", "missing.tif"])
+def test_image_missing(tmp_path, name):
+    with pytest.raises(DataError) as excinfo:
+        read_image(tmp_path / name)
+    _assert_one_line_error(excinfo, tmp_path / name, "unreadable")
+
+
+def test_image_unknown_format_and_garbage(tmp_path):
+    Image.fromarray(RGB8).save(tmp_path / "picture.gif")  # Pillow reads GIF, read_image does not
+    (tmp_path / "garbage.png").write_bytes(_RNG.integers(0, 256, 500, dtype=np.uint8).tobytes())
+    (tmp_path / "text.tif").write_text("not a TIFF")
+    for name in ("picture.gif", "garbage.png", "text.tif"):
+        with pytest.raises(DataError) as excinfo:
+            read_image(tmp_path / name)
+        _assert_one_line_error(excinfo, tmp_path / name, "unreadable")
+
+
+def test_image_refuses_stacks_and_volumes(tmp_path):
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 9, 4), np.uint8), photometric="minisblack")  # 3 pages
+    tifffile.imwrite(tmp_path / "five.tif", np.zeros((9, 13, 5), np.float32), photometric="minisblack",
+                     planarconfig="contig")
+    tifffile.imwrite(tmp_path / "rgb_stack.tif", np.zeros((2, 9, 13, 3), np.uint8), photometric="rgb")
+    for name in ("stack.tif", "five.tif", "rgb_stack.tif"):
+        with pytest.raises(DataError) as excinfo:
+            read_image(tmp_path / name)
+        _assert_one_line_error(excinfo, tmp_path / name, "one 2-D picture")
+    # One page with a leading axis of one, and planar RGB, are single pictures.
+    tifffile.imwrite(tmp_path / "one_page.tif", GREY8[None], photometric="minisblack")
+    np.testing.assert_array_equal(read_image(tmp_path / "one_page.tif"), GREY8[..., None])
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(RGB8, -1, 0), photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_image(tmp_path / "planar.tif"), RGB8)
+    tifffile.imwrite(tmp_path / "big_endian.tif", GREY16, byteorder=">")
+    back = read_image(tmp_path / "big_endian.tif")
+    assert back.dtype == np.dtype("=u2")
+    np.testing.assert_array_equal(back[..., 0], GREY16)
+
+
+def test_image_refuses_16_bit_colour_png(tmp_path):
+    # Pillow would read this file as 8-bit RGB: written by hand, byte by byte.
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rgb16 = (RGB8.astype(np.uint16) * 257).astype(">u2")
+    rows = b"".join(b"\x00" + row.tobytes() for row in rgb16)
+    path = tmp_path / "rgb16.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 13, 9, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    with pytest.raises(DataError) as excinfo:
+        read_image(path)
+    _assert_one_line_error(excinfo, path, "16-bit TIFF")
+
+
+def test_write_image_refusals(tmp_path):
+    with pytest.raises(ValueError, match=r"float32.*\.tif"):
+        write_image(tmp_path / "float.png", GREY8.astype(np.float32))
+    with pytest.raises(ValueError, match=r"uint16 with 3.*\.tif"):
+        write_image(tmp_path / "rgb16.png", RGB8.astype(np.uint16))
+    with pytest.raises(ValueError, match=r"\.tif"):
+        write_image(tmp_path / "rgba.bmp", np.zeros((4, 5, 4), np.uint8))
+    for name in ("photo.jpg", "photo.JPEG"):
+        with pytest.raises(ValueError, match="lossy"):
+            write_image(tmp_path / name, RGB8)
+    with pytest.raises(ValueError, match="ending"):
+        write_image(tmp_path / "anim.gif", RGB8)
+    with pytest.raises(ValueError, match=r"\[H, W\]"):
+        write_image(tmp_path / "volume.tif", np.zeros((2, 3, 4, 5), np.uint8))
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_image_replaces_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "out.tif"
+    write_image(path, GREY8)
+    write_image(path, 255 - GREY8)
+    np.testing.assert_array_equal(read_image(path)[..., 0], 255 - GREY8)
+
+    def fails_halfway(f, array, **kwargs):
+        f.write(b"II*\x00 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tifffile, "imwrite", fails_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        write_image(path, GREY8)
+    np.testing.assert_array_equal(read_image(path)[..., 0], 255 - GREY8)  # the old file, whole
+    assert os.listdir(tmp_path) == ["out.tif"]  # and no temporary file

@@ -7,6 +7,10 @@ stores (NIfTI's RAS sform included), so a prediction written back lands on
 the scanner's grid. Arrays come in ITK index order, [X, Y, Z] (the transpose
 of `sitk.GetArrayFromImage`'s [Z, Y, X]): the in-plane axes first and the
 slice axis last, as the 3-D U-Net's in-plane (3x3x1) kernels expect.
+
+2-D pictures (PNG, JPEG, BMP, TIFF) are read and written here too, so that a
+prediction on a new scan goes back in the scan's own format: Pillow for PNG,
+JPEG and BMP, tifffile for TIFF (any dtype, float included).
 This module never imports JAX.
 """
 
@@ -24,8 +28,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+import tifffile
+from PIL import Image
 
 from unet_jax.data import DataError
+from unet_jax.files import atomic_write
 
 # File endings SimpleITK reads as one volume; a folder is read as a DICOM series.
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -33,6 +40,9 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 # World axes of ITK's LPS frame: x runs to the patient's left, y to the back, z up.
 ANATOMICAL_PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}  # the world axis each plane is normal to
+# File endings of 2-D pictures; TIFF goes through tifffile, the rest through Pillow.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +85,9 @@ class Geometry:
 
 @dataclasses.dataclass
 class Volume:
-    """A scalar volume: `array` in ITK index order [X, Y, (Z)] with its geometry."""
+    """A scalar volume: `array` in ITK index order [X, Y, (Z)] with its geometry;
+    [X, Y, (Z), K] with one axis more than the geometry is a K-component volume
+    (class probabilities), which `write_volume` and `resample_to` take too."""
 
     array: np.ndarray
     geometry: Geometry
@@ -85,12 +97,22 @@ def is_volume_path(path: str) -> bool:
     return path.lower().endswith(VOLUME_SUFFIXES)
 
 
+def is_image_path(path: str) -> bool:
+    return os.fspath(path).lower().endswith(IMAGE_SUFFIXES)
+
+
 def _from_image(image: sitk.Image, path: str) -> Volume:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise DataError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a "
                         "scalar volume (split the channels into one file each)")
-    array = sitk.GetArrayFromImage(image)
-    array = np.ascontiguousarray(np.transpose(array, tuple(reversed(range(array.ndim)))))
+    return _to_volume(image)
+
+
+def _to_volume(image: sitk.Image) -> Volume:
+    """`image` as a Volume; a multi-component image as [X, Y, (Z), K]."""
+    array = sitk.GetArrayFromImage(image)  # [(Z), Y, X] or [(Z), Y, X, K]
+    axes = tuple(reversed(range(image.GetDimension()))) + tuple(range(image.GetDimension(), array.ndim))
+    array = np.ascontiguousarray(np.transpose(array, axes))
     return Volume(array, Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection())))
 
 
@@ -98,10 +120,12 @@ def _to_image(volume: Volume) -> sitk.Image:
     array = volume.array
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, tuple(reversed(range(array.ndim))))))
     g = volume.geometry
-    if g.ndim != array.ndim:
+    vector = array.ndim == g.ndim + 1  # [X, Y, (Z), K]: K components per voxel
+    if array.ndim != g.ndim and not vector:
         raise ValueError(f"geometry of {g.ndim} dimensions for an array of {array.ndim}")
+    axes = tuple(reversed(range(g.ndim))) + ((g.ndim,) if vector else ())  # the spatial axes only
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, axes)), isVector=vector)
     image.SetSpacing(g.spacing)
     image.SetOrigin(g.origin)
     image.SetDirection(g.direction)
@@ -193,7 +217,8 @@ def read_volume(path: str) -> Volume:
 
 def write_volume(path: str, volume: Volume) -> None:
     """Writes `volume` to `path` in the format its ending names (compressed
-    where the format allows), atomically: a temporary name, then a rename."""
+    where the format allows), atomically: a temporary name, then a rename.
+    An [X, Y, Z, K] array is written as a K-component (vector) image."""
     path = os.fspath(path)
     if not path.lower().endswith(WRITE_SUFFIXES):
         raise ValueError(f"{path}: cannot write this format; end the name in one of {', '.join(WRITE_SUFFIXES)}")
@@ -285,11 +310,127 @@ def resample(volume: Volume, spacing: Sequence[float], *, label: bool) -> Volume
     (same origin and direction): linear interpolation for images, nearest
     neighbour for labels. Voxels past the last input voxel centre (the last
     slices when upsampling) take the nearest input value, not zero."""
+    g = volume.geometry
+    size = np.maximum(1, np.round(np.asarray(volume.array.shape[:g.ndim]) * np.asarray(g.spacing)
+                                  / np.asarray(spacing))).astype(int)
+    return resample_to(volume, Geometry(tuple(float(s) for s in spacing), g.origin, g.direction), size, label=label)
+
+
+def resample_to(volume: Volume, geometry: Geometry, shape: Sequence[int], *, label: bool) -> Volume:
+    """`volume` on the grid of `shape` voxels that `geometry` places, as a
+    prediction made on a `resample`d grid goes back onto its scan's grid:
+    linear interpolation to float32 for images, nearest neighbour keeping the
+    dtype for labels. Points outside the input's extent take the nearest input
+    value, not zero. A K-component volume stays one."""
+    if len(shape) != geometry.ndim or geometry.ndim != volume.geometry.ndim:
+        raise ValueError(f"a {volume.geometry.ndim}-D volume onto a grid of shape {tuple(shape)} and "
+                         f"{geometry.ndim}-D geometry")
     image = _to_image(volume)
-    old_spacing = np.asarray(volume.geometry.spacing)
-    size = np.maximum(1, np.round(np.asarray(image.GetSize()) * old_spacing / np.asarray(spacing))).astype(int)
-    out = sitk.Resample(image, [int(s) for s in size], sitk.Transform(), sitk.sitkNearestNeighbor if label
-                        else sitk.sitkLinear, image.GetOrigin(), tuple(float(s) for s in spacing),
-                        image.GetDirection(), 0, image.GetPixelID() if label else sitk.sitkFloat32,
-                        useNearestNeighborExtrapolator=True)
-    return _from_image(out, "resampled")
+    vector = image.GetNumberOfComponentsPerPixel() > 1
+    pixel = image.GetPixelID() if label else (sitk.sitkVectorFloat32 if vector else sitk.sitkFloat32)
+    out = sitk.Resample(image, [int(s) for s in shape], sitk.Transform(),
+                        sitk.sitkNearestNeighbor if label else sitk.sitkLinear, geometry.origin, geometry.spacing,
+                        geometry.direction, 0, pixel, useNearestNeighborExtrapolator=True)
+    result = _to_volume(out)
+    if label:  # a bool mask went through SimpleITK as uint8
+        result.array = result.array.astype(volume.array.dtype, copy=False)
+    return result
+
+
+# Pillow modes read as they are; any other but bilevel and palette becomes RGB (CMYK or YCbCr JPEGs).
+_PILLOW_KEPT = ("L", "LA", "RGB", "RGBA", "I;16")
+# What Pillow writes without loss, by ending and dtype: the channel counts it takes.
+_PILLOW_WRITES = {(".png", "uint8"): (1, 2, 3, 4), (".png", "uint16"): (1,), (".bmp", "uint8"): (1, 3)}
+
+
+def read_image(path: str) -> np.ndarray:
+    """A 2-D picture as [H, W, C] (grey as C=1) in its own dtype: uint8,
+    uint16 for a 16-bit PNG, float TIFF as stored. Palette pictures become
+    RGB; an alpha channel is dropped where it is fully opaque. DataError
+    naming the file when it cannot be read or is not one picture."""
+    path = os.fspath(path)
+    try:
+        array, alpha = (_read_tiff if path.lower().endswith(_TIFF_SUFFIXES) else _read_pillow)(path)
+    except DataError:
+        raise
+    except Exception as e:  # Pillow and tifffile raise many types for missing or damaged files
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}"
+        raise DataError(f"{path}: unreadable or truncated image ({reason[:200]}); replace the file or pass "
+                        "--skip_bad") from None
+    array = np.ascontiguousarray(array, array.dtype.newbyteorder("="))  # big-endian files: native order
+    if array.ndim == 2:
+        array = array[..., None]
+    if alpha and np.all(array[..., -1] == (np.iinfo(array.dtype).max if array.dtype.kind in "ui" else 1)):
+        array = np.ascontiguousarray(array[..., :-1])
+    return array
+
+
+def _read_pillow(path: str) -> tuple[np.ndarray, bool]:
+    """A PNG, JPEG or BMP picture as [H, W] or [H, W, C], and whether its last channel is alpha."""
+    with Image.open(path, formats=("PNG", "JPEG", "BMP")) as image:
+        image.load()  # decodes now: a truncated file fails here
+        if image.format == "PNG" and image.mode == "I":  # older Pillows open a 16-bit grey PNG as int32
+            return np.array(image).astype(np.uint16), False
+        if image.format == "PNG" and image.mode != "I;16" and _png_bit_depth(path) == 16:
+            raise DataError(f"{path}: 16-bit PNG with colour or alpha, which Pillow reads only as 8 bits; save "
+                            "it as a 16-bit TIFF or pass --skip_bad")
+        if image.mode == "1":
+            image = image.convert("L")
+        elif image.mode in ("P", "PA"):
+            image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+        elif image.mode not in _PILLOW_KEPT:
+            image = image.convert("RGB")
+        return np.array(image), image.mode in ("LA", "RGBA")
+
+
+def _png_bit_depth(path: str) -> int:
+    with open(path, "rb") as f:
+        return f.read(25)[24]  # IHDR follows the 8-byte signature: length, type, width, height, bit depth
+
+
+def _read_tiff(path: str) -> tuple[np.ndarray, bool]:
+    """The first series of a TIFF as [H, W] or [H, W, C], and whether its last channel is alpha."""
+    with tifffile.TiffFile(path) as tif:
+        series, extras = tif.series[0], tif.pages[0].extrasamples
+        array, axes = series.asarray(), series.axes
+    single = tuple(i for i, a in enumerate(axes) if a not in "YX" and array.shape[i] == 1)
+    array, axes = array.squeeze(single), "".join(a for i, a in enumerate(axes) if i not in single)
+    if axes == "SYX":  # planar: one plane per channel
+        array, axes = np.moveaxis(array, 0, -1), "YXS"
+    if axes not in ("YX", "YXS") or array.ndim == 3 and array.shape[-1] > 4:
+        raise DataError(f"{path}: TIFF of shape {array.shape} (axes {axes}); expected one 2-D picture, [H, W] or "
+                        "[H, W, C] with C <= 4: save one picture per file or pass --skip_bad")
+    return array, array.ndim == 3 and bool(extras) and extras[-1] in (1, 2)  # associated or unassociated alpha
+
+
+def write_image(path: str, array: np.ndarray) -> None:
+    """Writes an [H, W] or [H, W, C] picture in the format its ending names,
+    atomically: PNG (uint8, or uint16 grey) and BMP (uint8 grey or RGB)
+    through Pillow, TIFF of any dtype through tifffile (integer arrays of 3 or
+    4 channels as RGB(A), anything else as plain channels). No JPEG: it is
+    lossy."""
+    path, array = os.fspath(path), np.asarray(array)
+    lower = path.lower()
+    if lower.endswith((".jpg", ".jpeg")):
+        raise ValueError(f"{path}: JPEG is lossy and would change the values written; write a .png or .tif")
+    if not lower.endswith(IMAGE_SUFFIXES):
+        raise ValueError(f"{path}: not a picture ending; end the name in one of .png, .bmp, .tif, .tiff")
+    if array.ndim not in (2, 3):
+        raise ValueError(f"{path}: an image is [H, W] or [H, W, C], not an array of shape {array.shape}")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    channels = array.shape[2] if array.ndim == 3 else 1
+    if lower.endswith(_TIFF_SUFFIXES):
+        rgb = array.dtype.kind in "ui" and channels in (3, 4)
+        with atomic_write(path, "wb") as f:
+            tifffile.imwrite(f, array, photometric="rgb" if rgb else "minisblack", planarconfig="contig",
+                             metadata=None)
+        return
+    ending = ".png" if lower.endswith(".png") else ".bmp"
+    if channels not in _PILLOW_WRITES.get((ending, array.dtype.name), ()):
+        holds = " or ".join(f"{d} with {'/'.join(map(str, c))} channel(s)"
+                            for (e, d), c in _PILLOW_WRITES.items() if e == ending)
+        raise ValueError(f"{path}: {ending[1:].upper()} holds {holds}, not {array.dtype} with {channels}; "
+                         "write a .tif for this array")
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(array).save(f, format=ending[1:].upper())

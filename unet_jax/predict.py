@@ -1,0 +1,731 @@
+"""Segment new scans with a trained run: files in, label maps out, in each
+input's own format and geometry.
+
+  python -m unet_jax.predict --workdir=runs/wmh --input=scans/ --output=predictions/
+  python -m unet_jax.predict --workdir=runs/lgg --input=kaggle_3m/TCGA_CS_4941_19960909 --output=out \
+      --tta --labels='*_mask.tif'
+  python -m unet_jax.main --mode=predict --workdir=runs/wmh --input=patient.nii.gz --output=out
+
+The workdir holds everything prediction needs: config.json (the model, its
+precision, the sliding window) and train_manifest.json (channel patterns,
+intensity normalisation, spacing, crop, slice plane); nothing is re-typed.
+`--input` is a file or a folder of:
+  - NIfTI/NRRD/MHA volumes, or DICOM series folders (one channel each);
+  - the per-case folders of data_prep.volumes, found by the run's channel patterns;
+  - Decathlon-style <case>_0000.nii.gz, <case>_0001.nii.gz, ... files (or imagesTs/);
+  - kaggle_3m patient folders of TIFF slices, or a folder of them;
+  - PNG/TIFF pictures.
+Outputs in `--output`: the label map of each case in its own format and
+geometry (<case>.nii.gz, a DICOM series folder, <patient>/<patient>_<n>_mask.tif
+with 0/255, <name>_mask.png), with --save_probabilities the softmax or sigmoid
+maps as float volumes, overlays/<case>.png, predictions.csv (volume in ml,
+connected lesions, largest lesion, mean probability, seconds per case), and
+with --labels scores.csv and scores_summary.json (the training metrics per case).
+
+`Predictor` is the same in a notebook:
+
+  predictor = Predictor.from_workdir("runs/wmh")
+  volume = read_volume("patient.nii.gz")
+  labels, probabilities = predictor(volume.array, spacing=volume.geometry.spacing)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import fnmatch
+import functools
+import math
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+from absl import flags, logging
+
+from unet_jax import inference, metrics, parallel, report, tasks, train
+from unet_jax.config_checks import ConfigError, input_shape
+from unet_jax.data import DataError, pipeline
+from unet_jax.data.medical_io import (VOLUME_SUFFIXES, Geometry, Volume, dicom_series_files, is_image_path,
+                                      is_volume_path, plane_axis, read_image, read_volume, resample_to,
+                                      write_dicom_series, write_image, write_volume)
+from unet_jax.evaluate import as_slices
+from unet_jax.files import atomic_write, write_json
+
+# Input preparation is data_prep's own code, so a new scan is read and
+# normalised exactly as the training data was.
+from data_prep import common, lgg, volumes  # noqa: E402  (after unet_jax: data_prep imports it)
+
+LGG_DATASET = "lgg_kaggle_3m"  # the manifest's `dataset` of data_prep.lgg
+OUTPUT_FORMATS = (".nii.gz", ".nii", ".nrrd", ".mha", "dicom")
+# Detached headers are written as the single-file format of the same kind.
+_SINGLE_FILE = {".nhdr": ".nrrd", ".mhd": ".mha"}
+
+flags.DEFINE_string("input", None, "predict: a scan (file or DICOM folder) or a folder of scans.")
+flags.DEFINE_string("output", None, "predict: folder for the label maps, predictions.csv and overlays/.")
+flags.DEFINE_bool("tta", False, "predict: average over flips of every spatial axis (4x in 2-D, 8x in 3-D).")
+flags.DEFINE_bool("lcc", False, "predict: keep only the largest connected component of each class.")
+flags.DEFINE_bool("save_probabilities", False, "predict: also write the softmax/sigmoid maps as float volumes.")
+flags.DEFINE_bool("overwrite", False, "predict: replace existing output files.")
+flags.DEFINE_bool("skip_bad", False, "predict: skip unreadable or mismatched cases, list them at the end.")
+flags.DEFINE_string("labels", None, "predict: score against labels: a file, a folder of <case>.<ext>, or a glob "
+                                    "in each case's folder ('GOLD_STANDARD*', '*_mask.tif'; {case} allowed).")
+flags.DEFINE_enum("output_format", None, list(OUTPUT_FORMATS), "predict: write volumes in this format rather "
+                                                               "than the input's.")
+flags.DEFINE_integer("batch_size", None, "predict: windows per device batch (default: the run's eval_batch_size).")
+flags.DEFINE_bool("overlays", True, "predict: write overlays/<case>.png.")
+
+
+# --- the model ----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Prediction:
+    """A case's prediction on its input grid: labels [*spatial] (outputs for
+    regression), the blended softmax/sigmoid maps [*spatial, K], and notes
+    (padding, say) a person should read."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    notes: list[str]
+
+
+class Predictor:
+    """A trained run that predicts raw images: the run's preprocessing, sliding
+    windows of its training input size on the device mesh (optionally with flip
+    test-time augmentation), the inverse of the preprocessing, and optionally
+    the largest connected component per class.
+
+    Images are [*spatial, C] (C may be left out for one channel) with raw
+    intensities as the files hold them, in the axis order of `read_volume`
+    ([X, Y, Z]); a 2-D run takes one slice [H, W, C] or a stack [H, W, S, C],
+    predicted slice by slice along the run's slice axis (the last for
+    kaggle_3m stacks and for volumes without a direction).
+    """
+
+    def __init__(self, config, manifest: dict, state, mesh, *, tta: bool = False, lcc: bool = False,
+                 batch_size: int | None = None):
+        self.config, self.manifest, self.state, self.mesh = config, manifest, state, mesh
+        self.task = tasks.get_task(config)
+        shape = input_shape(config, manifest)
+        self.patch, self.num_channels = tuple(int(v) for v in shape[:-1]), int(shape[-1])
+        self.is_lgg = manifest.get("dataset") == LGG_DATASET
+        self.settings = None if self.is_lgg else volumes.settings_from_manifest(manifest)
+        self.tta, self.lcc = tta or config.data.sliding_window.flip_tta, lcc
+        self.batch_size = batch_size or config.eval_batch_size
+        try:
+            parallel.check_batch_size(self.batch_size, mesh.size, name="batch_size")
+        except ValueError as e:
+            raise ConfigError(f"--{e}") from None
+        self.predict_step = train.compile_steps(config, self.task, mesh)[2]
+
+    @classmethod
+    def from_workdir(cls, workdir: str, *, tta: bool = False, lcc: bool = False, batch_size: int | None = None,
+                     mesh=None) -> Predictor:
+        """The best checkpoint of the run in `workdir`, on `mesh` (default: every device)."""
+        workdir = os.path.abspath(workdir)
+        config, manifest = train.read_run(workdir)
+        mesh = mesh if mesh is not None else parallel.make_mesh()
+        state, _ = train.restore_best(config, workdir, mesh, input_shape(config, manifest))
+        return cls(config, manifest, state, mesh, tta=tta, lcc=lcc, batch_size=batch_size)
+
+    def __call__(self, image: np.ndarray, spacing=None) -> tuple[np.ndarray, np.ndarray]:
+        """(labels [*spatial], probabilities [*spatial, K]) of a raw image;
+        `spacing` (mm per axis) lets a run that resampled its training data
+        resample this image too, and back."""
+        geometry = None if spacing is None else Geometry.identity(len(spacing), spacing)
+        result = self.predict(np.asarray(image), geometry=geometry)
+        for note in result.notes:
+            logging.warning(note)
+        return result.labels, result.probabilities
+
+    @property
+    def slice_axis(self) -> int | None:
+        """The axis a 2-D run slices volumes along (None for 3-D runs)."""
+        return None if len(self.patch) == 3 else 2
+
+    def with_channels(self, image: np.ndarray, name: str) -> np.ndarray:
+        """`image` as [*spatial, C] with the run's channel count; DataError otherwise."""
+        dims = len(self.patch)
+        spatial = (dims,) if dims == 3 else (2, 3)
+        if image.ndim - 1 in spatial and image.shape[-1] == self.num_channels:
+            return image
+        if self.num_channels == 1 and image.ndim in spatial:
+            return image[..., None]
+        takes = " or ".join(f"{d}-D" for d in spatial)
+        raise DataError(f"{name}: an image of shape {list(image.shape)}, but the run takes {takes} images with "
+                        f"{self.num_channels} channel(s) ({', '.join(self._channel_names())}); give those channels")
+
+    def _channel_names(self) -> list[str]:
+        return [str(c) for c in self.manifest.get("channels", [])] or \
+            (["pre-contrast", "FLAIR", "post-contrast"] if self.is_lgg else [f"{self.num_channels} channels"])
+
+    def predict(self, image: np.ndarray, *, geometry: Geometry | None = None, foreground: np.ndarray | None = None,
+                name: str = "image") -> Prediction:
+        """The prediction for one raw image; `geometry` places it in space
+        (spacing for resampling, direction for the slice plane), `foreground`
+        is the z-score mask where the run used one, `name` heads errors and notes."""
+        image = self.with_channels(image, name)
+        if not np.issubdtype(image.dtype, np.number) or (image.dtype.kind == "f" and not np.isfinite(image).all()):
+            raise DataError(f"{name}: {int((~np.isfinite(image)).sum())} NaN or infinite voxels; fix the scan "
+                            "or pass --skip_bad")
+        notes: list[str] = []
+        if self.is_lgg:
+            x, restore = self._prepare_lgg(image, name)
+            axis = 2
+        else:
+            x, restore, axis = self._prepare_volume(image, geometry, foreground, name, notes)
+        blend = self._infer(x, axis, name, notes)
+        probabilities = restore(blend)
+        labels = np.asarray(self.task.finalize(probabilities))
+        if self.lcc and isinstance(self.task, tasks.Segmentation):
+            for k in range(1, int(labels.max(initial=0)) + 1):
+                labels[(labels == k) & ~metrics.largest_connected_component(labels == k)] = 0
+        return Prediction(labels, probabilities, notes)
+
+    def _prepare_lgg(self, image: np.ndarray, name: str):
+        """kaggle_3m-style slices as data_prep.lgg and the input pipeline made
+        them: shrunk in-plane by the run's factor, normalised by
+        `config.data.normalization` with the patient's statistics."""
+        source, record = self.manifest["source_image_shape"][0], self.manifest["image_shape"][0]
+        factor = source // record if source > record else 1
+        stack = image if image.ndim == 4 else image[:, :, None]  # [H, W, S, C]
+        h, w = stack.shape[:2]
+        if factor > 1:
+            stack = np.stack([lgg.shrink(stack[:, :, s], np.zeros((h, w), np.uint8), h // factor, name)[0]
+                              for s in range(stack.shape[2])], axis=2)
+        method = self.config.data.normalization
+        slices = [stack[:, :, s] for s in range(stack.shape[2])]
+        mean, std = common.intensity_stats(slices)
+        if method == "zscore" and len(self.patch) == 2:  # 2-D records: one z-score per slice
+            x = np.stack([pipeline.normalize({"image": s}, method)["image"] for s in slices], axis=2)
+        else:
+            x = pipeline.normalize({"image": stack, "channel_mean": mean, "channel_std": std}, method)["image"]
+        x = x if image.ndim == 4 else x[:, :, 0]
+
+        def restore(blend: np.ndarray) -> np.ndarray:
+            return np.repeat(np.repeat(blend, factor, axis=0), factor, axis=1) if factor > 1 else blend
+        return x, restore
+
+    def _prepare_volume(self, image: np.ndarray, geometry: Geometry | None, foreground: np.ndarray | None,
+                        name: str, notes: list[str]):
+        """A scan as data_prep.volumes made the run's records (resampled,
+        cropped, normalised per channel), with the function that puts a blend
+        on the record grid back onto the scan's grid."""
+        dims = image.ndim - 1
+        geometry = geometry or Geometry.identity(dims)
+        settings = self.settings
+        if settings.spacing is not None and dims != len(settings.spacing):
+            notes.append(f"{name}: a {dims}-D image for a run resampled to {list(settings.spacing)} mm; predicted "
+                         "at its own pixel size")
+            settings = dataclasses.replace(settings, spacing=None)
+        channels = [Volume(image[..., c], geometry) for c in range(image.shape[-1])]
+        x, _, info, _ = volumes.preprocess(channels, None, foreground, settings, name)
+        axis = plane_axis(geometry, settings.slices) if len(self.patch) == 2 and dims == 3 else None
+        resampled = Geometry(tuple(info["spacing"]), geometry.origin, geometry.direction)
+        crop = tuple(slice(lo, hi) for lo, hi in info["crop"])
+        background = 1.0 if isinstance(self.task, tasks.Segmentation) else 0.0
+
+        def restore(blend: np.ndarray) -> np.ndarray:
+            k = blend.shape[-1]
+            full = np.zeros((*info["resampled_shape"], k), np.float32)
+            if k > 1:
+                full[..., 0] = background  # outside the crop: certainly background
+            full[crop] = blend
+            if settings.spacing is None:
+                return full
+            shape = info["source"]["shape"]
+            return np.stack([resample_to(Volume(full[..., c], resampled), geometry, shape, label=False).array
+                             for c in range(k)], axis=-1)
+        return x, restore, axis
+
+    def _infer(self, x: np.ndarray, axis: int | None, name: str, notes: list[str]) -> np.ndarray:
+        """The blend [*spatial, K] of windows of the training input size over
+        `x` [*spatial, C]; a 2-D run on a 3-D `x` goes slice by slice along `axis`."""
+        predict = functools.partial(inference.predict_windows, self.predict_step, self.state,
+                                    batch_size=self.batch_size, mesh=self.mesh)
+        flips = inference.WindowOptions(self.patch, flip_tta=self.tta).flip_axes()
+        stacked = len(self.patch) == 2 and x.ndim == 4
+        if stacked:  # windows of one slice: [1, H, W] over the slices moved to axis 0
+            x = np.moveaxis(x, axis, 0)
+            patch, flips = (1, *self.patch), [tuple(a + 1 for a in f) for f in flips]
+            predict = (lambda batch, inner=predict: inner(batch[:, 0])[:, None])
+        else:
+            patch = self.patch
+        small = [s for s, p in zip(x.shape[:len(patch)], patch) if s < p]
+        if small:
+            notes.append(f"{name}: {'x'.join(map(str, x.shape[:len(patch)]))} is smaller than the network's "
+                         f"{'x'.join(map(str, patch))} input; zero-padded to it and cropped back")
+        window = self.config.data.sliding_window
+        _, blend = inference.sliding_window(x, predict, patch_size=patch, batch_size=self.batch_size,
+                                            finalize=self.task.finalize, overlap=window.overlap,
+                                            importance=window.importance, flip_axes=flips, keep_probabilities=True)
+        return np.moveaxis(blend, 0, axis) if stacked else blend
+
+
+# --- finding scans -------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Scan:
+    """One case to predict: `kind` "volume" (a file or DICOM folder per
+    channel), "kaggle" (a patient folder of TIFF slices) or "image" (a
+    picture); `name` is its output name under --output; `folder` and `key`
+    find its labels by pattern ({case} is `key`)."""
+
+    name: str
+    kind: str
+    paths: tuple[str, ...]
+    folder: str
+    key: str
+    mask: str | None = None
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(os.path.normpath(path))
+    for suffix in (*VOLUME_SUFFIXES, ".png", ".jpg", ".jpeg", ".bmp", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def _is_kaggle_patient(folder: str) -> bool:
+    images, _, _ = lgg.patient_files(folder)
+    return bool(images)
+
+
+def _is_dicom_folder(folder: str) -> bool:
+    if not os.path.isdir(folder) or any(e.is_dir() for e in os.scandir(folder)):
+        return False
+    try:
+        return bool(dicom_series_files(folder))
+    except DataError:
+        return False
+
+
+def find_scans(path: str, manifest: dict) -> tuple[list[Scan], list[common.Problem]]:
+    """The cases under `path` (see the module doc), tried in this order:
+    kaggle_3m patient folders, the run's per-case folders, Decathlon files,
+    volume files, DICOM series folders, pictures; DataError if none."""
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file or folder; check --input")
+    if os.path.isfile(path):
+        if is_volume_path(path):
+            return [Scan(_stem(path), "volume", (path,), os.path.dirname(path), _stem(path))], []
+        if is_image_path(path):
+            return [Scan(_stem(path), "image", (path,), os.path.dirname(path), _stem(path))], []
+        raise DataError(f"{path}: neither a volume ({', '.join(VOLUME_SUFFIXES)}) nor a picture (.png, .tif); "
+                        "convert it, or point --input at a DICOM series folder")
+    if _is_kaggle_patient(path):
+        return [Scan(_stem(path), "kaggle", (path,), path, _stem(path))], []
+    subfolders = sorted(e.path for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    kaggle = [Scan(_stem(f), "kaggle", (f,), f, _stem(f)) for f in subfolders if _is_kaggle_patient(f)]
+    if kaggle:
+        return kaggle, []
+    if manifest.get("source_layout") == "folders" and manifest.get("channels"):
+        cases, problems = volumes.scan_folders(path, manifest["channels"], None, manifest.get("mask_pattern"),
+                                               unlabelled=True)
+        if cases:
+            scans = []
+            for c in cases:
+                name = _stem(path) if c.name == "." else c.name
+                scans.append(Scan(name, "volume", c.channels, os.path.dirname(c.channels[0]),
+                                  os.path.basename(name), c.mask))
+            return scans, problems
+    files = sorted(e.path for e in os.scandir(path) if e.is_file() and not e.name.startswith("."))
+    if any(_stem(f).endswith("_0000") for f in files if is_volume_path(f)) or \
+            os.path.isdir(os.path.join(path, "imagesTs")):
+        cases, problems = volumes.scan_decathlon(path, unlabelled=True)
+        folder = os.path.dirname(cases[0].channels[0]) if cases else path
+        return [Scan(c.name, "volume", c.channels, folder, c.name) for c in cases], problems
+    found = [Scan(_stem(f), "volume", (f,), path, _stem(f)) for f in files if is_volume_path(f)]
+    if _is_dicom_folder(path):
+        found.append(Scan(_stem(path), "volume", (path,), os.path.dirname(path), _stem(path)))
+    found += [Scan(_stem(f), "volume", (f,), path, _stem(f)) for f in subfolders if _is_dicom_folder(f)]
+    if found:
+        return found, []
+    images = [f for f in files if is_image_path(f) and not _stem(f).endswith("_mask")]
+    if images:
+        return [Scan(_stem(f), "image", (f,), path, _stem(f)) for f in images], []
+    raise DataError(f"{path}: no scans found (volumes, DICOM series folders, kaggle_3m patient folders, "
+                    "PNG/TIFF pictures, or case folders matching the run's channels "
+                    f"{manifest.get('channels') or ''}); check --input")
+
+
+# --- reading, writing -----------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoadedScan:
+    """A scan read from disk: the raw image [*spatial, C], its geometry
+    (None for kaggle_3m and pictures), the z-score mask where the run used
+    one, and the kaggle_3m slice numbers."""
+
+    image: np.ndarray
+    geometry: Geometry | None
+    foreground: np.ndarray | None = None
+    slice_numbers: list[int] | None = None
+
+
+def load_scan(scan: Scan) -> LoadedScan:
+    if scan.kind == "kaggle":
+        images, _, _ = lgg.patient_files(scan.paths[0])
+        numbers = sorted(images)
+        slices = [lgg._read_tiff(images[n]) for n in numbers]
+        shapes = {s.shape for s in slices}
+        if len(shapes) > 1 or slices[0].ndim != 3:
+            raise DataError(f"{scan.paths[0]}: slices of shapes {sorted(shapes)}; every slice must be HxWxC alike")
+        return LoadedScan(np.stack(slices, axis=2), None, slice_numbers=numbers)
+    if scan.kind == "image":
+        return LoadedScan(read_image(scan.paths[0]), None)
+    channels, _, foreground = volumes.read_case(volumes.Case(scan.name, scan.paths, None, scan.mask), {})
+    image = np.stack([v.array for v in channels], axis=-1)
+    return LoadedScan(image, channels[0].geometry, foreground)
+
+
+def volume_format(scan: Scan, output_format: str | None) -> str:
+    """The ending of a volume scan's outputs ("dicom" for a DICOM series)."""
+    if output_format:
+        return output_format
+    first = scan.paths[0]
+    if os.path.isdir(first):
+        return "dicom"
+    suffix = next(s for s in VOLUME_SUFFIXES if first.lower().endswith(s))
+    return _SINGLE_FILE.get(suffix, suffix)
+
+
+def output_paths(scan: Scan, out: str, output_format: str | None, save_probabilities: bool,
+                 overlays: bool) -> dict[str, str]:
+    """Where a scan's outputs go: `mask` (a file, or a folder for DICOM and
+    kaggle_3m), and `probabilities` and `overlay` when asked for."""
+    base = os.path.join(out, scan.name)
+    paths = {}
+    if scan.kind == "volume":
+        fmt = volume_format(scan, output_format)
+        paths["mask"] = base if fmt == "dicom" else base + fmt
+        if save_probabilities:
+            paths["probabilities"] = base + "_probabilities" + (".nii.gz" if fmt == "dicom" else fmt)
+    elif scan.kind == "kaggle":
+        paths["mask"] = base  # a folder of <patient>_<n>_mask.tif (and _probabilities.tif)
+    else:
+        ext = ".tif" if scan.paths[0].lower().endswith((".tif", ".tiff")) else ".png"
+        paths["mask"] = base + "_mask" + ext
+        if save_probabilities:
+            paths["probabilities"] = base + "_probabilities.tif"
+    if overlays:
+        paths["overlay"] = os.path.join(out, "overlays", scan.name + ".png")
+    return paths
+
+
+@contextlib.contextmanager
+def _new_folder(path: str, overwrite: bool):
+    """A temporary folder renamed onto `path` when the block succeeds (the old
+    one, with `overwrite`, removed only then)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        old = None
+        if os.path.exists(path):
+            if not overwrite:
+                raise DataError(f"{path}: already exists; pass --overwrite or choose another --output")
+            old = f"{path}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _as_mask_image(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Binary labels as 0/255 (as kaggle_3m masks are), several classes as their numbers."""
+    if labels.dtype.kind == "f":
+        return labels.astype(np.float32)
+    return (labels * 255).astype(np.uint8) if num_classes <= 2 else labels.astype(np.uint8)
+
+
+def write_outputs(scan: Scan, loaded: LoadedScan, prediction: Prediction, paths: dict[str, str], *,
+                  num_classes: int, overwrite: bool, save_probabilities: bool) -> None:
+    """The label map (and probabilities) of `scan` in its own format and geometry."""
+    labels = prediction.labels if prediction.labels.dtype.kind == "f" else prediction.labels.astype(np.uint8)
+    probabilities = prediction.probabilities
+    foreground_probability = probabilities[..., -1] if probabilities.shape[-1] <= 2 else probabilities
+    mask = paths["mask"]
+    os.makedirs(os.path.dirname(mask), exist_ok=True)
+    if scan.kind == "kaggle":
+        with _new_folder(mask, overwrite) as tmp:
+            for s, n in enumerate(loaded.slice_numbers):
+                write_image(os.path.join(tmp, f"{scan.key}_{n}_mask.tif"), _as_mask_image(labels[:, :, s],
+                                                                                          num_classes))
+                if save_probabilities:
+                    write_image(os.path.join(tmp, f"{scan.key}_{n}_probabilities.tif"),
+                                foreground_probability[:, :, s].astype(np.float32))
+        return
+    if scan.kind == "image":
+        write_image(mask, _as_mask_image(labels, num_classes))
+        if save_probabilities:
+            write_image(paths["probabilities"], foreground_probability.astype(np.float32))
+        return
+    geometry = loaded.geometry
+    if mask.endswith(tuple(OUTPUT_FORMATS[:-1])):
+        write_volume(mask, Volume(labels, geometry))
+    else:
+        if labels.dtype.kind == "f":
+            raise DataError(f"{mask}: DICOM series hold integer labels; pass --output_format=.nii.gz for the "
+                            "float outputs of a regression run")
+        with _new_folder(mask, overwrite) as tmp:
+            os.rmdir(tmp)  # write_dicom_series makes the folder itself
+            write_dicom_series(tmp, Volume(labels, geometry), series_description="unet_jax prediction")
+    if save_probabilities:
+        write_volume(paths["probabilities"], Volume(foreground_probability.astype(np.float32), geometry))
+
+
+# --- labels and per-case numbers ------------------------------------------------------
+
+def _binary_picture(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """A 2-D mask picture as labels: class numbers when they fit the run's
+    classes, else 0/255 (or anti-aliased) masks thresholded at 127."""
+    mask = mask[..., 0] if mask.ndim == 3 else mask
+    return mask.astype(np.uint8) if mask.max(initial=0) < num_classes else (mask > 127).astype(np.uint8)
+
+
+def _pattern_hit(folder: str, pattern: str, key: str) -> str | None:
+    hits = sorted(n for n in os.listdir(folder) if fnmatch.fnmatch(n, pattern.replace("{case}", key)))
+    if len(hits) > 1:
+        raise DataError(f"{folder}: --labels={pattern!r} matches {len(hits)} files ({', '.join(hits[:3])}); make "
+                        "it match one per case")
+    return os.path.join(folder, hits[0]) if hits else None
+
+
+def find_label(scan: Scan, labels: str) -> str:
+    """The label file of a volume or picture scan: `labels` itself (a file),
+    <name>.<ext> or <name>_mask.<ext> in the `labels` folder, or the file
+    matching the glob `labels` in the scan's folder."""
+    if os.path.isfile(labels):
+        return labels
+    if os.path.isdir(labels):
+        for stem in (scan.name, scan.key, scan.key + "_mask"):
+            for suffix in (*VOLUME_SUFFIXES, ".png", ".tif", ".tiff", ".bmp"):
+                if os.path.isfile(candidate := os.path.join(labels, stem + suffix)):
+                    return candidate
+        if scan.kind == "volume" and os.path.isdir(candidate := os.path.join(labels, scan.name)):
+            return candidate  # a DICOM series folder
+        raise DataError(f"{labels}: no label named {scan.name}.<ext> for {scan.paths[0]}; name the labels like "
+                        "their scans, or pass --skip_bad")
+    hit = _pattern_hit(scan.folder, labels, scan.key)
+    if hit is None:
+        raise DataError(f"{scan.folder}: no file matches --labels={labels!r} for case {scan.name}; fix the pattern "
+                        "or pass --skip_bad")
+    return hit
+
+
+def load_target(scan: Scan, loaded: LoadedScan, labels: str, predictor: Predictor) -> np.ndarray:
+    """The scan's reference labels on its own grid, as the run's classes."""
+    classes = predictor.task.num_classes if isinstance(predictor.task, tasks.Segmentation) else 256
+    if scan.kind == "kaggle":
+        if os.path.isdir(labels):
+            folder = os.path.join(labels, scan.key) if os.path.isdir(os.path.join(labels, scan.key)) else labels
+            masks = {n: os.path.join(folder, f"{scan.key}_{n}_mask.tif") for n in loaded.slice_numbers}
+        else:
+            masks = lgg.patient_files(scan.paths[0])[1]
+        missing = [n for n in loaded.slice_numbers if n not in masks or not os.path.exists(masks[n])]
+        if missing:
+            raise DataError(f"{scan.paths[0]}: no mask for slice {missing[0]} ({scan.key}_{missing[0]}_mask.tif); "
+                            "add it or pass --skip_bad")
+        target = np.stack([_binary_picture(lgg._read_tiff(masks[n]), classes) for n in loaded.slice_numbers], axis=2)
+    elif scan.kind == "image":
+        target = _binary_picture(read_image(find_label(scan, labels)), classes)
+    else:
+        path = find_label(scan, labels)
+        label_map = {int(k): v for k, v in predictor.manifest.get("preprocessing", {}).get("label_map", {}).items()}
+        target = volumes.load_label(path, Volume(loaded.image[..., 0], loaded.geometry), scan.paths[0], label_map)
+    expected = loaded.image.shape[:-1]
+    if target.shape != expected:
+        raise DataError(f"{scan.paths[0]}: its labels have shape {list(target.shape)}, the scan {list(expected)}; "
+                        "give the labels of this scan")
+    return target
+
+
+def spacing_of(loaded: LoadedScan) -> tuple[float, ...] | None:
+    return None if loaded.geometry is None else tuple(loaded.geometry.spacing)
+
+
+def case_summary(prediction: Prediction, spacing) -> dict:
+    """predictions.csv's numbers for one case: foreground voxels and ml, the
+    connected lesions, the largest one, and the mean probability of the
+    predicted class inside the prediction."""
+    labels, probabilities = prediction.labels, prediction.probabilities
+    if labels.dtype.kind == "f":  # regression outputs
+        return {"mean_output": float(labels.astype(np.float64).mean())}
+    foreground = labels > 0
+    components, count = metrics.connected_components(foreground)
+    sizes = np.bincount(components.ravel())[1:]
+    largest = int(sizes.max()) if count else 0
+    ml = None if spacing is None else math.prod(spacing) / 1000.0
+    if probabilities.shape[-1] == 1:
+        confidence = probabilities[..., 0]
+    else:
+        confidence = np.take_along_axis(probabilities, labels[..., None].astype(np.intp), axis=-1)[..., 0]
+    return {"voxels": int(foreground.sum()), "volume_ml": None if ml is None else foreground.sum() * ml,
+            "components": int(count), "largest_voxels": largest, "largest_ml": None if ml is None else largest * ml,
+            "mean_probability": float(confidence[foreground].mean()) if count else None}
+
+
+def _display(loaded: LoadedScan, scan: Scan) -> np.ndarray:
+    """The channel an overlay shows: FLAIR for kaggle_3m slices, else the first."""
+    channel = 1 if scan.kind == "kaggle" and loaded.image.shape[-1] > 1 else 0
+    return as_slices(loaded.image[..., channel].astype(np.float32))
+
+
+# --- the command -----------------------------------------------------------------------
+
+CSV_COLUMNS = ["case", "status", "input", "output", "shape", "spacing", "seconds", "voxels", "volume_ml",
+               "components", "largest_voxels", "largest_ml", "mean_probability", "mean_output", "note"]
+
+
+def predict_files(predictor: Predictor, input_path: str, output: str, *, labels: str | None = None,
+                  save_probabilities: bool = False, overwrite: bool = False, skip_bad: bool = False,
+                  output_format: str | None = None, overlays: bool = True, progress: bool = True) -> dict:
+    """Predicts every scan under `input_path` into `output` (see the module
+    doc); returns {"cases": predictions.csv rows, "scores": per-case scores
+    or None, "summary": their means or None, "skipped": [(input, reason)]}."""
+    output = os.path.abspath(output)
+    scans, problems = find_scans(input_path, predictor.manifest)
+    if problems and not skip_bad:
+        raise DataError(f"{problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+    if output_format == "dicom" and any(s.kind != "volume" for s in scans):
+        raise DataError("--output_format=dicom: only volume scans can be written as DICOM series")
+    planned = {s.name: output_paths(s, output, output_format, save_probabilities, overlays) for s in scans}
+    tables = [os.path.join(output, n) for n in ("predictions.csv", "scores.csv", "scores_summary.json")]
+    inputs = {os.path.realpath(p) for s in scans for p in (*s.paths, s.folder)}
+    for path in [p for paths in planned.values() for p in paths.values()] + tables:
+        if os.path.realpath(path) in inputs:
+            raise DataError(f"{path}: would overwrite an input; choose an --output folder apart from the scans")
+        if os.path.exists(path) and not overwrite:
+            raise DataError(f"{path}: already exists; pass --overwrite or choose another --output")
+    os.makedirs(output, exist_ok=True)
+    rows, score_rows, skipped = [], [], [(p.file, p.reason) for p in problems]
+    num_classes = getattr(predictor.task, "num_classes", 0)
+    for scan in _progress(scans, progress):
+        start = time.time()
+        paths = planned[scan.name]
+        try:
+            loaded = load_scan(scan)
+            target = None if labels is None else load_target(scan, loaded, labels, predictor)
+            prediction = predictor.predict(loaded.image, geometry=loaded.geometry, foreground=loaded.foreground,
+                                           name=scan.paths[0])
+            write_outputs(scan, loaded, prediction, paths, num_classes=num_classes, overwrite=overwrite,
+                          save_probabilities=save_probabilities)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            skipped.append((scan.paths[0], str(e)))
+            rows.append({"case": scan.name, "status": "skipped", "input": scan.paths[0], "note": str(e)})
+            continue
+        spacing = spacing_of(loaded)
+        summary = case_summary(prediction, spacing)
+        if target is not None:
+            slice_spacing = None if spacing is None else (
+                [spacing[-1], *spacing[:-1]] if len(spacing) == 3 else [1.0, *spacing])
+            pred = prediction.labels if prediction.labels.dtype.kind == "f" else prediction.labels.astype(np.uint8)
+            volumes_ = {0: (as_slices(pred), as_slices(target), np.arange(as_slices(pred).shape[0]))}
+            score = predictor.task.table(volumes_, [scan.name], None if spacing is None else {0: slice_spacing})[0]
+            score_rows.append({k: v for k, v in score.items() if k != "patient_index"})
+        if "overlay" in paths:
+            _overlay(scan, loaded, prediction, target, summary, paths["overlay"])
+        for note in prediction.notes:
+            logging.warning(note)
+        rows.append({"case": scan.name, "status": "ok", "input": scan.paths[0], "output": paths["mask"],
+                     "shape": "x".join(map(str, prediction.labels.shape)),
+                     "spacing": "" if spacing is None else "x".join(f"{v:g}" for v in spacing),
+                     "seconds": round(time.time() - start, 3), **summary, "note": " ".join(prediction.notes)})
+    _write_csv(os.path.join(output, "predictions.csv"), rows, CSV_COLUMNS)
+    result = {"cases": rows, "scores": None, "summary": None, "skipped": skipped}
+    if labels is not None:
+        columns = list(dict.fromkeys(k for row in score_rows for k in row))
+        _write_csv(os.path.join(output, "scores.csv"), score_rows, columns)
+        result["scores"] = score_rows
+        result["summary"] = metrics.mean_over_patients(score_rows, predictor.task.case_metrics) if score_rows else {}
+        write_json(os.path.join(output, "scores_summary.json"),
+                   {"workdir_manifest_source": predictor.manifest.get("source"), "input": os.path.abspath(input_path),
+                    "labels": labels, "num_cases": len(score_rows), "mean": result["summary"],
+                    "skipped": [{"file": f, "reason": r} for f, r in skipped]})
+    return result
+
+
+def _progress(items, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(items, desc="cases", unit="case", disable=not enabled)
+
+
+def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
+    with atomic_write(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else
+                                 round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _overlay(scan: Scan, loaded: LoadedScan, prediction: Prediction, target, summary: dict, path: str) -> None:
+    if prediction.labels.dtype.kind == "f":
+        return  # regression outputs: no label overlay
+    volume = (f"{summary['volume_ml']:.2f} ml" if summary.get("volume_ml") is not None
+              else f"{summary['voxels']} voxels")
+    probabilities = prediction.probabilities
+    confidence = probabilities[..., 0] if probabilities.shape[-1] == 1 else 1 - probabilities[..., 0]
+    numbers = loaded.slice_numbers
+    report.prediction_figure(_display(loaded, scan), as_slices(prediction.labels), path,
+                             title=f"{scan.name}: {volume}, {summary['components']} connected lesion(s)",
+                             target=None if target is None else as_slices(target), slice_numbers=numbers,
+                             probabilities=as_slices(confidence))
+
+
+def run(workdir: str, input_path: str, output: str, **options) -> dict:
+    """The command: a Predictor from `workdir`, then `predict_files`; logs a summary."""
+    if not input_path or not output:
+        raise ConfigError("--mode=predict needs --input=SCAN_OR_FOLDER and --output=FOLDER")
+    predictor = Predictor.from_workdir(workdir, tta=options.pop("tta", False), lcc=options.pop("lcc", False),
+                                       batch_size=options.pop("batch_size", None))
+    result = predict_files(predictor, input_path, output, **options)
+    done = [r for r in result["cases"] if r["status"] == "ok"]
+    seconds = sum(r["seconds"] for r in done)
+    print(f"predicted {len(done)} case(s) into {os.path.abspath(output)} "
+          f"({seconds / max(len(done), 1):.2f} s per case)")
+    if result["summary"]:
+        print("scores: " + ", ".join(f"{k}={v:.4f}" for k, v in result["summary"].items()))
+    if result["skipped"]:
+        print(f"skipped {len(result['skipped'])}:\n" + "\n".join(f"  {f}: {r}" for f, r in result["skipped"]))
+    return result
+
+
+def run_from_flags(workdir: str) -> dict:
+    f = flags.FLAGS
+    return run(workdir, f.input, f.output, tta=f.tta, lcc=f.lcc, batch_size=f.batch_size, labels=f.labels,
+               save_probabilities=f.save_probabilities, overwrite=f.overwrite, skip_bad=f.skip_bad,
+               output_format=f.output_format, overlays=f.overlays)
+
+
+def main(argv) -> None:
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    parallel.initialize_distributed()
+    try:
+        run_from_flags(flags.FLAGS.workdir)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    import jax
+    from absl import app
+
+    flags.DEFINE_string("workdir", None, "Folder of a trained run (config.json, train_manifest.json, checkpoints/).")
+    flags.mark_flags_as_required(["workdir", "input", "output"])
+    jax.config.config_with_absl()
+    app.run(main)
