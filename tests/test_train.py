@@ -13,29 +13,13 @@ import sys
 import numpy as np
 import pytest
 
-from configs import default
+from run_configs import tiny_config, volume_config
 from data_prep import lgg, synthetic
 from unet_jax import parallel, tasks, train
 from unet_jax.config_checks import ConfigError, validate_config
 from unet_jax.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(data_dir):
-    config = default.get_config()
-    config.data.data_dir = data_dir
-    config.data.num_workers = 0
-    config.model.features = 4
-    config.model.depth = 2
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.num_epochs = 3
-    config.learning_rate = 3e-3
-    config.loss = "dice_bce"
-    config.log_every_steps = 2
-    config.num_preview_images = 2
-    return config
 
 
 def _rows(workdir):
@@ -340,20 +324,6 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(trained, prepared_
     config.model.attention = True  # gate_<level> modules the checkpoint does not have
     with pytest.raises(train.ConfigError, match="holds another model than this config builds"):
         train.evaluate_workdir(config, workdir, prepared_dir, "test")
-
-
-def volume_config(data_dir):
-    """tiny_config for 3-D patch training on data_prep.volumes records."""
-    config = tiny_config(data_dir)
-    config.data.normalization = "none"
-    config.data.patch_size = (16, 16, 4)
-    config.data.patches_per_volume = 4
-    config.data.augment.flip_axes = (0, 1, 2)
-    config.model.kernel_size = ((3, 3, 1), (3, 3, 3), (3, 3, 3))
-    config.model.pool_strides = ((2, 2, 1), (2, 2, 2))
-    config.model.norm = "instance"
-    config.num_epochs = 2
-    return config
 
 
 @pytest.mark.slow

@@ -34,6 +34,14 @@ def median_seconds(run, volume, repeats: int) -> float:
     return statistics.median(times)
 
 
+def load_torch_reference(script: str):
+    """The module `torch_unet_reference.py` at `script` (its `UNet`, `block`); imports torch."""
+    spec = importlib.util.spec_from_file_location("torch_unet_reference", script)
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    return reference
+
+
 def measure_jax(shape, patch, *, features: int, depth: int, batch: int, overlap: float, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -72,9 +80,7 @@ def measure_torch(shape, patch, *, script: str, features: int, depth: int, batch
     import torch
     from monai.inferers import sliding_window_inference
 
-    spec = importlib.util.spec_from_file_location("torch_unet_reference", script)
-    reference = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reference)
+    reference = load_torch_reference(script)
     if threads:
         torch.set_num_threads(threads)
     model = reference.UNet(in_ch=1, out_ch=1, base=features, depth=depth, dims=3).eval()

@@ -1,0 +1,276 @@
+"""Prediction on new scans: tiny runs trained on phantoms predict kaggle_3m
+folders, NIfTI/NRRD/MHA/DICOM cases and PNG pictures; masks keep the input's
+shape and geometry and equal --mode=evaluate's predictions; TTA, probabilities,
+resampling back, --overwrite, --skip_bad, scoring and the one-line errors."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from run_configs import tiny_config, volume_config
+
+from data_prep import lgg, synthetic
+from unet_jax import evaluate, parallel, predict, tasks, train
+from unet_jax.config_checks import ConfigError
+from unet_jax.data import DataError, pipeline
+from unet_jax.data.medical_io import (Volume, read_image, read_volume, write_dicom_series, write_image,
+                                      write_volume)
+from unet_jax.data.tfrecord import decode_example
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run_2d(prepared_dir, tmp_path_factory):
+    """A 2-D sigmoid U-Net trained one epoch on the LGG phantoms."""
+    config = tiny_config(prepared_dir)
+    config.num_epochs = 1
+    workdir = str(tmp_path_factory.mktemp("run2d") / "run")
+    train.train_and_evaluate(config, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def run_3d(lesion_volume_dir, tmp_path_factory):
+    """A 3-D softmax U-Net trained one epoch on patches of the lesion phantoms (FLAIR and T1)."""
+    config = volume_config(lesion_volume_dir)
+    config.num_epochs = 1
+    config.model.out_channels = 2
+    config.loss = "dice_ce"
+    workdir = str(tmp_path_factory.mktemp("run3d") / "run")
+    train.train_and_evaluate(config, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def predictor_3d(run_3d):
+    return predict.Predictor.from_workdir(run_3d)
+
+
+def _source_cases(data_dir):
+    return pipeline.read_manifest(data_dir)["source"]
+
+
+def _evaluation(workdir, split):
+    """--mode=evaluate's Evaluation of a split of the run's own data."""
+    config, manifest = train.read_run(workdir)
+    mesh = parallel.make_mesh()
+    task = tasks.get_task(config)
+    state, _ = train.restore_best(config, workdir, mesh, train.input_shape(config, manifest))
+    evaluator = train.make_evaluator(config, task, train.compile_steps(config, task, mesh), mesh,
+                                     config.data.data_dir, split)
+    return evaluator(state), evaluator
+
+
+@pytest.mark.slow
+def test_kaggle_folders_give_tiff_masks_equal_to_evaluate(run_2d, phantom_dir, prepared_dir, tmp_path):
+    predictor = predict.Predictor.from_workdir(run_2d)
+    out = str(tmp_path / "out")
+    result = predict.predict_files(predictor, phantom_dir, out, labels="*_mask.tif", progress=False)
+    assert [r["status"] for r in result["cases"]] == ["ok"] * 6
+    evaluation, _ = _evaluation(run_2d, "test")
+    (patient,) = [row["patient"] for row in evaluation.patients]
+    pred, _, numbers = evaluation.volumes[0]
+    written = np.stack([read_image(os.path.join(out, patient, f"{patient}_{n}_mask.tif"))[..., 0]
+                        for n in numbers])
+    assert written.shape == (12, 32, 32) and set(np.unique(written)) <= {0, 255}
+    np.testing.assert_array_equal(written // 255, pred)  # the same slices as the evaluator predicted
+    score = next(r for r in result["scores"] if r["patient"] == patient)
+    assert score["dice_3d"] == pytest.approx(evaluation.patients[0]["dice_3d"])
+    with open(os.path.join(out, "predictions.csv")) as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert int(rows[patient]["voxels"]) == int(pred.sum())
+    assert rows[patient]["volume_ml"] == ""  # kaggle_3m TIFFs carry no spacing
+    assert os.path.exists(os.path.join(out, "overlays", patient + ".png"))
+    summary = json.load(open(os.path.join(out, "scores_summary.json")))
+    assert summary["num_cases"] == 6 and 0 <= summary["mean"]["dice_3d"] <= 1
+
+
+def _case_in_format(src_folder, dest, suffix):
+    """A lesion phantom case folder rewritten with every volume in `suffix` ("dicom": series folders)."""
+    os.makedirs(dest)
+    for name in os.listdir(src_folder):
+        volume = read_volume(os.path.join(src_folder, name))
+        stem = name.split(".")[0]
+        if suffix == "dicom":
+            write_dicom_series(os.path.join(dest, stem), Volume(np.round(volume.array).astype(np.int16),
+                                                                volume.geometry))
+        else:
+            write_volume(os.path.join(dest, stem + suffix), volume)
+
+
+@pytest.mark.slow
+def test_volume_formats_keep_shape_and_geometry_and_equal_evaluate(predictor_3d, run_3d, lesion_volume_dir,
+                                                                   tmp_path):
+    evaluation, evaluator = _evaluation(run_3d, "test")
+    (case,) = evaluator.names
+    source = os.path.join(_source_cases(lesion_volume_dir), case)
+    cases = tmp_path / "cases"
+    for suffix in (".nii.gz", ".nrrd", ".mha", "dicom"):
+        _case_in_format(source, str(cases / f"{case}{suffix.replace('.', '_')}"), suffix)
+    out = str(tmp_path / "out")
+    result = predict.predict_files(predictor_3d, str(cases), out, labels="lesions*", save_probabilities=True,
+                                   progress=False)
+    assert [r["status"] for r in result["cases"]] == ["ok"] * 4
+    flair = read_volume(next(os.path.join(source, n) for n in os.listdir(source) if n.startswith("FLAIR")))
+    outputs = {}
+    for suffix, written in ((".nii.gz", f"{case}_nii_gz.nii.gz"), (".nrrd", f"{case}_nrrd.nrrd"),
+                            (".mha", f"{case}_mha.mha"), ("dicom", f"{case}dicom")):
+        mask = read_volume(os.path.join(out, written))
+        assert mask.array.shape == flair.array.shape, suffix
+        assert mask.geometry.same_grid(flair.geometry), suffix
+        outputs[suffix] = mask.array
+    np.testing.assert_array_equal(outputs[".nrrd"], outputs[".nii.gz"])
+    np.testing.assert_array_equal(outputs[".mha"], outputs[".nii.gz"])
+    assert (outputs["dicom"] == outputs[".nii.gz"]).mean() > 0.99  # intensities rounded to integers there
+    # The evaluator predicted the record: the case cropped to its head's bounding box.
+    record = decode_example(evaluator.source[0])
+    box = tuple(slice(lo, hi) for lo, hi in json.loads(record["geometry"].decode())["crop"])
+    np.testing.assert_array_equal(evaluate.as_slices(outputs[".nii.gz"][box]), evaluation.volumes[0][0])
+    outside = np.ones(flair.array.shape, bool)
+    outside[box] = False
+    assert not outputs[".nii.gz"][outside].any()
+    score = next(r for r in result["scores"] if r["patient"] == f"{case}_nii_gz")
+    assert score["dice_3d"] == pytest.approx(evaluation.patients[0]["dice_3d"])
+    if score["tumor_voxels"] and score["pred_voxels"]:
+        assert score["hd95"] == pytest.approx(evaluation.patients[0]["hd95"])
+    else:  # one mask empty: HD95 is the diagonal of the grid scored, here the whole scan's
+        extent = (np.array(flair.array.shape) - 1) * np.array(flair.geometry.spacing)
+        assert score["hd95"] == pytest.approx(np.sqrt(np.sum(extent ** 2)))
+    probabilities = read_volume(os.path.join(out, f"{case}_nii_gz_probabilities.nii.gz"))
+    assert probabilities.array.shape == flair.array.shape  # the foreground class of the softmax
+    assert np.array_equal(probabilities.array > 0.5, outputs[".nii.gz"] == 1)
+    rows = {r["case"]: r for r in result["cases"]}
+    voxel_ml = np.prod(flair.geometry.spacing) / 1000
+    assert rows[f"{case}_nii_gz"]["volume_ml"] == pytest.approx(outputs[".nii.gz"].sum() * voxel_ml)
+
+
+@pytest.mark.slow
+def test_probabilities_sum_to_one_and_resampled_runs_predict_on_the_source_grid(predictor_3d, lesion_volume_dir):
+    case = sorted(os.listdir(_source_cases(lesion_volume_dir)))[0]
+    folder = os.path.join(_source_cases(lesion_volume_dir), case)
+    channels = [read_volume(os.path.join(folder, n)) for n in sorted(os.listdir(folder)) if n[:2] in ("FL", "T1")]
+    image = np.stack([v.array for v in channels], axis=-1)
+    labels, probabilities = predictor_3d(image, spacing=channels[0].geometry.spacing)
+    assert labels.shape == image.shape[:-1] and probabilities.shape == (*image.shape[:-1], 2)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(labels, probabilities.argmax(-1))
+    # The same run as if it had trained on data resampled to 1.5x1.5x3 mm.
+    manifest = json.loads(json.dumps(predictor_3d.manifest))
+    manifest["preprocessing"]["spacing"] = [1.5, 1.5, 3.0]
+    resampled = predict.Predictor(predictor_3d.config, manifest, predictor_3d.state, predictor_3d.mesh)
+    labels_r, probabilities_r = resampled(image, spacing=channels[0].geometry.spacing)
+    assert labels_r.shape == labels.shape
+    np.testing.assert_allclose(probabilities_r.sum(-1), 1.0, atol=1e-5)
+    assert (labels_r == labels).mean() > 0.9
+
+
+@pytest.mark.slow
+def test_tta_is_the_mean_of_the_flipped_predictions(run_2d, phantom_dir):
+    predictor = predict.Predictor.from_workdir(run_2d)
+    with_tta = predict.Predictor(predictor.config, predictor.manifest, predictor.state, predictor.mesh, tta=True)
+    folder = os.path.join(phantom_dir, sorted(os.listdir(phantom_dir))[0])
+    image = read_image(os.path.join(folder, os.path.basename(folder) + "_6.tif"))  # 32x32x3: one window
+    flips = [(), (0,), (1,), (0, 1)]
+    mean = np.mean([np.flip(predictor(np.flip(image, f).copy())[1], f) for f in flips], axis=0)
+    np.testing.assert_allclose(with_tta(image)[1], mean, atol=1e-5)
+    assert not np.allclose(predictor(image)[1], mean, atol=1e-5)  # the flips do change the prediction
+
+
+@pytest.mark.slow
+def test_pictures_any_size_and_the_padding_note(run_2d, phantom_dir, tmp_path):
+    predictor = predict.Predictor.from_workdir(run_2d)
+    folder = os.path.join(phantom_dir, sorted(os.listdir(phantom_dir))[0])
+    image = read_image(os.path.join(folder, os.path.basename(folder) + "_6.tif"))
+    pictures = tmp_path / "pictures"
+    write_image(str(pictures / "large.png"), np.pad(image, ((8, 8), (16, 0), (0, 0))))  # 48x48: four windows
+    write_image(str(pictures / "small.png"), image[4:28, 4:28])  # 24x24: padded to the 32x32 input
+    write_image(str(pictures / "ignored_mask.png"), np.zeros((32, 32), np.uint8))  # a mask, not a scan
+    result = predict.predict_files(predictor, str(pictures), str(tmp_path / "out"), progress=False)
+    rows = {r["case"]: r for r in result["cases"]}
+    assert set(rows) == {"large", "small"}
+    large = read_image(str(tmp_path / "out" / "large_mask.png"))
+    assert large.shape == (48, 48, 1) and set(np.unique(large)) <= {0, 255}
+    assert read_image(str(tmp_path / "out" / "small_mask.png")).shape == (24, 24, 1)
+    assert "zero-padded" in rows["small"]["note"] and rows["large"]["note"] == ""
+
+
+@pytest.mark.slow
+def test_overwrite_skip_bad_and_an_api_equal_to_the_cli(run_3d, predictor_3d, lesion_volume_dir, tmp_path):
+    cases = tmp_path / "cases"
+    shutil.copytree(_source_cases(lesion_volume_dir), cases)
+    names = sorted(os.listdir(cases))[:3]
+    for extra in sorted(os.listdir(cases))[3:]:
+        shutil.rmtree(cases / extra)
+    out = str(tmp_path / "out")
+    cli = subprocess.run([sys.executable, "-m", "unet_jax.main", "--mode=predict", f"--workdir={run_3d}",
+                          f"--input={cases}", f"--output={out}"], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "predicted 3 case(s)" in cli.stdout
+    folder = cases / names[0]
+    channels = [read_volume(str(folder / n)) for n in sorted(os.listdir(folder)) if n[:2] in ("FL", "T1")]
+    labels, _ = predictor_3d(np.stack([v.array for v in channels], -1), spacing=channels[0].geometry.spacing)
+    np.testing.assert_array_equal(read_volume(os.path.join(out, names[0] + ".nii.gz")).array, labels)
+
+    with pytest.raises(DataError, match=r"already exists; pass --overwrite"):
+        predict.predict_files(predictor_3d, str(cases), out, progress=False)
+    flair = next(folder / n for n in os.listdir(folder) if n.startswith("FLAIR"))
+    data = flair.read_bytes()
+    flair.write_bytes(data[:len(data) // 2])  # a truncated scan
+    with pytest.raises(DataError, match=str(flair)) as error:
+        predict.predict_files(predictor_3d, str(cases), out, overwrite=True, progress=False)
+    assert "\n" not in str(error.value)
+    result = predict.predict_files(predictor_3d, str(cases), out, overwrite=True, skip_bad=True, progress=False)
+    assert [r["status"] for r in result["cases"]] == ["skipped", "ok", "ok"]
+    assert result["skipped"][0][0] == str(flair)
+    with open(os.path.join(out, "predictions.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["status"] == "skipped" and str(flair) in rows[0]["note"]
+
+
+def test_workdirs_and_inputs_that_cannot_work_are_one_line(run_3d, predictor_3d, lesion_volume_dir, tmp_path):
+    with pytest.raises(ConfigError, match="no config.json"):
+        predict.Predictor.from_workdir(str(tmp_path))
+    empty = tmp_path / "no_checkpoints"
+    empty.mkdir()
+    for name in ("config.json", "train_manifest.json"):
+        shutil.copy(os.path.join(run_3d, name), empty / name)
+    with pytest.raises(ConfigError, match="no checkpoints"):
+        predict.Predictor.from_workdir(str(empty))
+    with pytest.raises(DataError, match=r"the run takes 3-D images with 2 channel\(s\) \(FLAIR\*, T1\*\)"):
+        predictor_3d(np.zeros((20, 20, 10), np.float32))
+    with pytest.raises(DataError, match="NaN or infinite"):
+        predictor_3d(np.full((20, 20, 10, 2), np.nan, np.float32))
+    with pytest.raises(DataError, match="no scans found"):
+        predict.predict_files(predictor_3d, str(tmp_path / "no_checkpoints"), str(tmp_path / "out"))
+    single = tmp_path / "single.nii.gz"
+    write_volume(str(single), Volume(np.zeros((20, 20, 10), np.float32), read_volume(
+        next(os.path.join(r, f) for r, _, fs in os.walk(_source_cases(lesion_volume_dir)) for f in fs)).geometry))
+    with pytest.raises(DataError, match="give those channels"):
+        predict.predict_files(predictor_3d, str(single), str(tmp_path / "out"), progress=False)
+
+
+def test_the_predict_command_says_what_is_missing_in_one_line(tmp_path):
+    cli = subprocess.run([sys.executable, "-m", "unet_jax.predict", f"--workdir={tmp_path}", "--input=x",
+                          f"--output={tmp_path / 'out'}"], capture_output=True, text=True, cwd=ROOT)
+    assert cli.returncode == 2
+    assert cli.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}: no config.json")
+
+
+@pytest.mark.slow
+def test_an_external_cohort_is_prepared_into_one_split_and_evaluated(run_2d, phantom_dir, tmp_path):
+    external = str(tmp_path / "external")
+    manifest = lgg.prepare(phantom_dir, external, val_fraction=0, test_fraction=1, progress=False, command="test")
+    assert {k: v["num_patients"] for k, v in manifest["splits"].items()} == {"train": 0, "val": 0, "test": 6}
+    config, _ = train.read_run(run_2d)
+    summary = train.evaluate_workdir(config, run_2d, external, "test")
+    assert len(summary["patients"]) == 6
+    config.data.data_dir = external
+    with pytest.raises(ConfigError, match="has no training examples"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
