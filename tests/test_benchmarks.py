@@ -29,3 +29,14 @@ def test_sliding_window_benchmark_runs_the_real_inference_on_a_whole_volume():
                                      repeats=1)
     assert row["shape"] == [20, 18, 10] and row["patch"] == [16, 16, 8]
     assert row["params"] > 0 and row["voxels_per_s"] > 0 and row["seconds"] > 0
+
+
+def test_predict_files_benchmark_times_one_file_end_to_end(tmp_path):
+    from unet_jax.benchmarks import predict_files
+
+    result = predict_files.main(["--shape", "24", "24", "12", "--patch", "16", "16", "8", "--features", "2",
+                                 "--repeats", "1", "--out_dir", str(tmp_path), "--json", str(tmp_path / "r.json")])
+    ours = result["unet_jax"]
+    assert ours["seconds"] > 0 and ours["voxels_per_s"] > 0 and ours["windows"] > 0
+    assert (tmp_path / "unet_jax" / "flair.nii.gz").is_file() and "torch+monai" not in result
+    assert json.load(open(tmp_path / "r.json"))["unet_jax"]["seconds"] == ours["seconds"]

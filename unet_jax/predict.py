@@ -42,8 +42,10 @@ import shutil
 import sys
 import time
 
+import jax
 import numpy as np
 from absl import flags, logging
+from tqdm import tqdm
 
 from unet_jax import inference, metrics, parallel, report, tasks, train
 from unet_jax.config_checks import ConfigError, input_shape
@@ -71,7 +73,8 @@ flags.DEFINE_bool("save_probabilities", False, "predict: also write the softmax/
 flags.DEFINE_bool("overwrite", False, "predict: replace existing output files.")
 flags.DEFINE_bool("skip_bad", False, "predict: skip unreadable or mismatched cases, list them at the end.")
 flags.DEFINE_string("labels", None, "predict: score against labels: a file, a folder of <case>.<ext>, or a glob "
-                                    "in each case's folder ('GOLD_STANDARD*', '*_mask.tif'; {case} allowed).")
+                                    "in each case's folder ('GOLD_STANDARD*'; {case} allowed); for kaggle_3m "
+                                    "folders any pattern means the <patient>_<n>_mask.tif beside each slice.")
 flags.DEFINE_enum("output_format", None, list(OUTPUT_FORMATS), "predict: write volumes in this format rather "
                                                                "than the input's.")
 flags.DEFINE_integer("batch_size", None, "predict: windows per device batch (default: the run's eval_batch_size).")
@@ -105,8 +108,9 @@ class Predictor:
     """
 
     def __init__(self, config, manifest: dict, state, mesh, *, tta: bool = False, lcc: bool = False,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, workdir: str | None = None):
         self.config, self.manifest, self.state, self.mesh = config, manifest, state, mesh
+        self.workdir = workdir  # where the run came from, for the record
         self.task = tasks.get_task(config)
         shape = input_shape(config, manifest)
         self.patch, self.num_channels = tuple(int(v) for v in shape[:-1]), int(shape[-1])
@@ -128,7 +132,7 @@ class Predictor:
         config, manifest = train.read_run(workdir)
         mesh = mesh if mesh is not None else parallel.make_mesh()
         state, _ = train.restore_best(config, workdir, mesh, input_shape(config, manifest))
-        return cls(config, manifest, state, mesh, tta=tta, lcc=lcc, batch_size=batch_size)
+        return cls(config, manifest, state, mesh, tta=tta, lcc=lcc, batch_size=batch_size, workdir=workdir)
 
     def __call__(self, image: np.ndarray, spacing=None) -> tuple[np.ndarray, np.ndarray]:
         """(labels [*spatial], probabilities [*spatial, K]) of a raw image;
@@ -139,11 +143,6 @@ class Predictor:
         for note in result.notes:
             logging.warning(note)
         return result.labels, result.probabilities
-
-    @property
-    def slice_axis(self) -> int | None:
-        """The axis a 2-D run slices volumes along (None for 3-D runs)."""
-        return None if len(self.patch) == 3 else 2
 
     def with_channels(self, image: np.ndarray, name: str) -> np.ndarray:
         """`image` as [*spatial, C] with the run's channel count; DataError otherwise."""
@@ -371,7 +370,7 @@ def load_scan(scan: Scan) -> LoadedScan:
     if scan.kind == "kaggle":
         images, _, _ = lgg.patient_files(scan.paths[0])
         numbers = sorted(images)
-        slices = [lgg._read_tiff(images[n]) for n in numbers]
+        slices = [read_image(images[n]) for n in numbers]
         shapes = {s.shape for s in slices}
         if len(shapes) > 1 or slices[0].ndim != 3:
             raise DataError(f"{scan.paths[0]}: slices of shapes {sorted(shapes)}; every slice must be HxWxC alike")
@@ -449,7 +448,7 @@ def _as_mask_image(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def write_outputs(scan: Scan, loaded: LoadedScan, prediction: Prediction, paths: dict[str, str], *,
                   num_classes: int, overwrite: bool, save_probabilities: bool) -> None:
     """The label map (and probabilities) of `scan` in its own format and geometry."""
-    labels = prediction.labels if prediction.labels.dtype.kind == "f" else prediction.labels.astype(np.uint8)
+    labels = prediction.labels.astype(np.float32 if prediction.labels.dtype.kind == "f" else np.uint8)
     probabilities = prediction.probabilities
     foreground_probability = probabilities[..., -1] if probabilities.shape[-1] <= 2 else probabilities
     mask = paths["mask"]
@@ -534,7 +533,7 @@ def load_target(scan: Scan, loaded: LoadedScan, labels: str, predictor: Predicto
         if missing:
             raise DataError(f"{scan.paths[0]}: no mask for slice {missing[0]} ({scan.key}_{missing[0]}_mask.tif); "
                             "add it or pass --skip_bad")
-        target = np.stack([_binary_picture(lgg._read_tiff(masks[n]), classes) for n in loaded.slice_numbers], axis=2)
+        target = np.stack([_binary_picture(read_image(masks[n]), classes) for n in loaded.slice_numbers], axis=2)
     elif scan.kind == "image":
         target = _binary_picture(read_image(find_label(scan, labels)), classes)
     else:
@@ -605,10 +604,12 @@ def predict_files(predictor: Predictor, input_path: str, output: str, *, labels:
             raise DataError(f"{path}: would overwrite an input; choose an --output folder apart from the scans")
         if os.path.exists(path) and not overwrite:
             raise DataError(f"{path}: already exists; pass --overwrite or choose another --output")
-    os.makedirs(output, exist_ok=True)
+    writes = jax.process_index() == 0  # every process predicts (windows are sharded), one writes
+    if writes:
+        os.makedirs(output, exist_ok=True)
     rows, score_rows, skipped = [], [], [(p.file, p.reason) for p in problems]
     num_classes = getattr(predictor.task, "num_classes", 0)
-    for scan in _progress(scans, progress):
+    for scan in tqdm(scans, desc="cases", unit="case", disable=not progress):
         start = time.time()
         paths = planned[scan.name]
         try:
@@ -616,8 +617,9 @@ def predict_files(predictor: Predictor, input_path: str, output: str, *, labels:
             target = None if labels is None else load_target(scan, loaded, labels, predictor)
             prediction = predictor.predict(loaded.image, geometry=loaded.geometry, foreground=loaded.foreground,
                                            name=scan.paths[0])
-            write_outputs(scan, loaded, prediction, paths, num_classes=num_classes, overwrite=overwrite,
-                          save_probabilities=save_probabilities)
+            if writes:
+                write_outputs(scan, loaded, prediction, paths, num_classes=num_classes, overwrite=overwrite,
+                              save_probabilities=save_probabilities)
         except DataError as e:
             if not skip_bad:
                 raise
@@ -633,7 +635,7 @@ def predict_files(predictor: Predictor, input_path: str, output: str, *, labels:
             volumes_ = {0: (as_slices(pred), as_slices(target), np.arange(as_slices(pred).shape[0]))}
             score = predictor.task.table(volumes_, [scan.name], None if spacing is None else {0: slice_spacing})[0]
             score_rows.append({k: v for k, v in score.items() if k != "patient_index"})
-        if "overlay" in paths:
+        if "overlay" in paths and writes:
             _overlay(scan, loaded, prediction, target, summary, paths["overlay"])
         for note in prediction.notes:
             logging.warning(note)
@@ -641,23 +643,20 @@ def predict_files(predictor: Predictor, input_path: str, output: str, *, labels:
                      "shape": "x".join(map(str, prediction.labels.shape)),
                      "spacing": "" if spacing is None else "x".join(f"{v:g}" for v in spacing),
                      "seconds": round(time.time() - start, 3), **summary, "note": " ".join(prediction.notes)})
-    _write_csv(os.path.join(output, "predictions.csv"), rows, CSV_COLUMNS)
     result = {"cases": rows, "scores": None, "summary": None, "skipped": skipped}
     if labels is not None:
-        columns = list(dict.fromkeys(k for row in score_rows for k in row))
-        _write_csv(os.path.join(output, "scores.csv"), score_rows, columns)
         result["scores"] = score_rows
         result["summary"] = metrics.mean_over_patients(score_rows, predictor.task.case_metrics) if score_rows else {}
+    if not writes:
+        return result
+    _write_csv(os.path.join(output, "predictions.csv"), rows, CSV_COLUMNS)
+    if labels is not None:
+        _write_csv(os.path.join(output, "scores.csv"), score_rows, list(dict.fromkeys(k for r in score_rows for k in r)))
         write_json(os.path.join(output, "scores_summary.json"),
-                   {"workdir_manifest_source": predictor.manifest.get("source"), "input": os.path.abspath(input_path),
-                    "labels": labels, "num_cases": len(score_rows), "mean": result["summary"],
+                   {"workdir": predictor.workdir, "input": os.path.abspath(input_path), "labels": labels,
+                    "num_cases": len(score_rows), "mean": result["summary"],
                     "skipped": [{"file": f, "reason": r} for f, r in skipped]})
     return result
-
-
-def _progress(items, enabled: bool):
-    from tqdm import tqdm
-    return tqdm(items, desc="cases", unit="case", disable=not enabled)
 
 
 def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
@@ -722,7 +721,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    import jax
     from absl import app
 
     flags.DEFINE_string("workdir", None, "Folder of a trained run (config.json, train_manifest.json, checkpoints/).")
