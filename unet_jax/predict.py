@@ -572,12 +572,6 @@ def case_summary(prediction: Prediction, spacing) -> dict:
             "mean_probability": float(confidence[foreground].mean()) if count else None}
 
 
-def _display(loaded: LoadedScan, scan: Scan) -> np.ndarray:
-    """The channel an overlay shows: FLAIR for kaggle_3m slices, else the first."""
-    channel = 1 if scan.kind == "kaggle" and loaded.image.shape[-1] > 1 else 0
-    return as_slices(loaded.image[..., channel].astype(np.float32))
-
-
 # --- the command -----------------------------------------------------------------------
 
 CSV_COLUMNS = ["case", "status", "input", "output", "shape", "spacing", "seconds", "voxels", "volume_ml",
@@ -669,17 +663,26 @@ def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
 
 
 def _overlay(scan: Scan, loaded: LoadedScan, prediction: Prediction, target, summary: dict, path: str) -> None:
+    """overlays/<case>.png: the slices with the most foreground of the display
+    channel (FLAIR for kaggle_3m slices, else the first)."""
     if prediction.labels.dtype.kind == "f":
         return  # regression outputs: no label overlay
+
+    def view(array: np.ndarray) -> np.ndarray:
+        # Volumes in radiological view: rows along y (anterior at the top in LPS), columns
+        # along x (the patient's right on the left); as_slices alone puts x down the rows.
+        slices = as_slices(array)
+        return np.swapaxes(slices, 1, 2) if loaded.geometry is not None and array.ndim == 3 else slices
+
     volume = (f"{summary['volume_ml']:.2f} ml" if summary.get("volume_ml") is not None
               else f"{summary['voxels']} voxels")
     probabilities = prediction.probabilities
     confidence = probabilities[..., 0] if probabilities.shape[-1] == 1 else 1 - probabilities[..., 0]
-    numbers = loaded.slice_numbers
-    report.prediction_figure(_display(loaded, scan), as_slices(prediction.labels), path,
+    channel = 1 if scan.kind == "kaggle" and loaded.image.shape[-1] > 1 else 0
+    report.prediction_figure(view(loaded.image[..., channel].astype(np.float32)), view(prediction.labels), path,
                              title=f"{scan.name}: {volume}, {summary['components']} connected lesion(s)",
-                             target=None if target is None else as_slices(target), slice_numbers=numbers,
-                             probabilities=as_slices(confidence))
+                             target=None if target is None else view(target), slice_numbers=loaded.slice_numbers,
+                             probabilities=view(confidence))
 
 
 def run(workdir: str, input_path: str, output: str, **options) -> dict:
