@@ -281,3 +281,29 @@ def test_submodules_are_named_by_role_and_level():
     # One more conv per decoder level: (3*3*w*w) per level of widths 2 and 4.
     assert _params(UNet(features=2, depth=2, decoder_num_convs=3), (1, 16, 16, 3)) == \
         _params(UNet(features=2, depth=2), (1, 16, 16, 3)) + 9 * (2 * 2 + 4 * 4) + 2 * (2 + 4)
+
+
+@pytest.mark.parametrize("padding", ["SAME", ((1, 1), (0, 2), (0, 0))])
+def test_in_plane_conv_equals_the_3d_convolution_and_its_gradients(padding):
+    from unet_jax.models.layers import in_plane_conv
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 5, 3))
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 3, 4))
+    dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, ("NHWDC", "HWDIO", "NHWDC"))
+
+    def conv3d(x, k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1, 1), padding, dimension_numbers=dn)
+
+    def folded(x, k):
+        return in_plane_conv(x, k, (1, 1, 1), padding, dimension_numbers=dn)
+
+    np.testing.assert_allclose(folded(x, k), conv3d(x, k), atol=1e-5)
+    for argnum in (0, 1):
+        grad = [jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), argnum)(x, k) for f in (folded, conv3d)]
+        np.testing.assert_allclose(grad[0], grad[1], atol=1e-4)
+    # Anything else (a 3x3x3 kernel, a stride) is the 3-D convolution itself.
+    k3 = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 3, 3, 4))
+    np.testing.assert_array_equal(in_plane_conv(x, k3, (1, 1, 1), "SAME", dimension_numbers=dn),
+                                  jax.lax.conv_general_dilated(x, k3, (1, 1, 1), "SAME", dimension_numbers=dn))
+    np.testing.assert_array_equal(in_plane_conv(x, k, (2, 2, 1), "SAME", dimension_numbers=dn),
+                                  jax.lax.conv_general_dilated(x, k, (2, 2, 1), "SAME", dimension_numbers=dn))

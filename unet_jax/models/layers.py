@@ -37,13 +37,33 @@ def normalize(x: jnp.ndarray, train: bool, kind: str, dtype: Any, name: str) -> 
     raise ValueError(f"norm={kind!r}: choose one of {NORMS}")
 
 
+def in_plane_conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
+                  dimension_numbers=None, feature_group_count=1, precision=None):
+    """`lax.conv_general_dilated` for Flax's channels-last convolutions, with an
+    in-plane 3-D kernel (k, k, 1) at stride 1 run as a 2-D convolution over
+    every slice: the same sums, but XLA:CPU runs the 3-D form about 4x slower
+    (0.75 s against 0.20 s for one 16-channel layer on 4x128x128x16 patches)."""
+    dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    if (lhs.ndim != 5 or rhs.shape[2] != 1 or tuple(window_strides) != (1, 1, 1) or dilated
+            or feature_group_count != 1 or (not isinstance(padding, str) and tuple(padding[2]) != (0, 0))):
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                            feature_group_count=feature_group_count, precision=precision)
+    b, x, y, z, c = lhs.shape
+    slices = lhs.transpose(0, 3, 1, 2, 4).reshape(b * z, x, y, c)
+    out = jax.lax.conv_general_dilated(slices, rhs[:, :, 0], (1, 1), padding if isinstance(padding, str) else
+                                       padding[:2], dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+    return out.reshape(b, z, *out.shape[1:]).transpose(0, 2, 3, 1, 4)
+
+
 def conv_norm(x: jnp.ndarray, train: bool, features: int, kernel_size: Sequence[int], norm: str,
               dtype: Any, name: str) -> jnp.ndarray:
     """Convolution `name` then norm `<name>_norm`, inside a compact method; the
     convolution has a bias only without a norm (before a norm a bias has an
-    exactly-zero true gradient, and AdamW amplifies its rounding noise)."""
+    exactly-zero true gradient, and AdamW amplifies its rounding noise).
+    On a CPU, in-plane 3-D kernels run through `in_plane_conv` (same parameters)."""
     x = nn.Conv(features, tuple(kernel_size), padding="SAME", use_bias=norm == "none", dtype=dtype,
-                name=name)(x)
+                conv_general_dilated=in_plane_conv if jax.default_backend() == "cpu" else None, name=name)(x)
     return normalize(x, train, norm, dtype, name=f"{name}_norm")
 
 
