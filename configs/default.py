@@ -20,7 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     # "segmentation": model.out_channels=1 is a sigmoid (binary), C > 1 a softmax
     # over C classes; "regression": the raw outputs are compared with the targets.
     config.task = "segmentation"
-    # segmentation: "dice", "bce"/"ce", "dice_bce"/"dice_ce"; regression: "l1", "l2", "soft_jaccard"
+    # segmentation: "dice", "bce"/"ce", "focal", "tversky", "dice_bce"/"dice_ce", "dice_focal",
+    # "dice_tversky"; regression: "l1", "l2", "soft_jaccard"
     config.loss = "dice"
     config.learning_rate = 1e-4
     config.lr_schedule = "constant"  # or "cosine" (decays to zero over the run)

@@ -48,6 +48,38 @@ def _ref_softmax_ce(logits, labels):
     return -np.take_along_axis(log_p, labels.astype(int), axis=-1).mean()
 
 
+def _ref_focal(logits, targets, gamma=2.0):
+    p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    p_t = np.where(targets > 0.5, p, 1 - p)
+    return np.mean(-((1 - p_t) ** gamma) * np.log(p_t))
+
+
+def _ref_tversky(logits, targets, alpha=0.3, beta=0.7, smooth=1.0):
+    p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    t = targets.astype(np.float64)
+    tp, fp, fn = (p * t).sum(), (p * (1 - t)).sum(), ((1 - p) * t).sum()
+    return 1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+
+
+def _softmax64(logits):
+    x = logits.astype(np.float64)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    return p / p.sum(-1, keepdims=True)
+
+
+def _ref_softmax_focal(logits, labels, gamma=2.0):
+    p_t = np.take_along_axis(_softmax64(logits), labels.astype(int), axis=-1)
+    return np.mean(-((1 - p_t) ** gamma) * np.log(p_t))
+
+
+def _ref_softmax_tversky(logits, labels, alpha=0.3, beta=0.7, smooth=1.0):
+    p = _softmax64(logits)
+    t = np.eye(p.shape[-1])[labels[..., 0].astype(int)]
+    axes = tuple(range(p.ndim - 1))
+    tp, fp, fn = (p * t).sum(axes), (p * (1 - t)).sum(axes), ((1 - p) * t).sum(axes)
+    return (1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth))[1:].mean()
+
+
 def _ref_soft_jaccard(y, t, smooth=1.0):
     y, t = y.astype(np.float64), t.astype(np.float64)
     return 1 - (np.minimum(y, t).sum() + smooth) / (np.maximum(y, t).sum() + smooth)
@@ -58,9 +90,14 @@ REFERENCES = {"dice": _ref_dice, "bce": _ref_bce, "ce": _ref_bce,
               "dice_ce": lambda *a: _ref_dice(*a) + _ref_bce(*a),
               "l1": lambda y, t: np.abs(y.astype(np.float64) - t).mean(),
               "l2": lambda y, t: np.square(y.astype(np.float64) - t).mean(),
-              "soft_jaccard": _ref_soft_jaccard}
+              "soft_jaccard": _ref_soft_jaccard, "focal": _ref_focal, "tversky": _ref_tversky,
+              "dice_focal": lambda *a: _ref_dice(*a) + _ref_focal(*a),
+              "dice_tversky": lambda *a: _ref_dice(*a) + _ref_tversky(*a)}
 SOFTMAX_REFERENCES = {"dice": _ref_softmax_dice, "ce": _ref_softmax_ce,
-                      "dice_ce": lambda *a: _ref_softmax_dice(*a) + _ref_softmax_ce(*a)}
+                      "dice_ce": lambda *a: _ref_softmax_dice(*a) + _ref_softmax_ce(*a),
+                      "focal": _ref_softmax_focal, "tversky": _ref_softmax_tversky,
+                      "dice_focal": lambda *a: _ref_softmax_dice(*a) + _ref_softmax_focal(*a),
+                      "dice_tversky": lambda *a: _ref_softmax_dice(*a) + _ref_softmax_tversky(*a)}
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -116,6 +153,27 @@ def test_two_class_softmax_dice_is_the_sigmoid_dice_of_the_logit_difference():
     two = np.concatenate([np.zeros_like(logits), logits], axis=-1)
     np.testing.assert_allclose(LOSSES["dice"](two, targets), LOSSES["dice"](logits, targets), rtol=1e-6)
     np.testing.assert_allclose(LOSSES["ce"](two, targets), LOSSES["ce"](logits, targets), rtol=1e-6)
+    for name in ("focal", "tversky"):
+        np.testing.assert_allclose(LOSSES[name](two, targets), LOSSES[name](logits, targets), rtol=1e-5)
+
+
+def test_tversky_with_equal_weights_is_dice_with_twice_the_smoothing():
+    logits, targets = _batch()
+    np.testing.assert_allclose(losses.tversky_loss(logits, targets, alpha=0.5, beta=0.5, smooth=1.0),
+                               losses.dice_loss(logits, targets, smooth=2.0), rtol=1e-6)
+
+
+def test_focal_loss_weighs_hard_pixels_above_easy_ones():
+    # gamma=0 is the cross-entropy; with gamma=2 a confident right pixel counts
+    # (1 - p)^2 times as much, a wrong one almost fully.
+    logits, targets = _batch()
+    np.testing.assert_allclose(losses.focal_loss(logits, targets, gamma=0.0), LOSSES["bce"](logits, targets),
+                               rtol=1e-6)
+    easy, hard = jnp.full((1, 1, 1, 1), 4.0), jnp.full((1, 1, 1, 1), -4.0)
+    one = jnp.ones((1, 1, 1, 1))
+    ratio = losses.focal_loss(easy, one) / losses.cross_entropy_loss(easy, one)
+    np.testing.assert_allclose(ratio, (1 - jax.nn.sigmoid(4.0)) ** 2, rtol=1e-5)
+    assert losses.focal_loss(hard, one) / losses.cross_entropy_loss(hard, one) > 0.96
 
 
 def test_regression_losses_refuse_shapes_that_would_broadcast():
@@ -127,7 +185,7 @@ def test_each_task_knows_its_losses():
     assert tasks.make_task("regression").loss("l1") is losses.l1_loss
     with pytest.raises(ValueError, match="loss='dice' is not a regression loss; choose one of l1, l2, soft_jaccard"):
         tasks.make_task("regression").loss("dice")
-    with pytest.raises(ValueError, match="loss='focal' is not a segmentation loss; choose one of bce, ce, dice"):
-        tasks.make_task("segmentation").loss("focal")
+    with pytest.raises(ValueError, match="loss='l1' is not a segmentation loss; choose one of bce, ce, dice"):
+        tasks.make_task("segmentation").loss("l1")
     with pytest.raises(ValueError, match="task='classification'"):
         tasks.make_task("classification")

@@ -1,4 +1,5 @@
-"""Losses for the three heads, in pure jax.numpy.
+"""Losses for the three heads, in pure jax.numpy: Dice, cross-entropy, focal,
+Tversky and their sums for segmentation; l1, l2 and the soft Jaccard for regression.
 
 Segmentation: one output channel is a sigmoid (binary), C > 1 channels a
 softmax over C classes; targets are labels [B, *spatial, 1] (0/1, or 0..C-1).
@@ -91,10 +92,59 @@ def cross_entropy_loss(logits: jnp.ndarray, targets: jnp.ndarray,
     return _pixel_mean(per_pixel, weights)
 
 
+def focal_loss(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray | None = None,
+               gamma: float = 2.0) -> jnp.ndarray:
+    """Focal loss (Lin et al. 2017), mean over the pixels of valid examples:
+    `-(1 - p_t)^gamma log p_t`, p_t the probability of the true class (sigmoid
+    for one channel, softmax for C), so confidently right pixels count little
+    and the rare, hard ones (small lesions, lung under pathology) count more.
+    A per-pixel mean, so gradient accumulation is exact."""
+    logits = logits.astype(jnp.float32)
+    if logits.shape[-1] == 1:
+        t = targets.astype(jnp.float32)
+        # log p_t = log sigmoid(x) for t = 1 and log sigmoid(-x) for t = 0 (any t in [0, 1] blends them).
+        log_p = t * jax.nn.log_sigmoid(logits) + (1 - t) * jax.nn.log_sigmoid(-logits)
+    else:
+        log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets.astype(jnp.int32), axis=-1)
+    return _pixel_mean(-((1.0 - jnp.exp(log_p)) ** gamma) * log_p, weights)
+
+
+def tversky_loss(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray | None = None,
+                 alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0) -> jnp.ndarray:
+    """Tversky loss (Salehi et al. 2017) over the whole batch at once:
+    `1 - (TP + smooth) / (TP + alpha FP + beta FN + smooth)` with soft counts,
+    the mean over the foreground classes as `dice_loss`. beta > alpha weighs
+    missed foreground above false alarms (recall over precision);
+    alpha = beta = 0.5 is `dice_loss` with twice the smoothing."""
+    logits = logits.astype(jnp.float32)
+    channels = logits.shape[-1]
+    probs = probabilities(logits)
+    onehot = one_hot_targets(targets, channels)
+    w = _broadcast_weights(weights, probs)
+    axes = tuple(range(probs.ndim - 1))
+    tp = jnp.sum(w * probs * onehot, axis=axes)
+    fp = jnp.sum(w * probs * (1 - onehot), axis=axes)
+    fn = jnp.sum(w * (1 - probs) * onehot, axis=axes)
+    per_class = 1.0 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+    return per_class[0] if channels == 1 else jnp.mean(per_class[1:])
+
+
 def dice_ce_loss(logits: jnp.ndarray, targets: jnp.ndarray,
                  weights: jnp.ndarray | None = None) -> jnp.ndarray:
     """`dice_loss + cross_entropy_loss`."""
     return dice_loss(logits, targets, weights) + cross_entropy_loss(logits, targets, weights)
+
+
+def dice_focal_loss(logits: jnp.ndarray, targets: jnp.ndarray,
+                    weights: jnp.ndarray | None = None) -> jnp.ndarray:
+    """`dice_loss + focal_loss`."""
+    return dice_loss(logits, targets, weights) + focal_loss(logits, targets, weights)
+
+
+def dice_tversky_loss(logits: jnp.ndarray, targets: jnp.ndarray,
+                      weights: jnp.ndarray | None = None) -> jnp.ndarray:
+    """`dice_loss + tversky_loss`."""
+    return dice_loss(logits, targets, weights) + tversky_loss(logits, targets, weights)
 
 
 def regression_pair(outputs: jnp.ndarray, targets: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -136,6 +186,10 @@ SEGMENTATION_LOSSES: dict[str, LossFn] = {
     "ce": cross_entropy_loss,
     "dice_bce": dice_ce_loss,
     "dice_ce": dice_ce_loss,
+    "focal": focal_loss,
+    "tversky": tversky_loss,
+    "dice_focal": dice_focal_loss,
+    "dice_tversky": dice_tversky_loss,
 }
 REGRESSION_LOSSES: dict[str, LossFn] = {
     "l1": l1_loss,
