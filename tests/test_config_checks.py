@@ -29,7 +29,7 @@ def test_the_defaults_and_the_real_configs_pass():
 
 @pytest.mark.parametrize("key,value,message", [
     ("task", "classification", "config.task='classification': choose one of segmentation, regression"),
-    ("loss", "focal", "config.loss='focal' is not a segmentation loss; choose one of bce, ce, dice"),
+    ("loss", "l1", "config.loss='l1' is not a segmentation loss; choose one of bce, ce, dice"),
     ("best_metric", "val_dice3d", "config.best_metric='val_dice3d' is not a segmentation metric"),
     ("best_mode", "largest", "config.best_mode='largest': choose one of max, min"),
     ("num_epochs", 0, "config.num_epochs=0: must be at least 1"),
