@@ -67,17 +67,25 @@ def dice_loss(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray | 
     mean of the micro-batches' Dice losses differs from the whole batch's (for
     `cross_entropy_loss` the two are equal).
     """
-    # Losses are computed in float32 whatever the compute dtype of the model.
-    logits = logits.astype(jnp.float32)
-    channels = logits.shape[-1]
-    probs = probabilities(logits)
-    onehot = one_hot_targets(targets, channels)
+    intersection, pred_sum, target_sum = _soft_counts(logits, targets, weights)
+    return _foreground_mean(1.0 - (2.0 * intersection + smooth) / (pred_sum + target_sum + smooth))
+
+
+def _soft_counts(logits: jnp.ndarray, targets: jnp.ndarray,
+                 weights: jnp.ndarray | None) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Per class [C], over every pixel of the valid examples: sum(p t), sum(p)
+    and sum(t), p the probabilities (in float32 whatever the model's compute
+    dtype) and t the one-hot targets."""
+    probs = probabilities(logits.astype(jnp.float32))
+    onehot = one_hot_targets(targets, probs.shape[-1])
     w = _broadcast_weights(weights, probs)
     axes = tuple(range(probs.ndim - 1))
-    intersection = jnp.sum(w * probs * onehot, axis=axes)
-    denominator = jnp.sum(w * probs, axis=axes) + jnp.sum(w * onehot, axis=axes)
-    per_class = 1.0 - (2.0 * intersection + smooth) / (denominator + smooth)
-    return per_class[0] if channels == 1 else jnp.mean(per_class[1:])
+    return jnp.sum(w * probs * onehot, axis=axes), jnp.sum(w * probs, axis=axes), jnp.sum(w * onehot, axis=axes)
+
+
+def _foreground_mean(per_class: jnp.ndarray) -> jnp.ndarray:
+    """A one-channel head's only value, else the mean over classes 1..C-1."""
+    return per_class[0] if per_class.shape[0] == 1 else jnp.mean(per_class[1:])
 
 
 def cross_entropy_loss(logits: jnp.ndarray, targets: jnp.ndarray,
@@ -116,17 +124,9 @@ def tversky_loss(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray
     the mean over the foreground classes as `dice_loss`. beta > alpha weighs
     missed foreground above false alarms (recall over precision);
     alpha = beta = 0.5 is `dice_loss` with twice the smoothing."""
-    logits = logits.astype(jnp.float32)
-    channels = logits.shape[-1]
-    probs = probabilities(logits)
-    onehot = one_hot_targets(targets, channels)
-    w = _broadcast_weights(weights, probs)
-    axes = tuple(range(probs.ndim - 1))
-    tp = jnp.sum(w * probs * onehot, axis=axes)
-    fp = jnp.sum(w * probs * (1 - onehot), axis=axes)
-    fn = jnp.sum(w * (1 - probs) * onehot, axis=axes)
-    per_class = 1.0 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
-    return per_class[0] if channels == 1 else jnp.mean(per_class[1:])
+    tp, pred_sum, target_sum = _soft_counts(logits, targets, weights)
+    fp, fn = pred_sum - tp, target_sum - tp
+    return _foreground_mean(1.0 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth))
 
 
 def dice_ce_loss(logits: jnp.ndarray, targets: jnp.ndarray,
