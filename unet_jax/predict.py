@@ -234,9 +234,7 @@ class Predictor:
             full[crop] = blend
             if settings.spacing is None:
                 return full
-            shape = info["source"]["shape"]
-            return np.stack([resample_to(Volume(full[..., c], resampled), geometry, shape, label=False).array
-                             for c in range(k)], axis=-1)
+            return resample_to(Volume(full, resampled), geometry, info["source"]["shape"], label=False).array
         return x, restore, axis
 
     def _infer(self, x: np.ndarray, axis: int | None, name: str, notes: list[str]) -> np.ndarray:

@@ -528,6 +528,11 @@ def test_resample_to_vector_volume():
     assert back.array.shape == (7, 5, 4, 2)
     np.testing.assert_allclose(back.array[..., 0], resample_to(coarse, volume.geometry, (7, 5, 4), label=False).array,
                                atol=1e-4)
+    # One component (a sigmoid's probability) keeps its axis.
+    single = resample_to(Volume(coarse.array[..., None], coarse.geometry), volume.geometry, (7, 5, 4), label=False)
+    assert single.array.shape == (7, 5, 4, 1)
+    np.testing.assert_array_equal(single.array[..., 0], resample_to(coarse, volume.geometry, (7, 5, 4),
+                                                                    label=False).array)
 
 
 # --- 2-D pictures -------------------------------------------------------------------------------------------------

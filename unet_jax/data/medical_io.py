@@ -111,6 +111,8 @@ def _from_image(image: sitk.Image, path: str) -> Volume:
 def _to_volume(image: sitk.Image) -> Volume:
     """`image` as a Volume; a multi-component image as [X, Y, (Z), K]."""
     array = sitk.GetArrayFromImage(image)  # [(Z), Y, X] or [(Z), Y, X, K]
+    if array.ndim == image.GetDimension() and image.GetPixelIDTypeAsString().startswith("vector"):
+        array = array[..., None]  # SimpleITK drops the axis of a one-component vector image
     axes = tuple(reversed(range(image.GetDimension()))) + tuple(range(image.GetDimension(), array.ndim))
     array = np.ascontiguousarray(np.transpose(array, axes))
     return Volume(array, Geometry(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection())))
@@ -326,7 +328,7 @@ def resample_to(volume: Volume, geometry: Geometry, shape: Sequence[int], *, lab
         raise ValueError(f"a {volume.geometry.ndim}-D volume onto a grid of shape {tuple(shape)} and "
                          f"{geometry.ndim}-D geometry")
     image = _to_image(volume)
-    vector = image.GetNumberOfComponentsPerPixel() > 1
+    vector = volume.array.ndim > volume.geometry.ndim  # [X, Y, Z, K], K = 1 included
     pixel = image.GetPixelID() if label else (sitk.sitkVectorFloat32 if vector else sitk.sitkFloat32)
     out = sitk.Resample(image, [int(s) for s in shape], sitk.Transform(),
                         sitk.sitkNearestNeighbor if label else sitk.sitkLinear, geometry.origin, geometry.spacing,
