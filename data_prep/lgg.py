@@ -104,7 +104,8 @@ def patient_files(folder: str) -> tuple[dict[int, str], dict[int, str], list[com
     return images, masks, problems
 
 
-def _read_tiff(path: str) -> np.ndarray:
+def read_tiff(path: str) -> np.ndarray:
+    """A kaggle_3m TIFF as tifffile reads it (prediction reads slices through here too)."""
     try:
         return tifffile.imread(path)
     except Exception as e:  # tifffile raises many types for damaged files
@@ -114,8 +115,8 @@ def _read_tiff(path: str) -> np.ndarray:
 
 def load_slice(s: Slice, image_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
     """Reads and validates one image/mask pair; the mask comes back as 0/1 uint8."""
-    image = _read_tiff(s.image)
-    mask = _read_tiff(s.mask)
+    image = read_tiff(s.image)
+    mask = read_tiff(s.mask)
     if image.dtype != np.uint8 or image.ndim != 3:
         raise DataError(f"{s.image}: expected an HxWxC uint8 image, got shape {image.shape} dtype {image.dtype}")
     if image_shape is not None and image.shape != image_shape:

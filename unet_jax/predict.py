@@ -368,7 +368,7 @@ def load_scan(scan: Scan) -> LoadedScan:
     if scan.kind == "kaggle":
         images, _, _ = lgg.patient_files(scan.paths[0])
         numbers = sorted(images)
-        slices = [read_image(images[n]) for n in numbers]
+        slices = [lgg.read_tiff(images[n]) for n in numbers]  # as data_prep.lgg read the training slices
         shapes = {s.shape for s in slices}
         if len(shapes) > 1 or slices[0].ndim != 3:
             raise DataError(f"{scan.paths[0]}: slices of shapes {sorted(shapes)}; every slice must be HxWxC alike")
@@ -531,7 +531,7 @@ def load_target(scan: Scan, loaded: LoadedScan, labels: str, predictor: Predicto
         if missing:
             raise DataError(f"{scan.paths[0]}: no mask for slice {missing[0]} ({scan.key}_{missing[0]}_mask.tif); "
                             "add it or pass --skip_bad")
-        target = np.stack([_binary_picture(read_image(masks[n]), classes) for n in loaded.slice_numbers], axis=2)
+        target = np.stack([_binary_picture(lgg.read_tiff(masks[n]), classes) for n in loaded.slice_numbers], axis=2)
     elif scan.kind == "image":
         target = _binary_picture(read_image(find_label(scan, labels)), classes)
     else:
