@@ -59,6 +59,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.patches_per_volume = 1
     config.data.sliding_window = ml_collections.ConfigDict(dict(
         overlap=0.5, importance="gaussian", flip_tta=False))
+    # Simulated lung pathology (document 003, data/pathology.py): with probability
+    # prob, 7-9 lesions drawn into a training slice inside the bounding boxes of
+    # its two largest lung components (0: off). eval_pathology=True draws them
+    # into every validation/test slice as well (fixed per slice), to measure
+    # robustness with --mode=evaluate.
+    config.data.pathology = ml_collections.ConfigDict(dict(
+        prob=0.0, min_count=7, max_count=9, min_radius=0.04, max_radius=0.15, min_opacity=0.3, max_opacity=0.9,
+        shapes=("disc",), tissue_value=ml_collections.config_dict.placeholder(float), min_lung_pixels=50))
+    config.data.eval_pathology = False
     # Phantoms to generate and prepare under the workdir (the demo) when no
     # data_dir is given; None reads data_dir.
     config.data.synthetic = ml_collections.config_dict.placeholder(ml_collections.ConfigDict)

@@ -234,6 +234,24 @@ def load_label(path: str, grid: Volume, grid_path: str, label_map: dict[int, int
     return labels
 
 
+def load_target(path: str, grid: Volume, grid_path: str) -> np.ndarray:
+    """A regression target (e.g. the post-contrast scan) as float32 on the grid of `grid`."""
+    volume = read_volume(path)
+    if volume.array.ndim != 3:
+        raise DataError(f"{path}: a {volume.array.ndim}-D target of shape {volume.array.shape}; give one 3-D volume")
+    check_same_grid(volume, path, grid, grid_path)
+    check_finite(volume, path)
+    return volume.array.astype(np.float32)
+
+
+def target_scale(channel: np.ndarray, foreground: np.ndarray) -> float:
+    """The divisor of 'input_percentile': the TARGET_PERCENTILE of the raw input
+    channel over the foreground (1 when that is not positive)."""
+    values = channel[foreground] if foreground.any() else channel.ravel()
+    scale = float(np.percentile(values, TARGET_PERCENTILE)) if values.size else 0.0
+    return scale if scale > 0 else 1.0
+
+
 def check_same_grid(volume: Volume, path: str, reference: Volume, reference_path: str) -> None:
     g, r = volume.geometry, reference.geometry
     if volume.array.shape != reference.array.shape or not g.same_grid(r):
@@ -254,6 +272,15 @@ class Settings:
     crop: bool
     slices: str | None
     slice_size: tuple[int, int] | None
+    # Regression (--target): how the float target is scaled; None: labels, not a target.
+    target: str | None = None
+
+
+# Regression targets: "input_percentile" divides the target by the TARGET_PERCENTILE
+# of the input's first channel over the foreground (before its normalisation), so
+# outputs go back to scanner units on a new scan, which has no target; "none" keeps them.
+TARGET_INTENSITIES = ("input_percentile", "none")
+TARGET_PERCENTILE = 99.5
 
 
 def normalize_channel(x: np.ndarray, method: str, foreground: np.ndarray, window: tuple[float, float]
@@ -276,10 +303,12 @@ def normalize_channel(x: np.ndarray, method: str, foreground: np.ndarray, window
     return x, {}
 
 
-def read_case(case: Case, label_map: dict[int, int]) -> tuple[list[Volume], np.ndarray | None, np.ndarray | None]:
+def read_case(case: Case, label_map: dict[int, int], target: bool = False
+              ) -> tuple[list[Volume], np.ndarray | None, np.ndarray | None]:
     """Reads and checks one case's files: the channel volumes (3-D, finite, on
-    one grid), its labels (uint8 on that grid, remapped) or None, and its
-    foreground mask or None."""
+    one grid), its labels (uint8 on that grid, remapped; with `target` the
+    label file is a regression target, float32) or None, and its foreground
+    mask or None."""
     channels = []
     for path in case.channels:
         volume = read_volume(path)
@@ -290,7 +319,12 @@ def read_case(case: Case, label_map: dict[int, int]) -> tuple[list[Volume], np.n
         if channels:
             check_same_grid(volume, path, channels[0], case.channels[0])
         channels.append(volume)
-    labels = None if case.label is None else load_label(case.label, channels[0], case.channels[0], label_map)
+    if case.label is None:
+        labels = None
+    elif target:
+        labels = load_target(case.label, channels[0], case.channels[0])
+    else:
+        labels = load_label(case.label, channels[0], case.channels[0], label_map)
     foreground = None
     if case.mask is not None:
         mask_volume = read_volume(case.mask)
@@ -302,20 +336,23 @@ def read_case(case: Case, label_map: dict[int, int]) -> tuple[list[Volume], np.n
 def preprocess(channels: list[Volume], labels: np.ndarray | None, foreground: np.ndarray | None,
                settings: Settings, name: str) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """Channels on one grid -> the record's image float32 [*spatial, C], labels
-    uint8 (zeros without `labels`), geometry and per-channel statistics:
-    resampled to `settings.spacing`, cropped to the foreground's bounding box,
-    intensities normalised. Prediction calls it too, so new scans get exactly
-    the training preprocessing; `name` (a file) heads its errors."""
+    uint8 (zeros without `labels`; a regression's float32 target, scaled as
+    `settings.target` says), geometry and per-channel statistics (with the
+    target's scale): resampled to `settings.spacing`, cropped to the
+    foreground's bounding box, intensities normalised. Prediction calls it
+    too, so new scans get exactly the training preprocessing; `name` (a file)
+    heads its errors."""
     first = channels[0]
+    regression = settings.target is not None
     if labels is None:
-        labels = np.zeros(first.array.shape, np.uint8)
+        labels = np.zeros(first.array.shape, np.float32 if regression else np.uint8)
     source = first.geometry
     geometry = {"source": {**source.to_dict(), "shape": list(first.array.shape)}}
     if settings.spacing is not None:
         if len(settings.spacing) != source.ndim:
             raise DataError(f"--spacing={settings.spacing}: give {source.ndim} values for {name}")
         channels = [resample(v, settings.spacing, label=False) for v in channels]
-        labels = resample(Volume(labels, source), settings.spacing, label=True).array
+        labels = resample(Volume(labels, source), settings.spacing, label=not regression).array
         if foreground is not None:
             foreground = resample(Volume(foreground.astype(np.uint8), source), settings.spacing, label=True).array > 0
     spacing = tuple(channels[0].geometry.spacing)
@@ -330,16 +367,21 @@ def preprocess(channels: list[Volume], labels: np.ndarray | None, foreground: np
     crop = tuple(slice(lo, hi) for lo, hi in box)
     image, labels, foreground = image[crop], labels[crop], foreground[crop]
     geometry["crop"] = [list(b) for b in box]
+    extra = {}
+    if settings.target == "input_percentile":
+        scale = target_scale(image[..., 0], foreground)
+        labels = np.maximum(labels, 0) / np.float32(scale)
+        extra["target"] = {"scale": round(scale, 6)}
     stats = []
     for c, method in enumerate(settings.intensity):
         image[..., c], s = normalize_channel(image[..., c], method, foreground, settings.ct_window)
         stats.append(s)
-    return image, labels, {"spacing": list(spacing), **geometry}, {"channels": stats}
+    return image, labels, {"spacing": list(spacing), **geometry}, {"channels": stats, **extra}
 
 
 def load_case(case: Case, settings: Settings) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """Reads, checks and converts one case: `read_case`, then `preprocess`."""
-    channels, labels, foreground = read_case(case, settings.label_map)
+    channels, labels, foreground = read_case(case, settings.label_map, target=settings.target is not None)
     return preprocess(channels, labels, foreground, settings, case.channels[0])
 
 
@@ -351,7 +393,8 @@ def settings_from_manifest(manifest: dict) -> Settings:
     return Settings(tuple(i["method"] for i in pre["intensity"]), window,
                     {int(k): int(v) for k, v in pre["label_map"].items()},
                     tuple(pre["spacing"]) if pre["spacing"] else None, bool(pre["crop"]), pre["slices"],
-                    tuple(pre["slice_size"]) if pre["slice_size"] else None)
+                    tuple(pre["slice_size"]) if pre["slice_size"] else None,
+                    manifest["target"]["method"] if manifest.get("task") == "regression" else None)
 
 
 def slice_records(image: np.ndarray, labels: np.ndarray, axis: int, size: tuple[int, int], name: str):
@@ -388,7 +431,8 @@ def _assign(names: list[str], val_cases: list[str], test_cases: list[str], **spl
 
 def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str = "", label: str = "",
             mask: str = "", intensity: str = "zscore", ct_window: str = "lung_wide", label_map: str = "",
-            spacing: str = "", crop: bool = True, slices: str = "", slice_size: str = "",
+            spacing: str = "", crop: bool = True, slices: str = "", slice_size: str = "", target: str = "",
+            target_intensity: str = "input_percentile",
             unlabelled: bool = False, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
             num_folds: int = 0, fold: int = 0, val_cases: str = "", test_cases: str = "",
             records_per_shard: int = 64, skip_bad: bool = False, overwrite: bool = False,
@@ -396,7 +440,9 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
     """Validates the cases under `data_dir`, splits them by case and writes
     shards plus manifest.json to `out_dir`; returns the manifest. Raises
     DataError on the first bad case unless `skip_bad` (bad cases are then
-    left out and listed in the manifest). String arguments are the CLI's."""
+    left out and listed in the manifest). With `target` (a pattern, folders
+    layout) each case's target volume replaces its label: float records for a
+    regression. String arguments are the CLI's."""
     data_dir = os.path.abspath(data_dir)
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: no such folder; point --data_dir at a folder of cases")
@@ -406,10 +452,13 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
         cases, problems = scan_decathlon(data_dir, unlabelled)
     elif layout == "folders":
         patterns = [p.strip() for p in channels.split(",") if p.strip()]
-        if not patterns or not (label or unlabelled):
+        if target and label:
+            raise DataError(f"--label={label!r} and --target={target!r}: a case has labels (segmentation) or a "
+                            "target (regression); give one")
+        if not patterns or not (label or target or unlabelled):
             raise DataError(f"{data_dir}: the per-case layout needs --channels='FLAIR*,...' and --label='...' "
-                            "(or --unlabelled)")
-        cases, problems = scan_folders(data_dir, patterns, label or None, mask or None, unlabelled)
+                            "(or --target='...' for a regression, or --unlabelled)")
+        cases, problems = scan_folders(data_dir, patterns, label or target or None, mask or None, unlabelled)
     else:
         raise DataError(f"--layout={layout!r}: choose auto, decathlon or folders")
     if not cases:
@@ -417,7 +466,12 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                         "; check --channels/--label or the folder"))
     if problems and not skip_bad:
         raise DataError(f"{problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
-    settings = _settings(len(cases[0].channels), intensity, ct_window, label_map, spacing, crop, slices, slice_size)
+    if target and layout != "folders":
+        raise DataError("--target needs the per-case layout (--layout=folders with --channels)")
+    if target_intensity not in TARGET_INTENSITIES:
+        raise DataError(f"--target_intensity={target_intensity!r}: choose one of {', '.join(TARGET_INTENSITIES)}")
+    settings = _settings(len(cases[0].channels), intensity, ct_window, label_map, spacing, crop, slices, slice_size,
+                         target_intensity if target else None)
     if records_per_shard < 1:
         raise DataError(f"--records_per_shard={records_per_shard}: must be at least 1")
     names = [c.name for c in cases]
@@ -443,14 +497,15 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                     bar.update()
                     continue
                 num_bytes += sum(os.path.getsize(f) for f in (*case.channels, case.label) if f and os.path.isfile(f))
-                num_classes = max(num_classes, int(labels.max()) + 1)
+                if not target:
+                    num_classes = max(num_classes, int(labels.max()) + 1)
                 ids = {"patient_id": case.name, "patient_index": len(per_case)}
                 for record in _records(image, labels, geometry, settings, ids, case):
                     writer.write(record)
                     examples += 1
                 per_case.append({"patient": case.name, "shape": list(image.shape[:-1]),
                                  "foreground_voxels": int(np.count_nonzero(labels)),
-                                 "labels": np.unique(labels).tolist(), **stats})
+                                 **({} if target else {"labels": np.unique(labels).tolist()}), **stats})
                 bar.update()
             splits[split_name] = {"num_patients": len(per_case), "num_examples": examples,
                                   "num_slices": examples, "patients": per_case, "shards": writer.close()}
@@ -471,8 +526,10 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
             else [p.strip() for p in channels.split(",")],
             "label_pattern": label or None, "mask_pattern": mask or None,  # prediction finds files as here
             "image_dtype": "float32",
-            "mask": "uint8 labels",
-            "num_classes": num_classes,
+            "mask": "float32 target" if target else "uint8 labels",
+            **({"task": "regression", "target": {"method": target_intensity, "pattern": target, "channel": 0,
+                                                 "percentile": TARGET_PERCENTILE}} if target else
+               {"num_classes": num_classes}),
             "labelled": not unlabelled,
             "preprocessing": {
                 "intensity": [{"method": m, **({"window": list(settings.ct_window)} if m == "ct" else {}),
@@ -509,7 +566,7 @@ def _floats(text: str, flag: str, count: int | None = None) -> tuple[float, ...]
 
 
 def _settings(num_channels: int, intensity: str, ct_window: str, label_map: str, spacing: str, crop: bool,
-              slices: str, slice_size: str) -> Settings:
+              slices: str, slice_size: str, target: str | None = None) -> Settings:
     methods = tuple(m.strip() for m in intensity.split(","))
     if len(methods) == 1:
         methods = methods * num_channels
@@ -528,11 +585,13 @@ def _settings(num_channels: int, intensity: str, ct_window: str, label_map: str,
     size = tuple(int(v) for v in _floats(slice_size, "--slice_size", 2)) if slice_size else None
     if slices and size is None:
         raise DataError("--slices needs --slice_size=H,W: every slice is padded to it so slices batch together")
-    return Settings(methods, tuple(window), parse_label_map(label_map), voxel, crop, slices or None, size)
+    return Settings(methods, tuple(window), parse_label_map(label_map), voxel, crop, slices or None, size, target)
 
 
 def _records(image, labels, geometry, settings: Settings, ids: dict, case: Case):
     common_features = {**ids, "image_dtype": "float32", "spacing": np.asarray(geometry["spacing"], np.float32)}
+    if labels.dtype == np.float32:  # a regression target
+        common_features["mask_dtype"] = "float32"
     if not settings.slices:
         yield encode_example({**common_features, "image": image.tobytes(), "mask": labels.tobytes(),
                               "shape": image.shape, "slice": 0, "geometry": json.dumps(geometry),
@@ -567,6 +626,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: decathlon when data_dir holds imagesTr/, else folders")
     parser.add_argument("--channels", default="", help="folders layout: one glob per channel, comma-separated")
     parser.add_argument("--label", default="", help="folders layout: glob of the label file")
+    parser.add_argument("--target", default="", help="folders layout: glob of a regression target volume (e.g. "
+                                                     "'T1POST*'), instead of --label")
+    parser.add_argument("--target_intensity", default="input_percentile", choices=TARGET_INTENSITIES,
+                        help=f"input_percentile: divide the target by the {TARGET_PERCENTILE}th percentile of the "
+                             "first input channel (undone for predictions); none: as stored")
     parser.add_argument("--mask", default="", help="folders layout: glob of a foreground mask for the z-score "
                                                    "(default: the non-zero voxels)")
     parser.add_argument("--intensity", default="zscore",
@@ -599,7 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = ", ".join(f"{k} {v['num_patients']} cases/{v['num_examples']} records" for k, v in m["splits"].items())
     t = m["throughput"]
-    print(f"wrote {os.path.abspath(out_dir)}: {summary}; {m['num_classes']} classes; skipped {len(m['skipped'])}; "
+    kind = "a regression target" if m.get("task") == "regression" else f"{m['num_classes']} classes"
+    print(f"wrote {os.path.abspath(out_dir)}: {summary}; {kind}; skipped {len(m['skipped'])}; "
           f"{t['cases_per_second']} cases/s, {t['source_mb_per_second']} MB/s of source files")
     return 0
 

@@ -14,6 +14,7 @@ import ml_collections
 from unet_jax import inference, parallel, tasks
 from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
+from unet_jax.data.pathology import PathologyOptions
 from unet_jax.data.pipeline import PatchOptions
 from unet_jax.models.transformer import TransformerOptions
 from unet_jax.models.unet import UNet
@@ -70,6 +71,16 @@ def patch_options(config: ml_collections.ConfigDict) -> PatchOptions | None:
         return None
     return PatchOptions(tuple(int(v) for v in config.data.patch_size), config.data.foreground_prob,
                         config.data.patches_per_volume)
+
+
+def pathology_options(config: ml_collections.ConfigDict, evaluation: bool = False) -> PathologyOptions | None:
+    """The simulated pathology of training (None when `config.data.pathology.prob`
+    is 0), or with `evaluation` the lesions that `config.data.eval_pathology`
+    draws into every validation or test slice (probability 1), else None."""
+    options = config.data.get("pathology")
+    if evaluation:
+        return PathologyOptions(**{**options, "prob": 1.0}) if config.data.get("eval_pathology") else None
+    return PathologyOptions(**options) if options and options.get("prob", 0) > 0 else None
 
 
 def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devices: int,
@@ -171,6 +182,17 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
         _require(all(0 <= a < dims for a in data.augment.get("flip_axes", ())),
                  f"config.data.augment.flip_axes={tuple(data.augment.get('flip_axes', ()))}: axes of the "
                  f"{dims}-D input lie in 0..{dims - 1}")
+    if data.get("pathology"):
+        known = [f.name for f in dataclasses.fields(PathologyOptions)]
+        for key in data.pathology:
+            _require(key in known, f"config.data.pathology.{key}: no such field; choose from {', '.join(known)}")
+        try:
+            PathologyOptions(**data.pathology)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config.data.pathology: {e}") from None
+        _require(task.name == "segmentation" or not (data.pathology.prob > 0 or data.get("eval_pathology")),
+                 "config.data.pathology draws lesions into lung CT for segmentation; set its prob to 0 and "
+                 "eval_pathology to False for a regression")
 
     # ---- splits
     if mode != "train":

@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 from unet_jax import inference, parallel
 from unet_jax import metrics as metrics_lib
 from unet_jax.data import pipeline
+from unet_jax.data.pathology import PathologyOptions
 from unet_jax.tasks import Task
 
 # Metadata every batch carries beside image and mask.
@@ -73,7 +74,8 @@ class Evaluator:
     """
 
     def __init__(self, task: Task, eval_step: Callable, data_dir: str, split: str, *, batch_size: int,
-                 normalization: str, mesh, display_channel: int = 1):
+                 normalization: str, mesh, display_channel: int = 1, pathology: PathologyOptions | None = None,
+                 seed: int = 0):
         manifest = pipeline.read_manifest(data_dir)
         self.task, self.eval_step, self.split, self.mesh = task, eval_step, split, mesh
         self.data_dir = os.path.abspath(data_dir)
@@ -81,7 +83,8 @@ class Evaluator:
         self.display_channel = min(display_channel, pipeline.num_channels(manifest) - 1)
         self.dataset = pipeline.eval_dataset(
             data_dir, split, batch_size=parallel.check_batch_size(batch_size, mesh.size, name="eval_batch_size"),
-            normalization=normalization, shard_index=jax.process_index(), shard_count=jax.process_count())
+            normalization=normalization, pathology=pathology, seed=seed, shard_index=jax.process_index(),
+            shard_count=jax.process_count())
 
     def __call__(self, state) -> Evaluation:
         totals = self.task.empty_metrics()
@@ -123,10 +126,12 @@ class VolumeEvaluator:
     """
 
     def __init__(self, task: Task, predict_step: Callable, data_dir: str, split: str, *, batch_size: int,
-                 normalization: str, mesh, window: inference.WindowOptions, display_channel: int = 0):
+                 normalization: str, mesh, window: inference.WindowOptions, display_channel: int = 0,
+                 pathology: PathologyOptions | None = None, seed: int = 0):
         manifest = pipeline.read_manifest(data_dir)
         self.task, self.predict_step, self.split, self.mesh, self.window = task, predict_step, split, mesh, window
         self.data_dir, self.normalization = os.path.abspath(data_dir), normalization
+        self.pathology, self.seed = pathology, seed
         self.names = [p["patient"] for p in manifest["splits"][split]["patients"]]
         self.display_channel = min(display_channel, pipeline.num_channels(manifest) - 1)
         parallel.check_batch_size(batch_size, mesh.size, name="eval_batch_size")
@@ -147,6 +152,8 @@ class VolumeEvaluator:
         volumes, images, spacings = {}, {}, {}
         for index in range(len(self.source)):
             element = pipeline.normalize(pipeline.decode(self.source[index]), self.normalization)
+            if self.pathology is not None:  # the same lesions every pass: seeded by the case
+                element = pipeline.add_pathology(element, np.random.default_rng([self.seed, index]), self.pathology)
             pred, _ = self.case(state, element)
             _, target = self.task.host_pair(pred, element["mask"])
             totals = totals.merge(self.task.volume_metrics(pred, target))

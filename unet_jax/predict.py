@@ -220,7 +220,10 @@ class Predictor:
                          "at its own pixel size")
             settings = dataclasses.replace(settings, spacing=None)
         channels = [Volume(image[..., c], geometry) for c in range(image.shape[-1])]
-        x, _, info, _ = volumes.preprocess(channels, None, foreground, settings, name)
+        x, _, info, stats = volumes.preprocess(channels, None, foreground, settings, name)
+        # A regression's outputs go back to the target's units: the scale data_prep
+        # divided the target by, computed from this scan's own input.
+        scale = np.float32(stats.get("target", {}).get("scale", 1.0))
         axis = plane_axis(geometry, settings.slices) if len(self.patch) == 2 and dims == 3 else None
         resampled = Geometry(tuple(info["spacing"]), geometry.origin, geometry.direction)
         crop = tuple(slice(lo, hi) for lo, hi in info["crop"])
@@ -231,7 +234,7 @@ class Predictor:
             full = np.zeros((*info["resampled_shape"], k), np.float32)
             if k > 1:
                 full[..., 0] = background  # outside the crop: certainly background
-            full[crop] = blend
+            full[crop] = blend * scale if scale != 1 else blend
             if settings.spacing is None:
                 return full
             return resample_to(Volume(full, resampled), geometry, info["source"]["shape"], label=False).array

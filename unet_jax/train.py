@@ -26,8 +26,8 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
 from unet_jax import checkpoint, evaluate, parallel, report, steps, tasks
-from unet_jax.config_checks import (ConfigError, best_metric, input_shape, model_from_config, patch_options,
-                                    validate_config, window_options)
+from unet_jax.config_checks import (ConfigError, best_metric, input_shape, model_from_config, pathology_options,
+                                    patch_options, validate_config, window_options)
 from unet_jax.data import DataError, pipeline
 from unet_jax.data.augment import AugmentOptions
 from unet_jax.files import atomic_write, write_json
@@ -77,11 +77,14 @@ def make_evaluator(config, task, compiled, mesh, data_dir: str, split: str):
     of whole volumes by sliding window; `compiled` is `compile_steps`' result."""
     _, eval_step, predict_step = compiled
     window = window_options(config)
+    pathology = pathology_options(config, evaluation=True)
     if window is None:
         return evaluate.Evaluator(task, eval_step, data_dir, split, batch_size=config.eval_batch_size,
-                                  normalization=config.data.normalization, mesh=mesh)
+                                  normalization=config.data.normalization, mesh=mesh, pathology=pathology,
+                                  seed=config.seed)
     return evaluate.VolumeEvaluator(task, predict_step, data_dir, split, batch_size=config.eval_batch_size,
-                                    normalization=config.data.normalization, mesh=mesh, window=window)
+                                    normalization=config.data.normalization, mesh=mesh, window=window,
+                                    pathology=pathology, seed=config.seed)
 
 
 def train_iterator(config, mesh) -> grain.DatasetIterator:
@@ -92,6 +95,7 @@ def train_iterator(config, mesh) -> grain.DatasetIterator:
                                                                      config.grad_accum_steps),
                                 seed=config.seed, normalization=config.data.normalization,
                                 augment_options=augment, patches=patch_options(config),
+                                pathology=pathology_options(config),
                                 shard_index=jax.process_index(),
                                 shard_count=jax.process_count())
     return pipeline.make_iterator(ds, pipeline.LoaderOptions(
@@ -367,5 +371,6 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, data_dir: 
     state, best_epoch = restore_best(config, workdir, mesh, trained)
     evaluator = make_evaluator(config, task, compile_steps(config, task, mesh), mesh, data_dir, split) \
         if manifest["splits"][split]["num_examples"] else None
-    return test(task, state, workdir, f"evaluate_{os.path.basename(os.path.normpath(data_dir))}_{split}",
+    name = f"evaluate_{os.path.basename(os.path.normpath(data_dir))}_{split}"
+    return test(task, state, workdir, name + ("_pathology" if config.data.get("eval_pathology") else ""),
                 best_epoch, evaluator)

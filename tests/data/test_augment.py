@@ -372,3 +372,26 @@ def test_warp_reads_zeros_beyond_the_border_not_the_edge_pixel():
     out = warp(image, np.eye(2) * 2.0)  # zoom out 2x about the centre (3.5, 3.5)
     # Output rows 0 and 1 sample rows -3.5 and -1.5: outside, so zero; row 2 samples 0.5, half the edge.
     np.testing.assert_allclose(out[:3, 4, 0], [0.0, 0.0, 0.5])
+
+
+def test_continuous_targets_are_warped_like_the_image_never_thresholded():
+    """A regression target equal to the image's first channel stays equal to it
+    through flips, rotation and scaling of slices and of 2-D and 3-D patches."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:48, 0:40]
+    grey = (np.sin(yy / 5.0) * np.cos(xx / 7.0) + 1.0).astype(np.float32)  # smooth, many grey levels
+    image = np.stack([grey, 2 * grey], axis=-1)
+    opts = AugmentOptions(flip_prob=0.5, rotate_prob=1, scale_prob=1, max_scale=0.2)
+    for _ in range(5):
+        im, target = augment_slice(image, grey, rng, opts, continuous=True)
+        np.testing.assert_allclose(target, im[..., 0], atol=1e-6)
+        assert np.unique(target).size > 100  # grey levels, not a 0/1 mask
+    volume = np.stack([grey] * 6, axis=-1)  # [48, 40, 6]
+    for rotate_3d in (False, True):
+        o = dataclasses.replace(opts, flip_axes=(0, 1, 2), rotate_3d=rotate_3d)
+        for _ in range(3):
+            im, target = sample_patch(volume[..., None], volume, (24, 24, 4), rng, o, continuous=True)
+            np.testing.assert_allclose(target, im[..., 0], atol=1e-6)
+            assert np.unique(target).size > 50
+    im, target = sample_patch(image, grey, (32, 32), rng, opts, continuous=True)
+    np.testing.assert_allclose(target, im[..., 0], atol=1e-6)

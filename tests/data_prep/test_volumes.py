@@ -587,3 +587,65 @@ def test_a_channel_that_is_not_3d_is_one_line(tmp_path):
                                         r"one 3-D file") as error:
         _prepare(src, tmp_path / "out", **CASES)
     assert "\n" not in str(error.value)
+
+
+# --- regression pairs (--target) ------------------------------------------------------
+
+def test_target_pairs_are_float_records_scaled_by_the_input(tmp_path):
+    """T1 -> T1POST style pairs: the target volume becomes the record's float32
+    mask, divided by the 99.5th percentile of the raw input over the foreground,
+    and the manifest says how, so predictions can be scaled back."""
+    root = tmp_path / "pairs"
+    for i, name in enumerate(("a", "b", "c")):
+        t1 = _channel(i)
+        post = t1 * 1.5
+        post[LESION] += 200.0  # enhancement the input does not show
+        post[0, 0, 0] = -5.0  # below zero outside the head: clipped to 0
+        _write(root / name / "t1.nii.gz", t1)
+        _write(root / name / "t1post.nii.gz", post)
+    m = _prepare(root, tmp_path / "out", channels="t1.*", target="t1post*", val_cases="c", test_fraction=0)
+    assert m["task"] == "regression" and m["mask"] == "float32 target" and "num_classes" not in m
+    assert m["target"] == {"method": "input_percentile", "pattern": "t1post*", "channel": 0, "percentile": 99.5}
+    element, raw = _records(tmp_path / "out", "val")[0]
+    assert raw["mask_dtype"] == b"float32" and element["mask"].dtype == np.float32
+    t1 = read_volume(str(root / "c" / "t1.nii.gz")).array
+    post = read_volume(str(root / "c" / "t1post.nii.gz")).array
+    scale = np.percentile(t1[HEAD], 99.5)
+    assert _patients(m)["c"]["target"]["scale"] == pytest.approx(scale, rel=1e-6)
+    np.testing.assert_allclose(element["mask"][..., 0], np.maximum(post[HEAD], 0) / scale, rtol=1e-5)
+    assert element["image"].shape == (8, 8, 4, 1) and abs(float(element["image"].mean())) < 1e-4  # z-scored input
+    sliced = _prepare(root, tmp_path / "slices", channels="t1.*", target="t1post*", val_cases="c", test_fraction=0,
+                      slices="axial", slice_size="8,8")
+    assert sliced["image_shape"] == [8, 8, 1]
+    slices = _records(tmp_path / "slices", "val")
+    np.testing.assert_allclose(np.stack([e["mask"][..., 0] for e, _ in slices], axis=-1),
+                               element["mask"][..., 0], rtol=1e-6)
+    settings = volumes.settings_from_manifest(m)
+    assert settings.target == "input_percentile"
+
+
+def test_target_setting_errors_are_one_line(tmp_path):
+    root = tmp_path / "pairs"
+    _write(root / "a" / "t1.nii.gz", _channel(0))
+    _write(root / "a" / "t1post.nii.gz", _channel(1))
+    _write(root / "a" / "seg.nii.gz", _label())
+    with pytest.raises(DataError, match="a case has labels .segmentation. or a target .regression.; give one"):
+        _prepare(root, tmp_path / "o1", channels="t1.*", target="t1post*", label="seg*")
+    with pytest.raises(DataError, match="--target_intensity='zscore': choose one of input_percentile, none"):
+        _prepare(root, tmp_path / "o2", channels="t1.*", target="t1post*", target_intensity="zscore")
+    nan = _channel(1)
+    nan[HEAD][0, 0, 0] = np.nan
+    _write(root / "a" / "t1post.nii.gz", nan)
+    with pytest.raises(DataError, match="t1post.nii.gz: .*1 NaN or infinite voxels"):
+        _prepare(root, tmp_path / "o3", channels="t1.*", target="t1post*", val_fraction=0, test_fraction=0)
+
+
+def test_real_ms_t1_to_t1post_pairs(tmp_path):
+    src = _real("ms_lesions_ljubljana")
+    m = _prepare(src, tmp_path / "ms", channels="T1_*", target="T1POST*", val_cases="patient19", test_fraction=0,
+                 slices="axial", slice_size="144,160")
+    assert m["task"] == "regression" and m["image_shape"] == [144, 160, 1]
+    assert {s: m["splits"][s]["num_examples"] for s in ("train", "val")} == {"train": 126, "val": 121}
+    element, _ = _records(tmp_path / "ms", "val")[60]
+    target = element["mask"][..., 0]
+    assert target.min() >= 0 and 0.3 < np.percentile(target[target > 0], 50) < 1.5  # grey levels near the input's scale

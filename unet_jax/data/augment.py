@@ -3,7 +3,9 @@
 Geometric transforms are applied to image and mask in one interpolation call,
 so both move identically; a 0/1 mask is interpolated linearly and
 re-thresholded at 0.5, which keeps its edges where the image's edges go (a
-mask of several labels goes through its one-hot channels and an argmax).
+mask of several labels goes through its one-hot channels and an argmax). A
+regression's float target (`continuous=True`) is interpolated linearly like
+the image and never thresholded.
 Volumes [H, W, D, C] get the same in-plane transform on every slice.
 
 `sample_patch` cuts training patches out of whole volumes (or 2-D images) the
@@ -99,17 +101,21 @@ def warp(stack: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return out.reshape(stack.shape)
 
 
-def warp_with_mask(image: np.ndarray, mask: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def warp_with_mask(image: np.ndarray, mask: np.ndarray, matrix: np.ndarray,
+                   continuous: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """`warp` of an [H, W, ...] image and its [H, W, ...] label mask together
-    (any extra axes, such as the depth of a volume, are folded into channels)."""
+    (any extra axes, such as the depth of a volume, are folded into channels);
+    a `continuous` mask (a float target) is warped as the image is."""
     h, w = mask.shape[:2]
-    labels = int(mask.max())
+    labels = 1 if continuous else int(mask.max())
     # Binary: the mask itself; more labels: one channel per label, argmax after.
     planes = mask[..., None] if labels <= 1 else np.eye(labels + 1, dtype=np.float32)[mask.astype(np.int64)]
     stack = warp(np.concatenate([image.reshape(h, w, -1), planes.reshape(h, w, -1)], axis=-1), matrix)
     n = image[0, 0].size
     image = stack[..., :n].reshape(image.shape)
     planes = stack[..., n:].reshape(planes.shape)
+    if continuous:
+        return image, planes[..., 0]
     if labels <= 1:
         return image, (planes[..., 0] >= 0.5).astype(np.float32)
     return image, np.argmax(planes, axis=-1).astype(np.float32)
@@ -133,14 +139,15 @@ def _random_flips(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
 
 
 def augment_slice(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-                  opts: AugmentOptions) -> tuple[np.ndarray, np.ndarray]:
+                  opts: AugmentOptions, continuous: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Random flips, rotation and scaling of an [H, W, C] image and its [H, W]
-    label mask, or in-plane of an [H, W, D, C] volume and its [H, W, D] mask,
-    then `augment_intensity` (float32 in, float32 out; mask labels stay labels)."""
+    label mask (or `continuous` float target), or in-plane of an [H, W, D, C]
+    volume and its [H, W, D] mask, then `augment_intensity` of the image only
+    (float32 in, float32 out; mask labels stay labels)."""
     image, mask = _random_flips(image, mask, rng, opts, mask.ndim)
     matrix = random_affine(rng, opts)
     if matrix is not None:
-        image, mask = warp_with_mask(image, mask, matrix)
+        image, mask = warp_with_mask(image, mask, matrix, continuous)
     image = augment_intensity(image, rng, opts)
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
@@ -282,12 +289,13 @@ def _lerp(corners: list[np.ndarray], weights: list[np.ndarray]) -> np.ndarray:
 
 
 def _resample(image: np.ndarray, mask: np.ndarray, matrix: np.ndarray, pivot: np.ndarray,
-              out_pivot: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+              out_pivot: np.ndarray, patch: tuple[int, ...], continuous: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Image [*patch, C] and mask [*patch] sampled at input = pivot + matrix @
     (output - out_pivot): (bi/tri)linear, zero outside the volume; the mask
     through linear planes (itself if binary, one per label 1..L otherwise,
     background = what they leave) and a threshold at 0.5 or an argmax, as in
-    `warp_with_mask`, so it follows the image's edges exactly.
+    `warp_with_mask`, so it follows the image's edges exactly; a `continuous`
+    mask (a float target) is interpolated as the image is.
 
     NumPy gathers straight from the whole volume (nothing copied but the
     2**k corner values of each output voxel): one index computation serves
@@ -339,6 +347,9 @@ def _resample(image: np.ndarray, mask: np.ndarray, matrix: np.ndarray, pivot: np
     image_out = np.moveaxis(image_out.reshape(channels, *patch), 0, -1)
 
     labels = [np.take(mask.reshape(-1), index + o, mode="wrap") for o in offsets]
+    if continuous:
+        target = _lerp([v.astype(np.float32) for v in labels], weights)
+        return image_out, (target if border is None else target * border).reshape(patch)
     count = max(int(max(v.max() for v in labels)), 0)
     if count == 0:
         return image_out, np.zeros(patch, np.float32)
@@ -355,11 +366,13 @@ def _resample(image: np.ndarray, mask: np.ndarray, matrix: np.ndarray, pivot: np
 
 
 def sample_patch(image: np.ndarray, mask: np.ndarray, patch_size: Sequence[int], rng: np.random.Generator,
-                 opts: AugmentOptions | None, foreground_prob: float = 1 / 3) -> tuple[np.ndarray, np.ndarray]:
+                 opts: AugmentOptions | None, foreground_prob: float = 1 / 3,
+                 continuous: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A random training patch of a whole volume: float32 image [*patch_size, C]
     and float32 mask [*patch_size] from image [X, Y, Z, C] (or [H, W, C]) and
     its label mask [X, Y, Z] (or [H, W]; a trailing axis of 1 is dropped;
-    0 background, labels 1..L as float32 or uint8).
+    0 background, labels 1..L as float32 or uint8), or its float target
+    (`continuous`: interpolated like the image; foreground is target > 0).
 
     Where it is (nnU-Net's sampling):
       - with probability `foreground_prob` the window is centred on a random
@@ -423,7 +436,7 @@ def sample_patch(image: np.ndarray, mask: np.ndarray, patch_size: Sequence[int],
     if matrix is None:
         image, mask = _crop(image, start, patch), _crop(mask, start, patch)
     else:
-        image, mask = _resample(image, mask, matrix, pivot, pivot - start, patch)
+        image, mask = _resample(image, mask, matrix, pivot, pivot - start, patch, continuous)
     if opts is not None:
         image, mask = _random_flips(image, mask, rng, opts, ndim)
         image = augment_intensity(image, rng, opts)

@@ -3,7 +3,8 @@ every example exactly once.
 
 An element is a dict of NumPy arrays:
   image          float32 [H, W, C], normalised (then augmented, in training)
-  mask           float32 [H, W, 1], labels (0/1 for LGG)
+  mask           float32 [H, W, 1], labels (0/1 for LGG), or a regression's
+                 float target (records with mask_dtype "float32")
   patient_index  int32, the patient's position in its split (-1 for padding)
   slice          int32, slice number (-1 for padding)
   valid          bool, False for the padding that fills the last eval batch
@@ -26,6 +27,7 @@ import numpy as np
 
 from unet_jax.data import MANIFEST, DataError
 from unet_jax.data.augment import AugmentOptions, augment_slice, sample_patch
+from unet_jax.data.pathology import PathologyOptions, simulate_pathology
 from unet_jax.data.tfrecord import TFRecordSource, decode_example
 
 # "patient_zscore": per patient and channel, over the voxels where any channel is
@@ -85,9 +87,10 @@ def decode(record: bytes) -> dict[str, np.ndarray]:
     ex = decode_example(record)
     shape = tuple(int(d) for d in ex["shape"])
     dtype = np.dtype(ex.get("image_dtype", b"uint8").decode())  # data_prep.volumes stores float32
+    mask_dtype = np.dtype(ex.get("mask_dtype", b"uint8").decode())  # float32: a regression target
     element = {
         "image": np.frombuffer(ex["image"], dtype).reshape(shape).astype(np.float32),
-        "mask": np.frombuffer(ex["mask"], np.uint8).reshape(*shape[:-1], 1).astype(np.float32),
+        "mask": np.frombuffer(ex["mask"], mask_dtype).reshape(*shape[:-1], 1).astype(np.float32),
         "patient_index": np.int32(ex["patient_index"][0]),
         "slice": np.int32(ex["slice"][0]),
         "valid": np.bool_(True),
@@ -100,9 +103,20 @@ def decode(record: bytes) -> dict[str, np.ndarray]:
     return element
 
 
-def augment(element: dict, rng: np.random.Generator, opts: AugmentOptions) -> dict:
-    image, mask = augment_slice(element["image"], element["mask"][..., 0], rng, opts)
+def continuous_targets(manifest: dict) -> bool:
+    """Whether a prepared folder's masks are a regression's float targets."""
+    return manifest.get("task") == "regression"
+
+
+def augment(element: dict, rng: np.random.Generator, opts: AugmentOptions, continuous: bool = False) -> dict:
+    image, mask = augment_slice(element["image"], element["mask"][..., 0], rng, opts, continuous)
     return {**element, "image": image, "mask": mask[..., None]}
+
+
+def add_pathology(element: dict, rng: np.random.Generator, opts: PathologyOptions) -> dict:
+    """`simulate_pathology` on the element's image; the label stays the lung."""
+    image, _ = simulate_pathology(element["image"], element["mask"][..., 0], rng, opts)
+    return {**element, "image": image}
 
 
 def normalize(element: dict, method: str) -> dict:
@@ -158,9 +172,10 @@ def check_normalization(data_dir: str, manifest: dict, normalization: str) -> No
 
 
 def patch(element: dict, rng: np.random.Generator, patch_size: tuple[int, ...], foreground_prob: float,
-          opts: AugmentOptions | None) -> dict:
+          opts: AugmentOptions | None, continuous: bool = False) -> dict:
     """A random (augmented) patch of a whole-volume element, with its ids."""
-    image, mask = sample_patch(element["image"], element["mask"][..., 0], patch_size, rng, opts, foreground_prob)
+    image, mask = sample_patch(element["image"], element["mask"][..., 0], patch_size, rng, opts, foreground_prob,
+                               continuous)
     return {"image": image, "mask": mask[..., None],
             **{k: element[k] for k in ("patient_index", "slice", "valid")}}
 
@@ -178,10 +193,11 @@ class PatchOptions:
 
 def train_dataset(data_dir: str, *, batch_size: int, seed: int, normalization: str = "patient_zscore",
                   augment_options: AugmentOptions | None = AugmentOptions(), num_epochs: int | None = None,
-                  patches: PatchOptions | None = None, split: str = "train", shard_index: int = 0,
-                  shard_count: int = 1) -> grain.MapDataset:
+                  patches: PatchOptions | None = None, pathology: PathologyOptions | None = None,
+                  split: str = "train", shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
     """Shuffled, augmented batches of this process's share of a split: whole
-    records, or with `patches` random patches of them.
+    records, or with `patches` random patches of them; with `pathology`,
+    simulated lesions drawn into the augmented images (document 003).
 
     The global shuffle is seeded and differs every epoch; epochs run on into
     each other (`num_epochs=None`: forever) and the last incomplete batch of
@@ -190,6 +206,7 @@ def train_dataset(data_dir: str, *, batch_size: int, seed: int, normalization: s
     batches with any number of worker processes, and the iterator resumes exactly.
     """
     _check(data_dir, batch_size, shard_index, shard_count, normalization)
+    continuous = continuous_targets(read_manifest(data_dir))
     ds = grain.MapDataset.source(split_source(data_dir, split))[shard_index::shard_count]
     if patches is not None:
         ds = ds.repeat(patches.per_volume)  # one epoch: every volume per_volume times
@@ -203,9 +220,11 @@ def train_dataset(data_dir: str, *, batch_size: int, seed: int, normalization: s
     ds = ds.map(functools.partial(normalize, method=normalization))
     if patches is not None:
         ds = ds.random_map(functools.partial(patch, patch_size=patches.size, foreground_prob=patches.foreground_prob,
-                                             opts=augment_options))
+                                             opts=augment_options, continuous=continuous))
     elif augment_options is not None:
-        ds = ds.random_map(functools.partial(augment, opts=augment_options))
+        ds = ds.random_map(functools.partial(augment, opts=augment_options, continuous=continuous))
+    if pathology is not None:
+        ds = ds.random_map(functools.partial(add_pathology, opts=pathology))
     return ds.batch(batch_size, drop_remainder=True)
 
 
@@ -234,15 +253,20 @@ class PadToMultiple(grain.MapDataset):
 
 
 def eval_dataset(data_dir: str, split: str, *, batch_size: int, normalization: str = "patient_zscore",
-                 shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+                 pathology: PathologyOptions | None = None, seed: int = 0, shard_index: int = 0,
+                 shard_count: int = 1) -> grain.MapDataset:
     """Batches covering every example of a split once, in stored order (patient,
     then slice). The last batch is padded with `valid=False` entries, and every
-    process gets the same number of batches."""
+    process gets the same number of batches. With `pathology`, each example
+    gets the simulated lesions of `seed` and its index, the same every pass
+    (document 003's robustness test on held-out slices)."""
     _check(data_dir, batch_size, shard_index, shard_count, normalization)
     ds = grain.MapDataset.source(split_source(data_dir, split))
     if len(ds) == 0:
         raise DataError(f"{data_dir}: split {split!r} is empty; prepare the data with a non-zero fraction for it")
     ds = ds.map(decode).map(functools.partial(normalize, method=normalization))
+    if pathology is not None:
+        ds = ds.seed(seed).random_map(functools.partial(add_pathology, opts=pathology))
     ds = PadToMultiple(ds, batch_size * shard_count)[shard_index::shard_count]
     return ds.batch(batch_size)
 
