@@ -2,6 +2,7 @@
 inputs, so a run takes seconds on two cores."""
 
 from configs import default
+from unet_jax import parallel, tasks, train
 
 
 def tiny_config(data_dir):
@@ -32,3 +33,14 @@ def volume_config(data_dir):
     config.model.norm = "instance"
     config.num_epochs = 2
     return config
+
+
+def evaluate_split(workdir, split):
+    """--mode=evaluate's Evaluation of a split of a run's own data, and its evaluator."""
+    config, manifest = train.read_run(workdir)
+    mesh = parallel.make_mesh()
+    task = tasks.get_task(config)
+    state, _ = train.restore_best(config, workdir, mesh, train.input_shape(config, manifest))
+    evaluator = train.make_evaluator(config, task, train.compile_steps(config, task, mesh), mesh,
+                                     config.data.data_dir, split)
+    return evaluator(state), evaluator

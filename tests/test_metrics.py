@@ -311,6 +311,38 @@ def test_regression_table_matches_numpy_per_patient():
     assert metrics.grey_level_jaccard(np.zeros(3), np.zeros(3)) == 1.0  # all zero on all zero
 
 
+@pytest.mark.parametrize("shape", [(9, 9), (12, 17), (3, 8, 11), (2, 6, 9)])
+def test_psnr_and_ssim_match_skimage(shape):
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(sum(shape))
+    target = rng.normal(0.5, 0.4, shape)
+    output = target + rng.normal(0.0, 0.2, shape)
+    data_range = target.max() - target.min()  # of the whole case, for every slice
+    expected_psnr = skimage_metrics.peak_signal_noise_ratio(target, output, data_range=data_range)
+    assert metrics.psnr(output, target) == pytest.approx(expected_psnr, rel=1e-6)
+    window = 5 if 6 in shape else 7  # 6-pixel slices: the largest odd window that fits
+    slices = np.reshape(target, (-1, *shape[-2:])), np.reshape(output, (-1, *shape[-2:]))
+    expected_ssim = np.mean([skimage_metrics.structural_similarity(t, y, data_range=data_range, win_size=window,
+                                                                   gaussian_weights=False) for t, y in zip(*slices)])
+    assert metrics.mean_ssim(output, target) == pytest.approx(expected_ssim, rel=1e-6)
+
+
+def test_regression_table_psnr_and_ssim_columns():
+    rng = np.random.default_rng(6)
+    target = rng.random((2, 8, 8)).astype(np.float16)
+    output = (target + rng.normal(0, 0.1, target.shape)).astype(np.float16)
+    volumes = {0: (output, target, np.arange(2)), 1: (target, target, np.arange(2))}
+    noisy, perfect = metrics.regression_table(volumes)
+    assert noisy["psnr_3d"] == pytest.approx(metrics.psnr(output, target))
+    assert noisy["ssim_3d"] == pytest.approx(metrics.mean_ssim(output, target)) and noisy["ssim_3d"] < 1
+    assert perfect["psnr_3d"] == float("inf") and perfect["ssim_3d"] == pytest.approx(1.0)
+    assert {"psnr_3d", "ssim_3d"} <= set(tasks.Regression().case_metrics)
+    assert tasks.Regression().best_mode("val_psnr_3d") == tasks.Regression().best_mode("val_ssim_3d") == "max"
+    constant = np.ones((1, 8, 8))
+    assert np.isnan(metrics.psnr(constant + 1, constant)) and np.isnan(metrics.mean_ssim(constant + 1, constant))
+    assert np.isnan(metrics.mean_ssim(np.zeros((4, 2)), np.eye(4, 2)))  # under 3 pixels
+
+
 SPACING = (0.5, 1.0, 3.0)
 
 

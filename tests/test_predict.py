@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 import pytest
-from run_configs import tiny_config, volume_config
+from run_configs import evaluate_split, tiny_config, volume_config
 
-from data_prep import lgg, synthetic
-from unet_jax import evaluate, parallel, predict, tasks, train
+from data_prep import lgg
+from unet_jax import evaluate, predict, train
 from unet_jax.config_checks import ConfigError
 from unet_jax.data import DataError, pipeline
 from unet_jax.data.medical_io import (Volume, read_image, read_volume, write_dicom_series, write_image,
@@ -56,24 +56,13 @@ def _source_cases(data_dir):
     return pipeline.read_manifest(data_dir)["source"]
 
 
-def _evaluation(workdir, split):
-    """--mode=evaluate's Evaluation of a split of the run's own data."""
-    config, manifest = train.read_run(workdir)
-    mesh = parallel.make_mesh()
-    task = tasks.get_task(config)
-    state, _ = train.restore_best(config, workdir, mesh, train.input_shape(config, manifest))
-    evaluator = train.make_evaluator(config, task, train.compile_steps(config, task, mesh), mesh,
-                                     config.data.data_dir, split)
-    return evaluator(state), evaluator
-
-
 @pytest.mark.slow
 def test_kaggle_folders_give_tiff_masks_equal_to_evaluate(run_2d, phantom_dir, prepared_dir, tmp_path):
     predictor = predict.Predictor.from_workdir(run_2d)
     out = str(tmp_path / "out")
     result = predict.predict_files(predictor, phantom_dir, out, labels="*_mask.tif", progress=False)
     assert [r["status"] for r in result["cases"]] == ["ok"] * 6
-    evaluation, _ = _evaluation(run_2d, "test")
+    evaluation, _ = evaluate_split(run_2d, "test")
     (patient,) = [row["patient"] for row in evaluation.patients]
     pred, _, numbers = evaluation.volumes[0]
     written = np.stack([read_image(os.path.join(out, patient, f"{patient}_{n}_mask.tif"))[..., 0]
@@ -107,7 +96,7 @@ def _case_in_format(src_folder, dest, suffix):
 @pytest.mark.slow
 def test_volume_formats_keep_shape_and_geometry_and_equal_evaluate(predictor_3d, run_3d, lesion_volume_dir,
                                                                    tmp_path):
-    evaluation, evaluator = _evaluation(run_3d, "test")
+    evaluation, evaluator = evaluate_split(run_3d, "test")
     (case,) = evaluator.names
     source = os.path.join(_source_cases(lesion_volume_dir), case)
     cases = tmp_path / "cases"

@@ -209,7 +209,7 @@ def test_regression_head_trains_on_the_mask_as_a_grey_level_target(prepared_dir,
     assert "val_soft_jaccard" in rows[0] and "val_dice_3d" not in rows[0]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert set(summary["metrics"]) == {"loss", "mae", "rmse", "soft_jaccard", "soft_jaccard_per_image",
-                                       "soft_jaccard_3d", "mae_3d", "rmse_3d"}
+                                       "soft_jaccard_3d", "mae_3d", "rmse_3d", "psnr_3d", "ssim_3d"}
     assert set(os.listdir(os.path.join(workdir, "figures"))) == {"learning_curves.png", "test_predictions.png"}
 
 

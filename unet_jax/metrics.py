@@ -269,6 +269,69 @@ def grey_level_jaccard(output: np.ndarray, target: np.ndarray) -> float:
     return float(np.minimum(y, t).sum() / top) if top > 0 else 1.0
 
 
+def psnr(output: np.ndarray, target: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of a whole case, 10 log10(R**2 / mse), with
+    R = target.max() - target.min() of that case (skimage's
+    `peak_signal_noise_ratio(target, output, data_range=R)`); published numbers
+    differ on R (a fixed range, the output's) and on per-slice averaging.
+
+    Conventions: +inf when output equals target (mse 0), which makes a mean over
+    cases +inf too (`mean_over_patients` skips only NaN), a value that best-
+    checkpoint selection ranks worst and JSON files write as null; NaN
+    (undefined) when the target is constant and the output is not.
+    """
+    y, t = np.asarray(output, np.float64), np.asarray(target, np.float64)
+    mse = float(np.mean(np.square(y - t)))
+    if mse == 0:
+        return float("inf")
+    data_range = float(t.max() - t.min())
+    return 10.0 * float(np.log10(data_range**2 / mse)) if data_range > 0 else float("nan")
+
+
+SSIM_WINDOW = 7
+
+
+def mean_ssim(output: np.ndarray, target: np.ndarray) -> float:
+    """Mean structural similarity of a case's stack of slices [S, H, W] (a 2-D
+    image is one slice; a 3-D volume its Z slices [Z, X, Y], as `evaluate.as_slices`
+    gives them): the SSIM of each slice over its last two axes, as
+    skimage's `structural_similarity(target_slice, output_slice, data_range=R,
+    win_size=7, gaussian_weights=False)` computes it (uniform 7x7 window, sample
+    covariance N / (N - 1), K1 = 0.01, K2 = 0.03, the mean over the slice cropped
+    by 3 pixels on every side), with R = target.max() - target.min() of the whole
+    case, averaged over the slices; in float64, one slice at a time.
+
+    Published numbers differ on R (a fixed range, or one per slice), on the window
+    (Gaussian 11x11) and on 3-D windows, so compare like with like.
+    Conventions: slices under 7 pixels in an axis use the largest odd window that
+    fits; NaN (undefined) when a slice is under 3 pixels in an axis or the target
+    is constant.
+    """
+    y, t = np.asarray(output, np.float64), np.asarray(target, np.float64)
+    if y.shape != t.shape or y.ndim not in (2, 3):
+        raise ValueError(f"expected output and target of one shape [S, H, W] or [H, W], got {y.shape}, {t.shape}")
+    y, t = y.reshape(-1, *y.shape[-2:]), t.reshape(-1, *t.shape[-2:])
+    side = min(y.shape[1:])
+    window = min(SSIM_WINDOW, side - 1 + side % 2)  # the largest odd size that fits
+    data_range = float(t.max() - t.min())
+    if window < 3 or data_range == 0:
+        return float("nan")
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    cov_norm = window**2 / (window**2 - 1)
+    pad = (window - 1) // 2
+    crop = (slice(pad, y.shape[1] - pad), slice(pad, y.shape[2] - pad))
+    scores = []
+    for a, b in zip(y, t):
+        mean_a, mean_b, mean_aa, mean_bb, mean_ab = (ndimage.uniform_filter(x, window)
+                                                     for x in (a, b, a * a, b * b, a * b))
+        var_a, var_b = cov_norm * (mean_aa - mean_a**2), cov_norm * (mean_bb - mean_b**2)
+        cov = cov_norm * (mean_ab - mean_a * mean_b)
+        ssim = ((2 * mean_a * mean_b + c1) * (2 * cov + c2)
+                / ((mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2)))
+        scores.append(ssim[crop].mean())
+    return float(np.mean(scores))
+
+
 # ---------------------------------------------------------------------------
 # Per-case lesion and surface metrics (host, NumPy)
 # ---------------------------------------------------------------------------
@@ -520,16 +583,19 @@ def segmentation_table(volumes: Mapping[int, tuple[np.ndarray, np.ndarray, np.nd
 
 def regression_table(volumes: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
                      names: Sequence[str] | Mapping[int, str] | None = None) -> list[dict[str, Any]]:
-    """One row per patient of output and target volumes: `patient_index`,
+    """One row per patient of output and target volumes [S, H, W]: `patient_index`,
     `patient`, `num_slices`, and over the patient's whole volume `mae_3d`,
-    `rmse_3d` and `soft_jaccard_3d` (sum(min(y, t)) / sum(max(y, t)) with the
-    output clipped at 0; 1 when both are all zero)."""
+    `rmse_3d`, `soft_jaccard_3d` (sum(min(y, t)) / sum(max(y, t)) with the
+    output clipped at 0; 1 when both are all zero), `psnr_3d` (`psnr`, dB, the
+    case's target range) and `ssim_3d` (`mean_ssim`, per-slice SSIM averaged
+    over the case's slices)."""
     rows = []
     for patient, (output, target, numbers) in volumes.items():
         error = output.astype(np.float64) - target.astype(np.float64)
         rows.append(dict(patient_index=patient, patient=_name(patient, names), num_slices=len(numbers),
                          mae_3d=float(np.abs(error).mean()), rmse_3d=float(np.sqrt(np.square(error).mean())),
-                         soft_jaccard_3d=grey_level_jaccard(output, target)))
+                         soft_jaccard_3d=grey_level_jaccard(output, target), psnr_3d=psnr(output, target),
+                         ssim_3d=mean_ssim(output, target)))
     return rows
 
 

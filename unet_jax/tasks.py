@@ -165,7 +165,7 @@ class Regression(Task):
     name: ClassVar[str] = "regression"
     loss_fns: ClassVar = losses.REGRESSION_LOSSES
     collection: ClassVar = metrics_lib.RegressionMetrics
-    case_metrics: ClassVar = ("soft_jaccard_3d", "mae_3d", "rmse_3d")
+    case_metrics: ClassVar = ("soft_jaccard_3d", "mae_3d", "rmse_3d", "psnr_3d", "ssim_3d")
     default_best_metric: ClassVar = "val_soft_jaccard"
     figure_name: ClassVar = "predictions"
     lower_is_better: ClassVar = frozenset({"loss", "mae", "rmse", "mae_3d", "rmse_3d"})
