@@ -1,4 +1,4 @@
-"""Deterministic phantom data of two kinds, the project's built-in demo and test data.
+"""Deterministic phantom data of four kinds, the project's built-in demo and test data.
 
 LGG-like patients (`generate_patient`, `write_phantoms`) in the Kaggle
 `kaggle_3m` layout: laid out like the real download and with clearly
@@ -16,6 +16,26 @@ skull-stripped like the real Ljubljana MS data (exactly 0 outside the head), a
 thin CSF rim, a wavy cortex, white matter, two lateral ventricles and 3 to 12
 small periventricular or deep white-matter lesions, bright on FLAIR and dark on
 T1, in every case.
+
+Chest CTs (`generate_chest_case`, `write_chest_phantoms`) for lung
+segmentation and the simulated lung pathology: int16 volumes in Hounsfield
+units with uint8 lung labels (both lungs 1, vessels inside them included),
+`<case>/ct.nii.gz` and `<case>/lungs.nii.gz`, X to the patient's left, Y to
+the back, Z up. Air outside an elliptical body of soft tissue in a
+subcutaneous fat ring, with ribs; two kidney-shaped lungs (about -850 HU)
+either side of the mediastinum, their size varying along Z, with a few tens
+of branching vessels; the heart in the lower slices, the aorta, the airways
+and the spine (cancellous bone in a cortical rim); noise of about 20 HU. The
+slices at the bottom and top may show one lung or none.
+
+Image pairs for contrast-map regression (`generate_pair`,
+`write_pair_phantoms`), 8-bit grey PNGs in `inputs/` and `targets/` under the
+same stems (the layout `data_prep.pictures --task=regression` reads): a
+T1-like head slice in, its contrast-enhancement map out (vessels, the
+choroid plexus and enhancing lesions bright on a low tissue background,
+exactly 0 outside the head). Each structure that enhances shows faintly in
+the input, so the map can be learnt, but not as a pointwise function of the
+input's grey levels.
 """
 
 from __future__ import annotations
@@ -484,6 +504,528 @@ def write_lesion_phantoms(out_dir: str | os.PathLike, *, num_cases: int = 8, sha
                 write_volume(os.path.join(folder, file), Volume(array, geometry))
             names.append(name)
     return sorted(names)
+
+
+# --- Chest CT (3-D, NIfTI, Hounsfield units) ------------------------------------
+
+HU_AIR, HU_FAT, HU_SOFT_TISSUE = -1000, -100, 40
+HU_STORED = (-1024, 3071)  # what a 12-bit scanner stores (int16 with rescale intercept -1024)
+MIN_VESSELS, MAX_VESSELS = 24, 40  # pulmonary vessels per case, both lungs together
+
+
+def generate_chest_case(index: int, *, shape=(128, 128, 24), spacing=(2.0, 2.0, 5.0),
+                        seed: int = 0) -> tuple[str, np.ndarray, np.ndarray]:
+    """Returns (case name `chest_0001`..., CT int16 [X,Y,Z] in Hounsfield units,
+    lung labels uint8 [X,Y,Z] of 0/1), in ITK index order: X runs to the
+    patient's left, Y to the back, Z up (LPS with an identity direction), so
+    the patient's right lung lies at low X, the spine at high Y and the lung
+    apices at high Z.
+
+    Everything derives from `numpy.random.default_rng([seed, index, 4])`, so a
+    case does not depend on how many others are generated. The anatomy is
+    defined over the field of view (`shape` times `spacing`) and every random
+    draw that shapes it comes before the grid-sized noise draws, so the same
+    field of view at another spacing gives the same chest at another
+    resolution; only texture and noise differ.
+
+    Per axial slice: air outside the body (-1000 HU); an elliptical body of
+    soft tissue (~40 HU) inside a subcutaneous fat ring (~-100 HU) with ribs
+    and a sternum in the chest wall; two lungs (about -850 HU, denser towards
+    the back, with texture), kidney-shaped around the heart and separated by
+    the mediastinum, their size varying smoothly along Z: dome-shaped towards
+    the apices, cut into posterior crescents by the diaphragm at their bases
+    (the right one ending higher, over the liver); 24 to 40 branching
+    pulmonary vessels (~40 HU tubes, dots in most slices) spreading from the
+    hila; the heart (~40 HU in a pericardial fat rim) anterior between the
+    lungs and left of the midline in the lower slices; the descending aorta
+    left of the spine; the trachea (air) above the carina and the two main
+    bronchi below it; the spine at the back of the midline: a vertebral body
+    of cancellous bone (400-600 HU) in a cortical rim (~1000 HU), the spinal
+    canal and the posterior arch. Gaussian noise of 15-25 HU on top, then
+    rounded and clipped to what scanners store, [-1024, 3071].
+
+    The lung label is the parenchyma, vessels inside the lungs included (as
+    clinical lung masks are); not the trachea or bronchi. Each lung is one
+    connected region per slice, and the lungs never touch. Slices above the
+    apices or below the bases show one lung or none, as the top and bottom
+    of a real chest scan do.
+    """
+    if not 0 <= index < MAX_CASES:
+        raise ValueError(f"case index {index} outside [0, {MAX_CASES})")
+    shape, spacing = _grid(shape, spacing)
+    rng = np.random.default_rng([seed, index, 4])
+    name = f"chest_{index + 1:04d}"
+
+    # --- Every grid-independent draw first. Lengths in-plane are in units of
+    # the body's anterior-posterior semi-axis `b` (p: to the patient's left,
+    # q: to the back); heights are fractions of the field of view along Z.
+    half = np.asarray(shape[:2]) * np.asarray(spacing[:2]) / 2
+    semi_x = half[0] * rng.uniform(0.82, 0.90)
+    b = min(semi_x / rng.uniform(1.3, 1.5), half[1] * 0.9)
+    e = semi_x / b  # the body's width over its depth
+    shift = rng.uniform(-0.03, 0.03, 2) * half
+    wobble = [(k, rng.uniform(-0.02, 0.02), rng.uniform(0, 2 * math.pi)) for k in (2, 3, 4)]
+    fat = rng.uniform(0.06, 0.13)  # subcutaneous fat, up to 30% thicker at the front and back
+    soft_hu = rng.uniform(35, 50)
+    lungs = []
+    left_base = rng.uniform(-0.04, 0.10)
+    for side in (-1, 1):  # the patient's right (low X), then left
+        base = left_base + (rng.uniform(0.03, 0.12) if side < 0 else 0)  # right hemidiaphragm higher
+        size = rng.uniform(0.9, 1.1) * (1.05 if side < 0 else 1)
+        lungs.append(dict(
+            side=side, base=base, apex=rng.uniform(0.90, 1.08),
+            centre=(side * e * rng.uniform(0.45, 0.49), rng.uniform(-0.04, 0.06)),
+            semi=(e * rng.uniform(0.30, 0.33) * size, rng.uniform(0.62, 0.72) * size),
+            tilt=rng.uniform(0.15, 0.35), dome=rng.uniform(0.15, 0.3),
+            harmonics=[(k, rng.uniform(-0.03, 0.03), rng.uniform(0, 2 * math.pi), rng.uniform(-2, 2))
+                       for k in (2, 3, 4)]))
+    mediastinum = rng.uniform(0.10, 0.14)  # half-width of the midline band no lung enters
+    heart = dict(centre=(e * rng.uniform(0.05, 0.10), rng.uniform(-0.36, -0.28)),
+                 semi=(e * rng.uniform(0.28, 0.32), rng.uniform(0.36, 0.42)), angle=rng.uniform(0.35, 0.6),
+                 height=rng.uniform(0.22, 0.30), fat=rng.uniform(0.03, 0.06))
+    heart["z"] = left_base + rng.uniform(0.0, 0.06) + heart["height"]  # resting on the diaphragm
+    spine_q, spine_r = rng.uniform(0.36, 0.42), rng.uniform(0.17, 0.20)
+    cancellous_hu, cortex_hu = rng.uniform(400, 600), rng.uniform(950, 1100)
+    aorta = (rng.uniform(0.18, 0.24), spine_q - rng.uniform(0.14, 0.20), rng.uniform(0.12, 0.15))
+    carina = left_base + rng.uniform(0.50, 0.65)
+    ribs = [(-1.1 + j * 0.275 + rng.uniform(-0.05, 0.05), rng.uniform(0.035, 0.05)) for j in range(9)]  # angle, radius
+    rib_drift = rng.uniform(0.2, 0.5)  # ribs slope: their angle changes along Z
+    rib_hu = rng.uniform(650, 900)
+    lung_hu, lung_gradient = rng.uniform(-875, -835), rng.uniform(20, 50)
+    vessels = _pulmonary_vessels(rng, lungs)
+    noise_hu = rng.uniform(15, 25)
+
+    # --- The grid: (p, q) per voxel column and the height fraction per slice.
+    axes = [(np.arange(n, dtype=np.float64) - (n - 1) / 2) * s for n, s in zip(shape, spacing)]
+    p = ((axes[0] - shift[0]) / b)[:, None]
+    q = ((axes[1] - shift[1]) / b)[None, :]
+    heights = (np.arange(shape[2]) + 0.5) / shape[2]
+    theta = np.arctan2(q, p / e)
+    outline = 1 + sum(amp * np.cos(k * theta + phase) for k, amp, phase in wobble)
+    r_body = np.sqrt((p / e) ** 2 + q ** 2) / outline  # < 1 inside the body
+    body = r_body < 1
+    fat_ring = body & (r_body > 1 - fat * (1 + 0.3 * np.cos(theta + math.pi / 2) ** 2))
+    wall = r_body < 1 - fat - 0.12  # inside the chest wall's muscle and ribs
+
+    ct = np.empty(shape, np.float32)
+    label = np.zeros(shape, bool)
+    for k, h in enumerate(heights):
+        hu = np.full(shape[:2], float(HU_AIR))
+        hu[body] = soft_hu
+        hu[fat_ring] = HU_FAT
+        keep_out = np.broadcast_to(np.abs(p) < mediastinum, shape[:2]).copy()  # no lung crosses the midline
+        # Spine: vertebral body, canal, posterior arch and spinous process.
+        vertebra = np.hypot(p, q - spine_q)
+        canal_q = spine_q + spine_r + 0.07
+        canal = np.hypot(p, q - canal_q)
+        arch = (canal < 0.14) | ((np.abs(p) < 0.035) & (q > canal_q) & (q < canal_q + 0.20))
+        arch &= r_body < 1 - fat
+        hu[arch] = cortex_hu * 0.75
+        hu[canal < 0.08] = 20
+        hu[vertebra < spine_r] = cortex_hu
+        hu[vertebra < spine_r - 0.035] = cancellous_hu
+        keep_out |= (vertebra < spine_r + 0.05) | (canal < 0.19)
+        # Descending aorta, left of the spine and in front of it.
+        aortic = np.hypot(p - aorta[0], q - aorta[1])
+        hu[aortic < aorta[2] + 0.025] = HU_FAT
+        hu[aortic < aorta[2]] = soft_hu
+        keep_out |= aortic < aorta[2] + 0.05
+        # Heart in its pericardial fat, in the lower slices.
+        extent = 1 - ((h - heart["z"]) / heart["height"]) ** 2
+        if extent > 0:
+            scale = math.sqrt(extent)
+            cos, sin = math.cos(heart["angle"]), math.sin(heart["angle"])
+            dp, dq = p - heart["centre"][0], q - heart["centre"][1]
+            hr = np.sqrt(((cos * dp + sin * dq) / heart["semi"][0]) ** 2
+                         + ((-sin * dp + cos * dq) / heart["semi"][1]) ** 2) / scale
+            cardiac = hr < 1 + heart["fat"] / (scale * min(heart["semi"]))
+            hu[cardiac] = HU_FAT
+            hu[hr < 1] = soft_hu
+            keep_out |= hr < 1 + (heart["fat"] + 0.05) / (scale * min(heart["semi"]))
+        # Airways: the trachea above the carina, the main bronchi just below it.
+        trachea_q = spine_q - spine_r - 0.14
+        keep_out |= np.hypot(p, q - trachea_q) < 0.13
+        if h > carina:
+            airway = np.hypot(p, q - trachea_q) - 0.09  # < 0 inside
+        elif h > carina - 0.15:
+            airway = np.hypot(np.abs(p) - (0.12 + (carina - h) * 0.8), q - trachea_q) - 0.065
+        else:
+            airway = None
+        if airway is not None:
+            hu[airway < 0] = HU_AIR
+            keep_out |= airway < 0.04
+        # Ribs and sternum in the chest wall.
+        rib_radius = 1 - fat - 0.06
+        for angle, radius in ribs:
+            for side in (-1, 1):
+                phi = angle + rib_drift * h
+                centre_p = side * e * rib_radius * math.cos(phi)
+                centre_q = rib_radius * math.sin(phi)
+                hu[np.hypot(p - centre_p, q - centre_q) < radius] = rib_hu
+        hu[(np.abs(p) < 0.12) & (np.abs(q + rib_radius) < 0.035)] = rib_hu * 0.7
+        # Lungs: parenchyma with a gravitational gradient, labelled.
+        parenchyma = np.zeros(shape[:2], bool)
+        for lung in lungs:
+            mask = _lung_section(lung, p, q, h) & wall & ~keep_out
+            if mask.any():
+                parts, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+                if count > 1:
+                    mask = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
+                parenchyma |= mask
+        hu = np.where(parenchyma, lung_hu + lung_gradient * q, hu)
+        ct[:, :, k] = hu
+        label[:, :, k] = parenchyma
+
+    # --- Vessels, drawn into the lungs only (and labelled lung, as they are).
+    grid = ((axes[0] - shift[0]) / b, (axes[1] - shift[1]) / b, axes[2] / b)  # all in units of b
+    to_grid = np.array([1, 1, shape[2] * spacing[2] / b])  # height fractions to units of b from the middle
+    for start, end, r0, r1, hu in vessels:
+        box, weight = _tube(grid, (start - [0, 0, 0.5]) * to_grid, (end - [0, 0, 0.5]) * to_grid, r0 / b, r1 / b,
+                            min(spacing[:2]) / b)
+        if box is not None:
+            weight *= label[box]
+            ct[box] += weight * (hu - ct[box])
+
+    # --- Grid-sized draws last: partial volume, lung texture, bone texture, noise.
+    ct = ndimage.gaussian_filter(ct, [0.5 / s for s in spacing])
+    texture = _smooth_noise(rng, shape, [2.0 / s for s in spacing])
+    ct += np.where(label, 20.0, 0.0).astype(np.float32) * texture
+    bone = ct > 300
+    ct += np.where(bone, 40.0, 0.0).astype(np.float32) * texture
+    ct += np.float32(noise_hu) * rng.standard_normal(shape, dtype=np.float32)
+    ct = np.clip(np.rint(ct), *HU_STORED).astype(np.int16)
+    return name, ct, label.astype(np.uint8)
+
+
+def _grid(shape, spacing) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    shape = tuple(int(n) for n in shape)
+    spacing = tuple(float(s) for s in spacing)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape={shape}: need three positive sizes [X, Y, Z]")
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing={spacing}: need three positive voxel sizes in mm")
+    return shape, spacing
+
+
+def _lung_section(lung: dict, p: np.ndarray, q: np.ndarray, h: float) -> np.ndarray:
+    """The lung's outline at height fraction `h` (before the mediastinum, heart
+    and chest wall cut it), bool [X, Y]: a tilted ellipse with a wavy edge,
+    dome-shaped towards the apex and cut by the diaphragm at the base."""
+    t = (h - lung["base"]) / (lung["apex"] - lung["base"])
+    if not 0 <= t < 1:
+        return np.zeros(np.broadcast_shapes(p.shape, q.shape), bool)
+    scale = math.sqrt(1 - t ** 2.5)  # widest near the base, a dome towards the apex
+    side, tilt = lung["side"], lung["tilt"]
+    dp, dq = p - lung["centre"][0], q - lung["centre"][1]
+    # The long axis leans so that the back of the lung reaches round towards the spine.
+    across = math.cos(tilt) * dp + side * math.sin(tilt) * dq
+    along = -side * math.sin(tilt) * dp + math.cos(tilt) * dq
+    angle = np.arctan2(along, across * side)
+    edge = 1 + sum(amp * np.cos(k * angle + phase + drift * t) for k, amp, phase, drift in lung["harmonics"])
+    inside = np.hypot(across / lung["semi"][0], along / lung["semi"][1]) < scale * edge
+    if t < lung["dome"]:  # the diaphragm's dome, from the front and the middle
+        cut = 0.95 * math.sqrt(1 - (t / lung["dome"]) ** 2)
+        d_across, d_along = across + side * 0.05, along + 0.15
+        inside &= np.hypot(d_across / lung["semi"][0], d_along / lung["semi"][1]) >= cut
+    return inside
+
+
+def _pulmonary_vessels(rng: np.random.Generator, lungs: list[dict]) -> list[tuple]:
+    """24-40 vessels as (start, end, start radius mm, end radius mm, HU), the
+    points as (p, q, height fraction): the first five of each lung run from
+    its hilum, the others branch off an earlier one, all towards random
+    points of the lung; 3-4.5 mm in radius at the hilum, 1-1.8 mm at the
+    end."""
+    total = int(rng.integers(MIN_VESSELS, MAX_VESSELS + 1))
+    vessels = []
+    for n, lung in enumerate(lungs):
+        count = total // 2 + (total % 2) * n
+        lo, hi = max(lung["base"], 0.0), min(lung["apex"], 1.0)
+        mid = lo + 0.45 * (hi - lo)
+        hilum = np.array([lung["centre"][0] - lung["side"] * 0.55 * lung["semi"][0], lung["centre"][1], mid])
+        own = []
+        for i in range(count):
+            h = rng.uniform(lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo))
+            t = (h - lung["base"]) / (lung["apex"] - lung["base"])
+            scale = math.sqrt(max(1 - t ** 2.5, 0.05))
+            angle, radius = rng.uniform(0, 2 * math.pi), 0.8 * math.sqrt(rng.random())
+            end = np.array([lung["centre"][0] + radius * scale * lung["semi"][0] * math.cos(angle),
+                            lung["centre"][1] + radius * scale * lung["semi"][1] * math.sin(angle), h])
+            if i < 5 or not own:
+                start, r0 = hilum + rng.normal(0, 0.04, 3) * [1, 1, 0.5], rng.uniform(3.0, 4.5)
+            else:
+                parent = own[int(rng.integers(len(own)))]
+                f = rng.uniform(0.2, 0.7)
+                start = parent[0] + f * (parent[1] - parent[0])
+                r0 = parent[2] + f * (parent[3] - parent[2])
+            own.append((start, end, r0, rng.uniform(1.0, 1.8), rng.uniform(25, 60)))
+        vessels += own
+    return vessels
+
+
+def _tube(grid, start, end, r0: float, r1: float, ramp: float):
+    """A tapering tube from `start` (radius r0) to `end` (radius r1) over the
+    box of the grid it reaches: (box slices, weight float32 in [0, 1] with a
+    soft edge `ramp` wide), or (None, None) when it misses the grid. `grid`
+    holds the coordinates along each axis, all in one unit."""
+    reach = max(r0, r1) + ramp
+    box = []
+    for axis, a, c in zip(grid, start, end):
+        lo = int(np.searchsorted(axis, min(a, c) - reach))
+        hi = int(np.searchsorted(axis, max(a, c) + reach, side="right"))
+        if hi <= lo:
+            return None, None
+        box.append(slice(lo, hi))
+    box = tuple(box)
+    d = [grid[i][box[i]].reshape([-1 if j == i else 1 for j in range(3)]) - start[i] for i in range(3)]
+    direction = np.asarray(end, np.float64) - np.asarray(start, np.float64)
+    length2 = max(float(direction @ direction), 1e-12)
+    t = np.clip(sum(d[i] * direction[i] for i in range(3)) / length2, 0, 1)
+    distance = np.sqrt(sum((d[i] - t * direction[i]) ** 2 for i in range(3)))
+    radius = r0 + (r1 - r0) * t
+    return box, np.clip(0.5 + (radius - distance) / ramp, 0, 1).astype(np.float32)
+
+
+def write_chest_phantoms(out_dir: str | os.PathLike, *, num_cases: int = 6, shape=(128, 128, 24),
+                         spacing=(2.0, 2.0, 5.0), seed: int = 0, overwrite: bool = False,
+                         progress: bool = True) -> list[str]:
+    """Writes chest CT cases from `generate_chest_case` under out_dir, one
+    folder per case holding ct.nii.gz (int16, Hounsfield units) and
+    lungs.nii.gz (uint8, 1 = lung); returns the case names (sorted).
+
+    The volumes have the given spacing, identity direction (LPS: X to the
+    patient's left, Y to the back, Z up) and an origin that centres the field
+    of view on 0, -(shape - 1) * spacing / 2. The folder appears complete or
+    not at all (written into a temporary sibling that replaces `out_dir` at
+    the end); an existing non-empty `out_dir` raises DataError unless
+    `overwrite`.
+    """
+    from unet_jax.data.medical_io import Geometry, Volume, write_volume  # as in write_lesion_phantoms
+
+    shape, spacing = _grid(shape, spacing)
+    if not 1 <= num_cases <= MAX_CASES:
+        raise ValueError(f"num_cases={num_cases}: must be in [1, {MAX_CASES}]")
+    origin = tuple(float(-(n - 1) * s / 2) for n, s in zip(shape, spacing))
+    geometry = Geometry(spacing, origin, tuple(float(v) for v in np.eye(3).ravel()))
+    names = []
+    with atomic_output_dir(out_dir, overwrite) as tmp:
+        for index in tqdm(range(num_cases), desc="chest phantoms", unit="case", disable=not progress):
+            name, ct, lungs = generate_chest_case(index, shape=shape, spacing=spacing, seed=seed)
+            folder = os.path.join(tmp, name)
+            os.makedirs(folder)
+            for file, array in (("ct.nii.gz", ct), ("lungs.nii.gz", lungs)):
+                write_volume(os.path.join(folder, file), Volume(array, geometry))
+            names.append(name)
+    return sorted(names)
+
+
+# --- Image pairs for contrast-map regression (2-D, PNG) -------------------------
+
+MAX_PAIRS = 9999
+MIN_ENHANCING_LESIONS, MAX_ENHANCING_LESIONS = 1, 3
+# Input (T1-like) and target (contrast enhancement) levels per tissue, in the
+# order background, scalp, skull, CSF rim, grey matter, white matter, ventricle.
+_P_BACKGROUND, _P_SCALP, _P_SKULL, _P_CSF, _P_GREY, _P_WHITE, _P_VENTRICLE = range(7)
+_PAIR_INPUT_LEVELS = np.array([0, 185, 30, 45, 105, 150, 35], np.float32)
+_PAIR_TARGET_LEVELS = np.array([0, 45, 5, 15, 55, 28, 8], np.float32)
+_P_SKULL_RADIUS, _P_CSF_RADIUS, _P_BRAIN_RADIUS = 0.92, 0.87, 0.84  # scalp beyond the first, head semi-axes units
+
+
+def generate_pair(index: int, *, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (input, target), uint8 [size, size] each: an axial T1-like head
+    slice and its contrast-enhancement map.
+
+    Everything derives from `numpy.random.default_rng([seed, index, 5])`, so a
+    pair does not depend on how many others are generated.
+
+    Input: an elliptical head, bright scalp, dark skull, a thin CSF rim, a
+    wavy grey-matter cortex, brighter white matter and two dark lateral
+    ventricles, under a mild bias field with noise folded at zero (a
+    magnitude image: dark, not 0, outside the head).
+
+    Target: what contrast agent does to the slice, on 0..255: a low,
+    texture-varying background by tissue (grey matter above white matter),
+    strongly enhancing cortical vessels and the superior sagittal sinus (~200-250),
+    the choroid plexus in the back of each ventricle (~200), and 1 to 3
+    enhancing lesions, solid or ring-shaped (~150-240); exactly 0 outside the
+    head. Each of these shows in the input, but only faintly: vessels as thin
+    dark lines, the sinus as a dark dot, the choroid plexus as a grey blob in
+    the ventricle, lesions as a slightly dark, textured patch in a faint dark
+    halo. So a network can learn the target from the input, though it is not
+    a pointwise function of it: pixels of the same input level have very
+    different targets.
+    """
+    image, target, _ = _pair(index, size, seed)
+    return image, target
+
+
+def _pair(index: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`generate_pair`, with the tissue labels (uint8 [size, size], `_P_*`;
+    the head is labels > 0) too."""
+    if not 0 <= index < MAX_PAIRS:
+        raise ValueError(f"pair index {index} outside [0, {MAX_PAIRS})")
+    if int(size) != size or size < 16:
+        raise ValueError(f"size={size}: need an integer of at least 16")
+    size = int(size)
+    rng = np.random.default_rng([seed, index, 5])
+    px = size / 64  # smoothing scales below are in pixels of a 64-pixel image
+
+    # Head coordinates (u, v) as in `generate_patient`, one slice at height z.
+    line = np.linspace(-1, 1, size, dtype=np.float32)
+    y, x = np.meshgrid(line, line, indexing="ij")
+    angle = rng.uniform(-0.15, 0.15)
+    shift_x, shift_y = rng.uniform(-0.04, 0.04, 2).tolist()
+    axis_u, axis_v = rng.uniform([0.70, 0.82], [0.78, 0.90]).tolist()
+    cos, sin = math.cos(angle), math.sin(angle)
+    u = (cos * (x - shift_x) + sin * (y - shift_y)) / axis_u
+    v = (-sin * (x - shift_x) + cos * (y - shift_y)) / axis_v
+    z = rng.uniform(0.0, 0.3)
+    theta = np.arctan2(v, u)
+    wobble = 1 + sum(rng.uniform(-0.015, 0.015) * np.cos(k * theta + rng.uniform(0, 2 * math.pi)) for k in (2, 3, 5))
+    r = np.sqrt(u ** 2 + v ** 2) * wobble
+
+    detail = _smooth_noise(rng, (size, size), 1.0 * px)
+    labels = np.full((size, size), _P_BACKGROUND, np.uint8)
+    head = r < 1
+    labels[head] = _P_SCALP
+    labels[r < _P_SKULL_RADIUS] = _P_SKULL
+    labels[r < _P_CSF_RADIUS] = _P_CSF
+    brain = r < _P_BRAIN_RADIUS
+    labels[brain] = _P_WHITE
+    labels[brain & (_P_BRAIN_RADIUS - r < 0.08 + 0.05 * detail)] = _P_GREY
+    ventricles = brain & _ventricles(rng, u, v, np.full((1, 1), z, np.float32))
+    labels[ventricles] = _P_VENTRICLE
+    image = _PAIR_INPUT_LEVELS[labels]
+    target = _PAIR_TARGET_LEVELS[labels]
+    # Perfusion-like variation of the enhancement that the input does not show.
+    target += brain * 6 * _smooth_noise(rng, (size, size), 3.0 * px)
+
+    # Choroid plexus: the back third of each ventricle, away from its wall.
+    parts, count = ndimage.label(ventricles)
+    inner = ndimage.binary_erosion(ventricles, iterations=max(1, round(px)))
+    choroid = np.zeros_like(ventricles)
+    for n in range(1, count + 1):
+        part = parts == n
+        back = v[part].max() - 0.35 * (v[part].max() - v[part].min())
+        choroid |= part & (v > back) & (inner if (inner & part).any() else part)
+    image[choroid] = rng.uniform(75, 95) + 8 * detail[choroid]
+    target[choroid] = rng.uniform(185, 225)
+    # Partial volume at tissue boundaries; vessels and lesions come with soft edges of their own.
+    image = ndimage.gaussian_filter(image, 0.5 * px)
+    target = ndimage.gaussian_filter(target, 0.5 * px)
+
+    # Vessels: cortical ones winding inwards from the brain's surface, and the sinus.
+    vessels = np.zeros((size, size), np.float32)
+    for _ in range(int(rng.integers(4, 9))):
+        points = _vessel_path(rng, _P_BRAIN_RADIUS)
+        a, b = points[:, 0] * axis_u, points[:, 1] * axis_v
+        px_x, px_y = cos * a - sin * b + shift_x, sin * a + cos * b + shift_y
+        vessels = np.maximum(vessels, _draw_line(px_y, px_x, size, rng.uniform(0.5, 0.8) * px))
+    sinus_v = rng.choice([-1, 1]) * (_P_CSF_RADIUS - 0.02)
+    sinus = np.clip(1.5 - np.hypot(u / 0.05, (v - sinus_v) / 0.04), 0, 1)  # a soft dot at the midline
+    vessels = np.maximum(vessels, sinus) * (r < _P_SKULL_RADIUS)
+    image -= vessels * rng.uniform(25, 40)
+    target += vessels * (rng.uniform(215, 255) - target)
+
+    # Enhancing lesions in the brain: faintly dark and textured on the input.
+    texture = _smooth_noise(rng, (size, size), 0.6 * px)
+    for _ in range(int(rng.integers(MIN_ENHANCING_LESIONS, MAX_ENHANCING_LESIONS + 1))):
+        phi, rho = rng.uniform(0, 2 * math.pi), rng.uniform(0.1, 0.6)
+        radius = rng.uniform(0.08, 0.16)
+        harmonics = [(k, rng.uniform(0, 0.12), rng.uniform(0, 2 * math.pi)) for k in (2, 3)]
+        du, dv = u - rho * math.cos(phi), v - rho * math.sin(phi)
+        angle_l = np.arctan2(dv, du)
+        edge = radius * (1 + sum(amp * np.cos(k * angle_l + ph) for k, amp, ph in harmonics))
+        d = np.hypot(du, dv) / edge  # < 1 inside
+        soft = np.clip((1 - d) * radius * size / 2 / max(px, 1) + 0.5, 0, 1) * brain
+        halo = np.clip(1.6 - d, 0, 0.6) / 0.6 * brain
+        image -= rng.uniform(8, 14) * halo
+        image += soft * (rng.uniform(-30, -18) + 14 * texture)
+        if rng.random() < 0.5:  # solid
+            enhancement = soft * rng.uniform(150, 220)
+        else:  # ring: a bright rim around a dim core
+            rim = np.clip(1 - np.abs(d - 0.8) / 0.25, 0, 1) * brain
+            enhancement = np.maximum(rim * rng.uniform(190, 240), soft * rng.uniform(30, 60))
+        target = np.maximum(target, enhancement)
+
+    # The input's bias field and noise, and the target's own noise.
+    tilt = rng.uniform(-0.08, 0.08, 3).tolist()
+    image *= rng.uniform(0.9, 1.1) * (1 + tilt[0] * x + tilt[1] * y + tilt[2] * (x ** 2 + y ** 2))
+    image += rng.uniform(3, 6) * rng.standard_normal(image.shape, dtype=np.float32)
+    target += 3 * rng.standard_normal(target.shape, dtype=np.float32)
+    image = np.clip(np.rint(np.abs(image)), 0, 255).astype(np.uint8)
+    target = (np.clip(np.rint(target), 0, 255) * head).astype(np.uint8)
+    return image, target, labels
+
+
+def _vessel_path(rng: np.random.Generator, start_radius: float) -> np.ndarray:
+    """A winding path (points [n, 2] in head units u, v) from the brain's
+    surface inwards, 0.3 to 0.7 long, in steps of 0.01."""
+    phi = rng.uniform(0, 2 * math.pi)
+    point = start_radius * np.array([math.cos(phi), math.sin(phi)])
+    heading = phi + math.pi + rng.uniform(-0.6, 0.6)
+    turn = rng.normal(0, 0.05)
+    points = [point]
+    for _ in range(int(rng.uniform(0.3, 0.7) / 0.01)):
+        turn = 0.9 * turn + rng.normal(0, 0.03)
+        heading += turn
+        point = point + 0.01 * np.array([math.cos(heading), math.sin(heading)])
+        if np.hypot(*point) > start_radius:
+            break
+        points.append(point)
+    return np.array(points)
+
+
+def _draw_line(rows: np.ndarray, cols: np.ndarray, size: int, sigma: float) -> np.ndarray:
+    """A tube of Gaussian profile (peak 1 in its middle, sigma pixels) along
+    the points given in image coordinates [-1, 1], float32 [size, size]."""
+    rr, cc = (rows + 1) / 2 * (size - 1), (cols + 1) / 2 * (size - 1)
+    # Resample at half a pixel, each sample weighing its share of the length.
+    steps = np.hypot(np.diff(rr), np.diff(cc))
+    length = float(steps.sum())
+    count = max(2, int(math.ceil(length / 0.5)) + 1)
+    at = np.linspace(0, length, count)
+    along = np.concatenate([[0], np.cumsum(steps)])
+    rr, cc = np.interp(at, along, rr), np.interp(at, along, cc)
+    ink = np.zeros((size, size), np.float32)
+    r0, c0 = np.floor(rr).astype(int), np.floor(cc).astype(int)
+    fr, fc = rr - r0, cc - c0
+    weight = length / count
+    for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (1, 0, fr * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 1, fr * fc)):
+        ok = (r0 + dr >= 0) & (r0 + dr < size) & (c0 + dc >= 0) & (c0 + dc < size)
+        np.add.at(ink, (r0[ok] + dr, c0[ok] + dc), weight * w[ok])
+    return np.clip(ndimage.gaussian_filter(ink, sigma) * math.sqrt(2 * math.pi) * sigma, 0, 1)
+
+
+def write_pair_phantoms(out_dir: str | os.PathLike, *, num_pairs: int = 24, size: int = 64, seed: int = 0,
+                        overwrite: bool = False, progress: bool = True) -> list[str]:
+    """Writes `num_pairs` (input, target) pairs from `generate_pair` as 8-bit
+    grey PNGs, `out_dir/inputs/<stem>.png` and `out_dir/targets/<stem>.png`
+    (the layout `data_prep.pictures --task=regression` reads: the same stem
+    in both folders); returns the stems (sorted). Each pair is a patient of
+    its own, stems `p01`, `p02`, ... (zero-padded to at least two digits,
+    more where `num_pairs` needs them).
+
+    The folder appears complete or not at all (written into a temporary
+    sibling that replaces `out_dir` at the end); an existing non-empty
+    `out_dir` raises DataError unless `overwrite`.
+    """
+    from unet_jax.data.medical_io import write_image  # as in write_lesion_phantoms: SimpleITK only here
+
+    if not 1 <= num_pairs <= MAX_PAIRS:
+        raise ValueError(f"num_pairs={num_pairs}: must be in [1, {MAX_PAIRS}]")
+    width = max(2, len(str(num_pairs)))
+    stems = []
+    with atomic_output_dir(out_dir, overwrite) as tmp:
+        for folder in ("inputs", "targets"):
+            os.makedirs(os.path.join(tmp, folder))
+        for index in tqdm(range(num_pairs), desc="pair phantoms", unit="pair", disable=not progress):
+            image, target = generate_pair(index, size=size, seed=seed)
+            stem = f"p{index + 1:0{width}d}"
+            write_image(os.path.join(tmp, "inputs", f"{stem}.png"), image)
+            write_image(os.path.join(tmp, "targets", f"{stem}.png"), target)
+            stems.append(stem)
+    return sorted(stems)
 
 
 def _is_prepared(folder: str) -> bool:

@@ -293,3 +293,193 @@ def test_generate_lesion_case_rejects_bad_arguments(bad):
     kwargs = {"index": 0, **LESION_SMALL, **bad}
     with pytest.raises(ValueError, match=next(iter(bad))):
         synthetic.generate_lesion_case(kwargs.pop("index"), **kwargs)
+
+
+# --- Chest CT phantoms (3-D, NIfTI, Hounsfield units) --------------------------
+
+CHEST_SMALL = dict(shape=(64, 64, 12), spacing=(4.0, 4.0, 10.0))  # the default field of view, coarser
+
+
+def _chest_cases(n, seed=0):
+    return [synthetic.generate_chest_case(i, seed=seed, **CHEST_SMALL) for i in range(n)]
+
+
+def test_chest_case_is_in_hounsfield_units():
+    for name, ct, lungs in _chest_cases(3):
+        assert re.fullmatch(r"chest_\d{4}", name)
+        assert ct.shape == lungs.shape == (64, 64, 12)
+        assert ct.dtype == np.int16 and lungs.dtype == np.uint8 and set(np.unique(lungs)) == {0, 1}
+        assert -1024 <= ct.min() and ct.max() <= 3071
+        corners = np.concatenate([ct[:4, :4].ravel(), ct[-4:, -4:].ravel()])
+        assert abs(corners.mean() + 1000) < 15  # air
+        lung = lungs > 0
+        assert -900 <= ct[lung].mean() <= -750
+        assert ct[~lung & (ct > -400)].size and 0 < np.median(ct[(ct > -400) & (ct < 300)]) < 80  # soft tissue
+        # The spine: bone at the back of the midline (Y runs to the back).
+        midline, back = slice(28, 36), slice(32, 64)
+        assert ct[midline, back].max() > 300 and ct[midline, :32].max() < ct[midline, back].max()
+
+
+def test_chest_lung_labels_lie_where_the_ct_shows_air_filled_lung():
+    for _, ct, lungs in _chest_cases(4):
+        lung = lungs > 0
+        assert (ct[lung] < -400).mean() >= 0.9  # vessels inside the lungs count as lung
+        assert (ct[lung] > -400).any()  # and there are some
+        # Almost every air-filled voxel inside the body is lung (not: the airways).
+        body = ndimage.binary_fill_holes(ct > -400, structure=np.ones((3, 3, 1), bool))
+        inside_air = body & (ct < -600)
+        assert lung[inside_air].mean() > 0.85
+
+
+def test_chest_middle_slices_show_two_lungs_left_and_right_and_the_ends_fewer():
+    fewer = 0
+    for _, ct, lungs in _chest_cases(6):
+        nx = lungs.shape[0]
+        for k in (5, 6):
+            parts, count = ndimage.label(lungs[:, :, k], structure=np.ones((3, 3), bool))
+            sizes = np.bincount(parts.ravel())[1:]
+            assert count == 2 and sizes.min() > 0.02 * lungs[:, :, k].size, (k, sizes)
+            centres = sorted(np.argwhere(parts == n)[:, 0].mean() for n in (1, 2))
+            assert centres[0] < nx / 2 - 4 and centres[1] > nx / 2 + 4
+        # Lung size varies smoothly along Z in the middle of the chest.
+        area = lungs.sum(axis=(0, 1)).astype(float)
+        assert np.all(np.abs(np.diff(area[3:10])) < 0.5 * area[3:10].max())
+        for k in (0, 1, lungs.shape[2] - 1):
+            fewer += ndimage.label(lungs[:, :, k], structure=np.ones((3, 3), bool))[1] < 2
+        # The right lung (low X) ends higher than the left at the bottom.
+        right, left = lungs[:nx // 2].any(axis=(0, 1)), lungs[nx // 2:].any(axis=(0, 1))
+        assert np.argmax(right) >= np.argmax(left)
+    assert fewer >= 2  # some end slices show one lung or none
+
+
+def test_chest_case_is_deterministic_per_seed_and_case():
+    _, ct, lungs = synthetic.generate_chest_case(1, seed=3, **CHEST_SMALL)
+    _, ct2, lungs2 = synthetic.generate_chest_case(1, seed=3, **CHEST_SMALL)
+    np.testing.assert_array_equal(ct, ct2)
+    np.testing.assert_array_equal(lungs, lungs2)
+    for other in (synthetic.generate_chest_case(1, seed=4, **CHEST_SMALL),
+                  synthetic.generate_chest_case(0, seed=3, **CHEST_SMALL)):
+        assert not np.array_equal(other[1], ct) and not np.array_equal(other[2], lungs)
+
+
+def test_chest_anatomy_does_not_depend_on_the_resolution():
+    _, _, coarse = synthetic.generate_chest_case(2, seed=1, **CHEST_SMALL)
+    _, _, fine = synthetic.generate_chest_case(2, seed=1, shape=(128, 128, 12), spacing=(2.0, 2.0, 10.0))
+    volume = coarse.sum() * 4 * 4, fine.sum() * 2 * 2
+    assert 0.85 < volume[0] / volume[1] < 1.15
+
+
+def test_write_chest_phantoms_round_trip(tmp_path):
+    from unet_jax.data.medical_io import read_volume
+
+    out = tmp_path / "chest"
+    shape, spacing = (40, 36, 8), (5.0, 6.0, 12.0)
+    names = synthetic.write_chest_phantoms(out, num_cases=2, shape=shape, spacing=spacing, seed=2, progress=False)
+    assert names == sorted(os.listdir(out)) == ["chest_0001", "chest_0002"]
+    origin = -(np.array(shape) - 1) * np.array(spacing) / 2
+    for index, name in enumerate(names):
+        assert set(os.listdir(out / name)) == {"ct.nii.gz", "lungs.nii.gz"}
+        _, ct, lungs = synthetic.generate_chest_case(index, shape=shape, spacing=spacing, seed=2)
+        for file, expected in (("ct.nii.gz", ct), ("lungs.nii.gz", lungs)):
+            volume = read_volume(out / name / file)
+            assert volume.array.dtype == expected.dtype and volume.array.shape == shape
+            np.testing.assert_array_equal(volume.array, expected)
+            np.testing.assert_allclose(volume.geometry.spacing, spacing, rtol=1e-6)
+            np.testing.assert_allclose(volume.geometry.origin, origin, atol=1e-4)
+            np.testing.assert_allclose(volume.geometry.direction, np.eye(3).ravel(), atol=1e-6)
+
+
+def test_write_chest_phantoms_refuses_existing_output_then_replaces_it(tmp_path):
+    out = tmp_path / "chest"
+    small = dict(shape=(32, 32, 4), spacing=(8.0, 8.0, 30.0))
+    synthetic.write_chest_phantoms(out, num_cases=1, progress=False, **small)
+    before = _files(out)
+    with pytest.raises(DataError, match=r"chest: .*--overwrite"):
+        synthetic.write_chest_phantoms(out, num_cases=2, progress=False, **small)
+    assert _files(out) == before and _siblings(out) == []
+    (out / "stale.txt").write_text("left over")
+    names = synthetic.write_chest_phantoms(out, num_cases=2, overwrite=True, progress=False, **small)
+    assert sorted(os.listdir(out)) == names == ["chest_0001", "chest_0002"] and _siblings(out) == []
+
+
+@pytest.mark.parametrize("bad", [dict(index=-1), dict(index=9999), dict(shape=(32, 32)), dict(shape=(32, 0, 12)),
+                                 dict(spacing=(1.0, 0.0, 3.0)), dict(spacing=(1.0, 1.0, float("inf")))])
+def test_generate_chest_case_rejects_bad_arguments(bad):
+    kwargs = {"index": 0, **CHEST_SMALL, **bad}
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        synthetic.generate_chest_case(kwargs.pop("index"), **kwargs)
+
+
+# --- Image pairs for contrast-map regression (PNG) -----------------------------
+
+
+def test_write_pair_phantoms_layout_and_round_trip(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "pairs"
+    stems = synthetic.write_pair_phantoms(out, num_pairs=3, size=48, seed=1, progress=False)
+    assert stems == ["p01", "p02", "p03"] and sorted(os.listdir(out)) == ["inputs", "targets"]
+    for folder in ("inputs", "targets"):
+        assert sorted(os.listdir(out / folder)) == [f"{s}.png" for s in stems]
+    for index, stem in enumerate(stems):
+        image, target = synthetic.generate_pair(index, size=48, seed=1)
+        assert image.dtype == target.dtype == np.uint8 and image.shape == target.shape == (48, 48)
+        for folder, expected in (("inputs", image), ("targets", target)):
+            with Image.open(out / folder / f"{stem}.png") as png:
+                assert png.mode == "L"  # 8-bit grey
+                np.testing.assert_array_equal(np.array(png), expected)
+
+
+def test_pair_target_is_zero_outside_the_head_and_spread_over_the_8_bit_range():
+    for index in range(4):
+        image, target, labels = synthetic._pair(index, 64, 0)
+        head = labels > 0
+        assert head.any() and not head[0].any() and not head[-1].any()
+        assert (target[~head] == 0).all()
+        assert target[head].max() > 200 and np.median(target[head]) < 80  # bright structures, low background
+        assert image[head].mean() > 80 and image[~head].mean() < 15  # the head is clearly visible
+
+
+def test_pair_target_is_not_a_pointwise_function_of_the_input():
+    for index in range(3):
+        image, target, labels = synthetic._pair(index, 64, 0)
+        head = labels > 0
+        spread = [np.ptp(target[head & (image == level)]) for level in np.unique(image[head])
+                  if (head & (image == level)).sum() > 1]
+        assert max(spread) > 100  # pixels of one input level, very different targets
+
+
+def test_pair_enhancing_structures_show_in_the_input():
+    """What enhances is visible in the input too: where the target is bright,
+    the input departs from its tissue's usual level far more than elsewhere."""
+    for index in range(4):
+        image, target, labels = synthetic._pair(index, 64, 0)
+        brain = np.isin(labels, (synthetic._P_GREY, synthetic._P_WHITE, synthetic._P_VENTRICLE))
+        usual = np.zeros(len(synthetic._PAIR_INPUT_LEVELS))
+        for tissue in np.unique(labels[brain]):
+            usual[tissue] = np.median(image[(labels == tissue) & (target < 100)])
+        departure = np.abs(image.astype(float) - usual[labels])
+        bright = brain & (target > 150)
+        assert bright.sum() > 20
+        assert departure[bright].mean() > 2 * departure[brain & (target < 100)].mean()
+
+
+def test_pair_phantoms_are_deterministic_and_independent_of_their_number(tmp_path):
+    synthetic.write_pair_phantoms(tmp_path / "a", num_pairs=2, size=32, seed=3, progress=False)
+    synthetic.write_pair_phantoms(tmp_path / "b", num_pairs=2, size=32, seed=3, progress=False)
+    synthetic.write_pair_phantoms(tmp_path / "c", num_pairs=3, size=32, seed=3, progress=False)
+    synthetic.write_pair_phantoms(tmp_path / "d", num_pairs=2, size=32, seed=4, progress=False)
+    a, c, d = _files(tmp_path / "a"), _files(tmp_path / "c"), _files(tmp_path / "d")
+    assert a == _files(tmp_path / "b") and all(c[k] == v for k, v in a.items()) and len(c) == 6
+    assert all(d[k] != v for k, v in a.items())
+
+
+def test_write_pair_phantoms_refuses_existing_output_then_replaces_it(tmp_path):
+    out = tmp_path / "pairs"
+    synthetic.write_pair_phantoms(out, num_pairs=1, size=32, progress=False)
+    before = _files(out)
+    with pytest.raises(DataError, match=r"pairs: .*--overwrite"):
+        synthetic.write_pair_phantoms(out, num_pairs=2, size=32, progress=False)
+    assert _files(out) == before and _siblings(out) == []
+    names = synthetic.write_pair_phantoms(out, num_pairs=2, size=32, overwrite=True, progress=False)
+    assert names == ["p01", "p02"] and len(_files(out)) == 4 and _siblings(out) == []
