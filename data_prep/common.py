@@ -185,3 +185,44 @@ def intensity_stats(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarra
     if len(head) == 0:
         return np.zeros(channels), np.ones(channels)
     return head.mean(axis=0), head.std(axis=0)
+
+
+def split_left_right(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Labels the two largest connected components of a binary mask by side:
+    uint8 1 for the component whose centroid has the smaller index along
+    `axis`, 2 for the other, 0 everywhere else (smaller components dropped).
+
+    Works on 2-D masks and 3-D volumes alike (any value > 0 is foreground);
+    components are connected in full connectivity (8-neighbours in 2-D, 26 in
+    3-D), by scipy.ndimage.label. With only one component, it gets the label
+    of the side its centroid lies on relative to the mask's centre along
+    `axis` (1 when the centroid lies before the centre, (n - 1) / 2 for n
+    voxels along the axis, else 2); an empty mask stays all 0. Equal-sized
+    components are ranked in scan order, so the result is deterministic.
+
+    Sides are array positions, not anatomy: for a 2-D picture [H, W],
+    `axis=1` makes 1 the component on the picture's left (the patient's right
+    in the radiological view); for an ITK-ordered [X, Y, Z] volume in LPS,
+    `axis=0` makes 1 the component at smaller x (the patient's right). Used
+    by data_prep.pictures --lung_sides (left/right lung as two classes).
+    """
+    from scipy import ndimage  # only this function needs scipy
+
+    mask = np.asarray(mask) > 0
+    if not -mask.ndim <= axis < mask.ndim:
+        raise ValueError(f"axis={axis} is out of range for a {mask.ndim}-D mask")
+    axis %= mask.ndim
+    out = np.zeros(mask.shape, np.uint8)
+    components, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
+    if count == 0:
+        return out
+    sizes = np.bincount(components.ravel())[1:]
+    keep = (np.argsort(-sizes, kind="stable")[:2] + 1).tolist()
+    centres = [c[axis] for c in ndimage.center_of_mass(mask, components, keep)]
+    if len(keep) == 1:
+        out[components == keep[0]] = 1 if centres[0] < (mask.shape[axis] - 1) / 2 else 2
+        return out
+    first, second = sorted(zip(centres, keep))
+    out[components == first[1]] = 1
+    out[components == second[1]] = 2
+    return out
