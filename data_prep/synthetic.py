@@ -1073,7 +1073,45 @@ def prepare_lesion_demo(workdir: str, *, num_cases: int = 10, shape=(64, 64, 24)
     return prepared
 
 
-DEMOS = {"lgg": prepare_demo, "lesions_3d": prepare_lesion_demo}  # config.data.synthetic.kind -> its preparer
+def prepare_chest_demo(workdir: str, *, num_cases: int = 6, shape=(128, 128, 24), spacing=(2.0, 2.0, 5.0),
+                       seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2) -> str:
+    """Generates chest CT phantoms (NIfTI, Hounsfield units) under
+    `workdir/data` and prepares them with data_prep.volumes as axial slices
+    in the wide lung window, scaled to [0, 1], once; returns the prepared folder."""
+    from data_prep import volumes  # reads NIfTI through SimpleITK: only this demo needs it
+
+    root = os.path.join(os.path.abspath(workdir), "data")
+    prepared = os.path.join(root, "prepared_chest")
+    if not os.path.exists(os.path.join(prepared, MANIFEST)):
+        phantoms = os.path.join(root, "chest_phantoms")
+        write_chest_phantoms(phantoms, num_cases=num_cases, shape=tuple(shape), spacing=tuple(spacing), seed=seed,
+                             overwrite=True, progress=False)
+        volumes.prepare(phantoms, prepared, channels="ct*", label="lungs*", intensity="ct", ct_window="lung_wide",
+                        crop=False, slices="axial", slice_size=f"{shape[0]},{shape[1]}", val_fraction=val_fraction,
+                        test_fraction=test_fraction, seed=seed, overwrite=True, progress=False)
+    return prepared
+
+
+def prepare_pair_demo(workdir: str, *, num_pairs: int = 24, size: int = 64, seed: int = 0,
+                      val_fraction: float = 0.2, test_fraction: float = 0.2, double: bool = True) -> str:
+    """Generates 2-D T1 -> contrast-map pairs (PNG) under `workdir/data` and
+    prepares them with data_prep.pictures as a regression (with document
+    000's doubling of the training pairs), once; returns the prepared folder."""
+    from data_prep import pictures
+
+    root = os.path.join(os.path.abspath(workdir), "data")
+    prepared = os.path.join(root, "prepared_pairs")
+    if not os.path.exists(os.path.join(prepared, MANIFEST)):
+        phantoms = os.path.join(root, "pair_phantoms")
+        write_pair_phantoms(phantoms, num_pairs=num_pairs, size=size, seed=seed, overwrite=True, progress=False)
+        pictures.prepare(phantoms, prepared, task="regression", double=double, val_fraction=val_fraction,
+                         test_fraction=test_fraction, seed=seed, overwrite=True, progress=False)
+    return prepared
+
+
+# config.data.synthetic.kind -> its preparer
+DEMOS = {"lgg": prepare_demo, "lesions_3d": prepare_lesion_demo, "chest_ct": prepare_chest_demo,
+         "pairs_2d": prepare_pair_demo}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,9 +58,10 @@ from unet_jax.files import atomic_write, write_json
 
 # Input preparation is data_prep's own code, so a new scan is read and
 # normalised exactly as the training data was.
-from data_prep import common, lgg, volumes  # noqa: E402  (after unet_jax: data_prep imports it)
+from data_prep import common, lgg, pictures, volumes  # noqa: E402  (after unet_jax: data_prep imports it)
 
 LGG_DATASET = "lgg_kaggle_3m"  # the manifest's `dataset` of data_prep.lgg
+PICTURES_DATASET = "pictures"  # of data_prep.pictures: 8-bit slices, normalised by the pipeline as LGG's are
 OUTPUT_FORMATS = (".nii.gz", ".nii", ".nrrd", ".mha", "dicom")
 # Detached headers are written as the single-file format of the same kind.
 _SINGLE_FILE = {".nhdr": ".nrrd", ".mhd": ".mha"}
@@ -115,7 +116,8 @@ class Predictor:
         shape = input_shape(config, manifest)
         self.patch, self.num_channels = tuple(int(v) for v in shape[:-1]), int(shape[-1])
         self.is_lgg = manifest.get("dataset") == LGG_DATASET
-        self.settings = None if self.is_lgg else volumes.settings_from_manifest(manifest)
+        self.is_8bit = self.is_lgg or manifest.get("dataset") == PICTURES_DATASET  # records as stored 8-bit slices
+        self.settings = None if self.is_8bit else volumes.settings_from_manifest(manifest)
         self.tta, self.lcc = tta or config.data.sliding_window.flip_tta, lcc
         self.batch_size = batch_size or config.eval_batch_size
         try:
@@ -150,6 +152,9 @@ class Predictor:
         spatial = (dims,) if dims == 3 else (2, 3)
         if image.ndim - 1 in spatial and image.shape[-1] == self.num_channels:
             return image
+        if self.num_channels == 1 and dims == 2 and image.ndim == 3 and image.shape[-1] in (3, 4) \
+                and pictures.is_grey(image[..., :3]):
+            return image[..., :1]  # a grey picture stored as RGB(A), as data_prep.pictures stored it
         if self.num_channels == 1 and image.ndim in spatial:
             return image[..., None]
         takes = " or ".join(f"{d}-D" for d in spatial)
@@ -170,8 +175,8 @@ class Predictor:
             raise DataError(f"{name}: {int((~np.isfinite(image)).sum())} NaN or infinite voxels; fix the scan "
                             "or pass --skip_bad")
         notes: list[str] = []
-        if self.is_lgg:
-            x, restore = self._prepare_lgg(image, name)
+        if self.is_8bit:
+            x, restore = self._prepare_8bit(image, name)
             axis = 2
         else:
             x, restore, axis = self._prepare_volume(image, geometry, foreground, name, notes)
@@ -183,12 +188,15 @@ class Predictor:
                 labels[(labels == k) & ~metrics.largest_connected_component(labels == k)] = 0
         return Prediction(labels, probabilities, notes)
 
-    def _prepare_lgg(self, image: np.ndarray, name: str):
-        """kaggle_3m-style slices as data_prep.lgg and the input pipeline made
-        them: shrunk in-plane by the run's factor, normalised by
-        `config.data.normalization` with the patient's statistics."""
-        source, record = self.manifest["source_image_shape"][0], self.manifest["image_shape"][0]
-        factor = source // record if source > record else 1
+    def _prepare_8bit(self, image: np.ndarray, name: str):
+        """kaggle_3m-style slices or pictures as data_prep.lgg or .pictures and
+        the input pipeline made them: LGG's shrunk in-plane by the run's
+        factor, normalised by `config.data.normalization` with the patient's
+        statistics; a regression's outputs go back to the picture's units
+        (times the divisor data_prep.pictures scaled the targets by)."""
+        source, record = (self.manifest.get("source_image_shape") or [0])[0], self.manifest["image_shape"][0]
+        factor = source // record if self.is_lgg and source > record else 1
+        scale = np.float32(self.manifest.get("target", {}).get("divisor", 1.0))
         stack = image if image.ndim == 4 else image[:, :, None]  # [H, W, S, C]
         h, w = stack.shape[:2]
         if factor > 1:
@@ -204,6 +212,7 @@ class Predictor:
         x = x if image.ndim == 4 else x[:, :, 0]
 
         def restore(blend: np.ndarray) -> np.ndarray:
+            blend = blend * scale if scale != 1 else blend
             return np.repeat(np.repeat(blend, factor, axis=0), factor, axis=1) if factor > 1 else blend
         return x, restore
 
