@@ -11,10 +11,10 @@ import pytest
 from run_configs import evaluate_split, tiny_config
 
 from configs import contrast_res_attention
-from data_prep import synthetic, volumes
+from data_prep import pictures, synthetic, volumes
 from unet_jax import predict, train
 from unet_jax.data import pipeline
-from unet_jax.data.medical_io import read_volume
+from unet_jax.data.medical_io import read_image, read_volume
 
 
 def contrast_config(data_dir):
@@ -85,3 +85,28 @@ def test_predictions_of_a_new_scan_are_scaled_back_to_the_target_units(contrast_
     head = np.nonzero(t1)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in head)
     np.testing.assert_allclose(predicted[box], on_records * scale, rtol=2e-2, atol=2e-2 * scale)
+
+
+@pytest.mark.slow
+def test_picture_pairs_train_and_predict_8_bit_contrast_maps(tmp_path):
+    """Document 000's layout: PNG pairs prepared with doubling, a run of the
+    contrast config, and predictions written as 8-bit PNGs in the target's units
+    that equal the evaluator's outputs times 255."""
+    synthetic.write_pair_phantoms(tmp_path / "pairs", num_pairs=6, size=32, seed=0, progress=False)
+    data_dir = str(tmp_path / "prepared")
+    m = pictures.prepare(str(tmp_path / "pairs"), data_dir, task="regression", double=True, val_cases="p06",
+                         test_cases="p05", progress=False)
+    assert m["splits"]["train"]["num_examples"] == 8 and m["target"]["divisor"] == 255.0  # 4 pairs, doubled
+    config = contrast_config(data_dir)
+    config.data.normalization = "patient_zscore"
+    config.batch_size = 4
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config, workdir)
+    evaluation, _ = evaluate_split(workdir, "val")
+    expected = np.clip(np.round(evaluation.volumes[0][0][0].astype(np.float32) * 255), 0, 255)
+    out = str(tmp_path / "out")
+    predict.predict_files(predict.Predictor.from_workdir(workdir), str(tmp_path / "pairs" / "inputs" / "p06.png"),
+                          out, progress=False)
+    written = read_image(os.path.join(out, "p06_mask.png"))[..., 0]
+    assert written.dtype == np.uint8
+    assert np.abs(written.astype(np.float32) - expected).max() <= 1  # float16 evaluation outputs round either way

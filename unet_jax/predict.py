@@ -448,8 +448,11 @@ def _new_folder(path: str, overwrite: bool):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _as_mask_image(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Binary labels as 0/255 (as kaggle_3m masks are), several classes as their numbers."""
+def _as_mask_image(labels: np.ndarray, num_classes: int, path: str = "") -> np.ndarray:
+    """Binary labels as 0/255 (as kaggle_3m masks are), several classes as their
+    numbers; a regression's outputs as float32, or as 8 bits for a PNG `path`."""
+    if labels.dtype.kind == "f" and path.endswith(".png"):  # a regression's 8-bit picture: rounded, clipped
+        return np.clip(np.round(labels), 0, 255).astype(np.uint8)
     if labels.dtype.kind == "f":
         return labels.astype(np.float32)
     return (labels * 255).astype(np.uint8) if num_classes <= 2 else labels.astype(np.uint8)
@@ -473,7 +476,7 @@ def write_outputs(scan: Scan, loaded: LoadedScan, prediction: Prediction, paths:
                                 foreground_probability[:, :, s].astype(np.float32))
         return
     if scan.kind == "image":
-        write_image(mask, _as_mask_image(labels, num_classes))
+        write_image(mask, _as_mask_image(labels, num_classes, mask))
         if save_probabilities:
             write_image(paths["probabilities"], foreground_probability.astype(np.float32))
         return
