@@ -432,7 +432,7 @@ def _assign(names: list[str], val_cases: list[str], test_cases: list[str], **spl
 def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str = "", label: str = "",
             mask: str = "", intensity: str = "zscore", ct_window: str = "lung_wide", label_map: str = "",
             spacing: str = "", crop: bool = True, slices: str = "", slice_size: str = "", target: str = "",
-            target_intensity: str = "input_percentile",
+            target_intensity: str = "input_percentile", lung_sides: bool = False,
             unlabelled: bool = False, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
             num_folds: int = 0, fold: int = 0, val_cases: str = "", test_cases: str = "",
             records_per_shard: int = 64, skip_bad: bool = False, overwrite: bool = False,
@@ -442,7 +442,9 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
     DataError on the first bad case unless `skip_bad` (bad cases are then
     left out and listed in the manifest). With `target` (a pattern, folders
     layout) each case's target volume replaces its label: float records for a
-    regression. String arguments are the CLI's."""
+    regression. `lung_sides` relabels the two largest foreground components of
+    each case 1 and 2 by position along the volume's first axis (left/right
+    lungs as two classes). String arguments are the CLI's."""
     data_dir = os.path.abspath(data_dir)
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: no such folder; point --data_dir at a folder of cases")
@@ -466,6 +468,8 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                         "; check --channels/--label or the folder"))
     if problems and not skip_bad:
         raise DataError(f"{problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+    if target and lung_sides:
+        raise DataError("--lung_sides relabels segmentation labels; it does not apply to a --target")
     if target and layout != "folders":
         raise DataError("--target needs the per-case layout (--layout=folders with --channels)")
     if target_intensity not in TARGET_INTENSITIES:
@@ -490,6 +494,8 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                 case = by_name[case_name]
                 try:
                     image, labels, geometry, stats = load_case(case, settings)
+                    if lung_sides:  # the first array axis is x, left-right, in medical_io's arrays
+                        labels = common.split_left_right(labels, axis=0)
                 except DataError as e:
                     if not skip_bad:
                         raise
@@ -536,6 +542,7 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                                **({"foreground": "mask" if mask else "nonzero"} if m == "zscore" else {})}
                               for m in settings.intensity],
                 "label_map": {str(k): v for k, v in sorted(settings.label_map.items())},
+                "lung_sides": lung_sides,
                 "spacing": list(settings.spacing) if settings.spacing else None,
                 "crop": ("mask" if mask else "nonzero") + " bounding box" if settings.crop else None,
                 "slices": settings.slices, "slice_size": list(settings.slice_size) if settings.slice_size else None},
@@ -631,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target_intensity", default="input_percentile", choices=TARGET_INTENSITIES,
                         help=f"input_percentile: divide the target by the {TARGET_PERCENTILE}th percentile of the "
                              "first input channel (undone for predictions); none: as stored")
+    parser.add_argument("--lung_sides", action="store_true",
+                        help="label the two largest components 1 and 2 by position along x (left/right lungs)")
     parser.add_argument("--mask", default="", help="folders layout: glob of a foreground mask for the z-score "
                                                    "(default: the non-zero voxels)")
     parser.add_argument("--intensity", default="zscore",

@@ -649,3 +649,21 @@ def test_real_ms_t1_to_t1post_pairs(tmp_path):
     element, _ = _records(tmp_path / "ms", "val")[60]
     target = element["mask"][..., 0]
     assert target.min() >= 0 and 0.3 < np.percentile(target[target > 0], 50) < 1.5  # grey levels near the input's scale
+
+
+def test_lung_sides_label_the_two_lungs_of_a_chest_volume(tmp_path):
+    """--lung_sides on chest phantoms: labels 1 and 2, 1 at smaller x, together the lungs."""
+    synthetic.write_chest_phantoms(tmp_path / "cases", num_cases=2, shape=(32, 32, 8), spacing=(8.0, 8.0, 20.0),
+                                   progress=False)
+    plain = _prepare(tmp_path / "cases", tmp_path / "plain", channels="ct*", label="lungs*", intensity="ct",
+                     crop=False, val_fraction=0.5, test_fraction=0)
+    sides = _prepare(tmp_path / "cases", tmp_path / "sides", channels="ct*", label="lungs*", intensity="ct",
+                     crop=False, val_fraction=0.5, test_fraction=0, lung_sides=True)
+    assert plain["num_classes"] == 2 and sides["num_classes"] == 3 and sides["preprocessing"]["lung_sides"]
+    (lungs, _), (labelled, _) = _records(tmp_path / "plain", "val")[0], _records(tmp_path / "sides", "val")[0]
+    lungs, labelled = lungs["mask"][..., 0], labelled["mask"][..., 0]
+    np.testing.assert_array_equal(labelled > 0, lungs > 0)  # the phantom's lungs are two components
+    x = np.arange(lungs.shape[0])[:, None, None]
+    assert (x * (labelled == 1)).sum() / (labelled == 1).sum() < (x * (labelled == 2)).sum() / (labelled == 2).sum()
+    with pytest.raises(DataError, match="--lung_sides relabels segmentation labels"):
+        _prepare(tmp_path / "cases", tmp_path / "bad", channels="ct*", target="lungs*", lung_sides=True)
