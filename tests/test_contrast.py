@@ -73,8 +73,9 @@ def test_predictions_of_a_new_scan_are_scaled_back_to_the_target_units(contrast_
     scale = record["target"]["scale"]
     out = str(tmp_path / "out")
     result = predict.predict_files(predict.Predictor.from_workdir(contrast_run), str(cases / val_case), out,
-                                   progress=False)
+                                   labels="FLAIR*", progress=False)
     assert [r["status"] for r in result["cases"]] == ["ok"]
+    assert os.path.exists(os.path.join(out, "overlays", f"{val_case}.png"))
     (written,) = [os.path.join(root, f) for root, _, files in os.walk(out) for f in files if f.endswith(".nii.gz")]
     predicted = read_volume(written).array.astype(np.float32)
     t1 = read_volume(next(str(p) for p in (cases / val_case).glob("T1*"))).array
@@ -85,6 +86,11 @@ def test_predictions_of_a_new_scan_are_scaled_back_to_the_target_units(contrast_
     head = np.nonzero(t1)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in head)
     np.testing.assert_allclose(predicted[box], on_records * scale, rtol=2e-2, atol=2e-2 * scale)
+    # Scored against the raw target volume, in its units, with the evaluation's metrics.
+    flair = read_volume(next(str(p) for p in (cases / val_case).glob("FLAIR*"))).array.astype(np.float64)
+    (score,) = result["scores"]
+    assert set(score) >= {"soft_jaccard_3d", "mae_3d", "psnr_3d", "ssim_3d"}
+    assert score["mae_3d"] == pytest.approx(np.abs(predicted - flair).mean(), rel=1e-3)
 
 
 @pytest.mark.slow

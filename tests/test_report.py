@@ -231,3 +231,24 @@ def test_prediction_figure_rejects_mismatched_shapes(tmp_path):
     with pytest.raises(ValueError, match="slice numbers"):
         report.prediction_figure(image, pred, str(tmp_path / "x.png"), title="x", slice_numbers=[3])
     assert not os.listdir(tmp_path)
+
+
+def test_regression_prediction_figure_picks_the_slices_of_largest_output(tmp_path, monkeypatch):
+    figures = drawn_figures(monkeypatch)
+    rng = np.random.default_rng(0)
+    image = rng.random((4, 16, 16)).astype(np.float32)
+    output = np.zeros((4, 16, 16), np.float32)
+    output[1], output[3] = 2.0, 1.0
+    target = output + 0.5
+    report.regression_prediction_figure(image, output, str(tmp_path / "r.png"), title="case", target=target,
+                                        slice_numbers=[7, 8, 9, 10], num_slices=2)
+    read_png(str(tmp_path / "r.png"))
+    fig, = figures
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["slice 8", "slice 10"]
+    assert len(fig.axes) == 8  # input, output, target and error for each chosen slice
+    error = fig.axes[7].images[0].get_array()  # |error| of slice 10, on the scale of the largest value (2.5)
+    np.testing.assert_allclose(error, 0.5 / 2.5, rtol=1e-6)
+    report.regression_prediction_figure(image, output, str(tmp_path / "o.png"), title="case")
+    assert len(figures[-1].axes) == 8  # without a target: input and output for 4 slices
+    with pytest.raises(ValueError, match="expected .S, H, W. arrays of one shape"):
+        report.regression_prediction_figure(image, output[:2], str(tmp_path / "x.png"), title="case")

@@ -534,9 +534,20 @@ def find_label(scan: Scan, labels: str) -> str:
 
 
 def load_target(scan: Scan, loaded: LoadedScan, labels: str, predictor: Predictor) -> np.ndarray:
-    """The scan's reference labels on its own grid, as the run's classes."""
-    classes = predictor.task.num_classes if isinstance(predictor.task, tasks.Segmentation) else 256
-    if scan.kind == "kaggle":
+    """The scan's reference labels on its own grid, as the run's classes; a
+    regression's target image as float32, in its own units."""
+    regression = isinstance(predictor.task, tasks.Regression)
+    classes = 256 if regression else predictor.task.num_classes
+    if regression and scan.kind == "kaggle":
+        raise DataError(f"{scan.paths[0]}: kaggle_3m folders hold masks, not regression targets; give the targets "
+                        "as pictures or volumes")
+    if regression and scan.kind == "image":
+        picture = read_image(find_label(scan, labels))
+        target = (picture[..., 0] if picture.ndim == 3 else picture).astype(np.float32)
+    elif regression:
+        target = volumes.load_target(find_label(scan, labels), Volume(loaded.image[..., 0], loaded.geometry),
+                                     scan.paths[0])
+    elif scan.kind == "kaggle":
         if os.path.isdir(labels):
             folder = os.path.join(labels, scan.key) if os.path.isdir(os.path.join(labels, scan.key)) else labels
             masks = {n: os.path.join(folder, f"{scan.key}_{n}_mask.tif") for n in loaded.slice_numbers}
@@ -677,9 +688,8 @@ def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
 
 def _overlay(scan: Scan, loaded: LoadedScan, prediction: Prediction, target, summary: dict, path: str) -> None:
     """overlays/<case>.png: the slices with the most foreground of the display
-    channel (FLAIR for kaggle_3m slices, else the first)."""
-    if prediction.labels.dtype.kind == "f":
-        return  # regression outputs: no label overlay
+    channel (FLAIR for kaggle_3m slices, else the first); for a regression,
+    input, output and (given) target and error."""
 
     def view(array: np.ndarray) -> np.ndarray:
         # Volumes in radiological view: rows along y (anterior at the top in LPS), columns
@@ -687,11 +697,17 @@ def _overlay(scan: Scan, loaded: LoadedScan, prediction: Prediction, target, sum
         slices = as_slices(array)
         return np.swapaxes(slices, 1, 2) if loaded.geometry is not None and array.ndim == 3 else slices
 
+    channel = 1 if scan.kind == "kaggle" and loaded.image.shape[-1] > 1 else 0
+    if prediction.labels.dtype.kind == "f":
+        report.regression_prediction_figure(
+            view(loaded.image[..., channel].astype(np.float32)), view(prediction.labels.astype(np.float32)), path,
+            title=f"{scan.name}: mean output {summary['mean_output']:.4g}",
+            target=None if target is None else view(target.astype(np.float32)), slice_numbers=loaded.slice_numbers)
+        return
     volume = (f"{summary['volume_ml']:.2f} ml" if summary.get("volume_ml") is not None
               else f"{summary['voxels']} voxels")
     probabilities = prediction.probabilities
     confidence = probabilities[..., 0] if probabilities.shape[-1] == 1 else 1 - probabilities[..., 0]
-    channel = 1 if scan.kind == "kaggle" and loaded.image.shape[-1] > 1 else 0
     report.prediction_figure(view(loaded.image[..., channel].astype(np.float32)), view(prediction.labels), path,
                              title=f"{scan.name}: {volume}, {summary['components']} connected lesion(s)",
                              target=None if target is None else view(target), slice_numbers=loaded.slice_numbers,

@@ -426,3 +426,38 @@ def prediction_figure(image: np.ndarray, pred: np.ndarray, path: str, *, title: 
         axes[2, 0].set_title("foreground probability 0 to 1", fontsize=7)
     # Panels at the scan's own resolution (100 to 300 dpi), so outlines of small lesions show.
     _save(fig, path, dpi=int(np.clip(max(image.shape[1:]) / _PANEL_INCHES, 100, 300)))
+
+
+def regression_prediction_figure(image: np.ndarray, output: np.ndarray, path: str, *, title: str,
+                                 target: np.ndarray | None = None, slice_numbers: Sequence[int] | None = None,
+                                 num_slices: int = 4) -> None:
+    """One case's regression output as a PNG titled `title`: a column for each
+    of the `num_slices` slices of largest output mass (in slice order) showing
+    the input, the output and, given `target`, the target and |output - target|;
+    output, target and error share one grey scale (0 to the largest value shown).
+
+    image, output, target: float [S, H, W]; `slice_numbers` name the slices.
+    """
+    image, output = np.asarray(image, np.float32), np.asarray(output, np.float32)
+    if image.ndim != 3 or output.shape != image.shape or (target is not None and np.shape(target) != image.shape):
+        raise ValueError(f"expected [S, H, W] arrays of one shape, got {image.shape}, {output.shape}"
+                         + ("" if target is None else f", {np.shape(target)}"))
+    numbers = list(range(len(image)) if slice_numbers is None else slice_numbers)
+    mass = np.maximum(output, 0).reshape(len(output), -1).sum(axis=1)
+    chosen = sorted(np.argsort(-mass, kind="stable")[:num_slices].tolist())
+    rows = [("input", image), ("output", output)]
+    if target is not None:
+        target = np.asarray(target, np.float32)
+        rows += [("target", target), ("|error|", np.abs(output - target))]
+    top = max(float(np.max([rows[1][1][chosen].max()] + ([target[chosen].max()] if target is not None else []))),
+              1e-6)
+    fig, axes = _panel_grid(len(rows), len(chosen), path, title=title)
+    for column, i in zip(axes.T, chosen):
+        for ax, (name, array) in zip(column, rows):
+            panel = normalise(array[i]) if name == "input" else np.clip(array[i] / top, 0, 1)
+            ax.imshow(panel, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_axis_off()
+        column[0].set_title(f"slice {numbers[i]}", fontsize=7)
+    for row, (name, _) in zip(axes, rows):
+        row[0].text(-0.05, 0.5, name, transform=row[0].transAxes, rotation=90, ha="right", va="center", fontsize=7)
+    _save(fig, path, dpi=int(np.clip(max(image.shape[1:]) / _PANEL_INCHES, 100, 300)))
