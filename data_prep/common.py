@@ -187,6 +187,30 @@ def intensity_stats(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarra
     return head.mean(axis=0), head.std(axis=0)
 
 
+def comma_list(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: the names of a comma-separated flag."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def assign_split(names: list[str], val_cases: list[str], test_cases: list[str], what: str = "case",
+                 **split_args) -> dict[str, list[str]]:
+    """The split by `split_patients`, or by the named `what`s (cases,
+    patients) of --val_cases/--test_cases when given."""
+    named = set(val_cases) | set(test_cases)
+    unknown = sorted(named - set(names))
+    if unknown:
+        raise DataError(f"--val_cases/--test_cases name {', '.join(unknown)}, which are not among the {what}s found "
+                        f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+    if both := sorted(set(val_cases) & set(test_cases)):
+        raise DataError(f"--val_cases and --test_cases both name {', '.join(both)}; put each {what} in one split")
+    if not named:
+        return split_patients(names, **split_args)
+    train = sorted(n for n in names if n not in named)
+    if not train:
+        raise DataError(f"--val_cases and --test_cases leave no {what} for training")
+    return {"train": train, "val": sorted(set(val_cases)), "test": sorted(set(test_cases))}
+
+
 def split_left_right(mask: np.ndarray, axis: int) -> np.ndarray:
     """Labels the two largest connected components of a binary mask by side:
     uint8 1 for the component whose centroid has the smaller index along

@@ -324,10 +324,6 @@ def pair_rng(seed: int, pair: Pair) -> np.random.Generator:
 
 # --- the converter -------------------------------------------------------------------
 
-def _names(text: str) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()]
-
-
 def _size(text: str) -> tuple[int, int] | None:
     if not text:
         return None
@@ -340,23 +336,6 @@ def _size(text: str) -> tuple[int, int] | None:
     if len(values) != 2 or min(values) < 1:
         raise DataError(f"--size={text!r}: give the height and width in pixels, e.g. --size=256,256")
     return values
-
-
-def assign(patients: list[str], val_cases: list[str], test_cases: list[str], **split_args) -> dict[str, list[str]]:
-    """The split by `common.split_patients`, or by the named patients when given."""
-    named = set(val_cases) | set(test_cases)
-    unknown = sorted(named - set(patients))
-    if unknown:
-        raise DataError(f"--val_cases/--test_cases name {', '.join(unknown)}, which are not among the patients "
-                        f"found ({', '.join(patients[:5])}{', ...' if len(patients) > 5 else ''})")
-    if both := sorted(set(val_cases) & set(test_cases)):
-        raise DataError(f"--val_cases and --test_cases both name {', '.join(both)}; put each patient in one split")
-    if not named:
-        return common.split_patients(patients, **split_args)
-    train = sorted(p for p in patients if p not in named)
-    if not train:
-        raise DataError("--val_cases and --test_cases leave no patient for training")
-    return {"train": train, "val": sorted(set(val_cases)), "test": sorted(set(test_cases))}
 
 
 def _odd_ones(values: dict[Pair, object], describe) -> tuple[object, list[common.Problem]]:
@@ -438,8 +417,9 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
     by_patient: dict[str, list[Pair]] = collections.defaultdict(list)
     for pair in good:
         by_patient[pair.patient].append(pair)
-    split = assign(sorted(by_patient), _names(val_cases), _names(test_cases), val_fraction=val_fraction,
-                   test_fraction=test_fraction, seed=seed, num_folds=num_folds, fold=fold)
+    split = common.assign_split(sorted(by_patient), common.comma_list(val_cases), common.comma_list(test_cases),
+                                "patient", val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                num_folds=num_folds, fold=fold)
 
     # Pass 2: convert and write, patient by patient.
     splits: dict[str, dict] = {}
@@ -510,8 +490,8 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
                          "double": {"rotation_deg": DOUBLE_ROTATION_DEG, "zoom": DOUBLE_ZOOM,
                                     "shift": DOUBLE_SHIFT, "seed": seed, "splits": ["train"]} if double else None},
             "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                      "num_folds": num_folds, "fold": fold, "val_cases": _names(val_cases),
-                      "test_cases": _names(test_cases), "patient_regex": patient_regex or None},
+                      "num_folds": num_folds, "fold": fold, "val_cases": common.comma_list(val_cases),
+                      "test_cases": common.comma_list(test_cases), "patient_regex": patient_regex or None},
             "splits": splits,
             "skipped": [{"file": p.file, "reason": p.reason} for p in problems],
         }

@@ -412,23 +412,6 @@ def slice_records(image: np.ndarray, labels: np.ndarray, axis: int, size: tuple[
 
 # --- the converter -------------------------------------------------------------------
 
-def _assign(names: list[str], val_cases: list[str], test_cases: list[str], **split_args) -> dict[str, list[str]]:
-    """The split by `common.split_patients`, or by the named cases when given."""
-    named = set(val_cases) | set(test_cases)
-    unknown = sorted(named - set(names))
-    if unknown:
-        raise DataError(f"--val_cases/--test_cases name {', '.join(unknown)}, which are not among the cases found "
-                        f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
-    if both := sorted(set(val_cases) & set(test_cases)):
-        raise DataError(f"--val_cases and --test_cases both name {', '.join(both)}; put each case in one split")
-    if not named:
-        return common.split_patients(names, **split_args)
-    train = sorted(n for n in names if n not in named)
-    if not train:
-        raise DataError("--val_cases and --test_cases leave no case for training")
-    return {"train": train, "val": sorted(set(val_cases)), "test": sorted(set(test_cases))}
-
-
 def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str = "", label: str = "",
             mask: str = "", intensity: str = "zscore", ct_window: str = "lung_wide", label_map: str = "",
             spacing: str = "", crop: bool = True, slices: str = "", slice_size: str = "", target: str = "",
@@ -480,8 +463,9 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
         raise DataError(f"--records_per_shard={records_per_shard}: must be at least 1")
     names = [c.name for c in cases]
     split = ({"train": [], "val": [], "test": [], "predict": sorted(names)} if unlabelled else
-             _assign(names, _names(val_cases), _names(test_cases), val_fraction=val_fraction,
-                     test_fraction=test_fraction, seed=seed, num_folds=num_folds, fold=fold))
+             common.assign_split(names, common.comma_list(val_cases), common.comma_list(test_cases), "case",
+                                 val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                 num_folds=num_folds, fold=fold))
     by_name = {c.name: c for c in cases}
     all_files = [f for c in cases for f in (*c.channels, c.label, c.mask) if f and os.path.isfile(f)]
     splits, num_classes, num_bytes, start = {}, 2, 0, time.time()
@@ -547,8 +531,8 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                 "crop": ("mask" if mask else "nonzero") + " bounding box" if settings.crop else None,
                 "slices": settings.slices, "slice_size": list(settings.slice_size) if settings.slice_size else None},
             "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                      "num_folds": num_folds, "fold": fold, "val_cases": _names(val_cases),
-                      "test_cases": _names(test_cases)},
+                      "num_folds": num_folds, "fold": fold, "val_cases": common.comma_list(val_cases),
+                      "test_cases": common.comma_list(test_cases)},
             "splits": splits,
             "throughput": {"cases_per_second": round(len(cases) / seconds, 3),
                            "source_mb_per_second": round(num_bytes / 1e6 / seconds, 2)},
@@ -556,10 +540,6 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
         }
         common.write_manifest(tmp, manifest)
     return manifest
-
-
-def _names(text: str) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def _floats(text: str, flag: str, count: int | None = None) -> tuple[float, ...]:
