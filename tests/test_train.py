@@ -383,3 +383,47 @@ def test_2d_unet_trains_on_axial_slices_of_the_volumes(tmp_path):
     assert summary["patients"][0]["num_slices"] == len(
         pipeline.split_source(data_dir, "test"))  # every axial slice of the test case, reassembled
     assert 0 <= summary["metrics"]["dice_3d"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["array", "iterator"])
+def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(prepared_dir, tmp_path, damage, caplog):
+    """A latest checkpoint cut in half (its largest array file, or the data
+    iterator's JSON) is named in one line, deleted, and the run resumes from the
+    epoch checkpoint before it and finishes; with nothing readable, one line."""
+    config = tiny_config(prepared_dir)
+    config.num_epochs, config.halt_after_steps = 2, 8  # epoch 1 ends at step 6; step 8 is mid-epoch 2
+    workdir = str(tmp_path / "run")
+    assert train.train_and_evaluate(config, workdir) is None
+    folder = os.path.join(workdir, "checkpoints")
+    assert sorted(int(s) for s in os.listdir(folder) if s.isdigit()) == [6, 8]
+    files = [os.path.join(root, f) for root, _, names in os.walk(os.path.join(folder, "8")) for f in names]
+    if damage == "array":
+        victim = max((f for f in files if "state" in f), key=os.path.getsize)
+    else:
+        (victim,) = [f for f in files if "data_iter" in f and f.endswith(".json")]
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 2)
+    config.halt_after_steps = 0
+    with caplog.at_level(logging.INFO):
+        summary = train.train_and_evaluate(config, workdir)
+    warnings = [r.getMessage() for r in caplog.records if "is unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and "the checkpoint of step 8 is unreadable" in warnings[0]
+    assert warnings[0].endswith("; resuming from step 6.") and "\n" not in warnings[0]
+    assert "Resumed at step 6 of 12" in caplog.text
+    assert summary is not None and [int(r["epoch"]) for r in _rows(workdir)] == [1, 2]
+    for step in os.listdir(folder):  # every array file cut: nothing left to resume from
+        if step.isdigit():
+            for root, _, names in os.walk(os.path.join(folder, step, "state")):
+                for name in names:
+                    os.truncate(os.path.join(root, name), 0)
+    config.num_epochs = 3
+    with pytest.raises(train.ConfigError, match="no checkpoint here can be read"):
+        train.train_and_evaluate(config, workdir)
+    for step in os.listdir(folder):  # every file cut, the metrics orbax reads up front too: one line as well
+        if step.isdigit():
+            for root, _, names in os.walk(os.path.join(folder, step)):
+                for name in names:
+                    os.truncate(os.path.join(root, name), 0)
+    with pytest.raises(train.ConfigError, match="a checkpoint's metadata is unreadable"):
+        train.train_and_evaluate(config, workdir)

@@ -150,6 +150,32 @@ def restore(manager, step: int, template, data_iter=None):
                           "builds (another config, or an older unet_jax); use a new --workdir") from None
 
 
+def resume(manager, template, data_iter) -> tuple[Any, list[dict]]:
+    """Restores the newest readable checkpoint, and the iterator in place: one
+    cut short (a kill during its write, a truncated or edited file) is named
+    in one line and the one before it used (the damaged one is then deleted),
+    so a run never crashes on it or starts again from zero. ConfigError, with
+    nothing deleted, when none can be read."""
+    steps, damaged = sorted(manager.all_steps(), reverse=True), []
+    for i, step in enumerate(steps):
+        try:
+            restored = restore(manager, step, template, data_iter)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001  (orbax, tensorstore and JSON each raise their own errors)
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            older = f"resuming from step {steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint is left"
+            logging.warning("%s: the checkpoint of step %d is unreadable (%s); %s.", manager.directory, step, reason,
+                            older)
+            damaged.append(step)
+            continue
+        for bad in damaged:  # training passes these steps again and saves them anew
+            manager.delete(bad)
+        return restored
+    raise ConfigError(f"{manager.directory}: no checkpoint here can be read (see the warnings above); move the "
+                      "folder away to train from the start")
+
+
 def csv_columns(task: tasks.Task) -> list[str]:
     """metrics.csv's columns, derived from what the task computes."""
     train = [f"train_{n}" for n in task.collection.__annotations__]
@@ -246,12 +272,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     compiled = compile_steps(config, task, mesh)
     train_step = compiled[0]
     validator = make_evaluator(config, task, compiled, mesh, config.data.data_dir, "val")
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), best_metric=metric, best_mode=mode)
+    folder = os.path.join(workdir, "checkpoints")
+    try:
+        manager = checkpoint.make_manager(folder, best_metric=metric, best_mode=mode)
+    except json.JSONDecodeError as e:  # orbax reads every checkpoint's metadata up front
+        raise ConfigError(f"{folder}: a checkpoint's metadata is unreadable ({e}); delete the damaged step folder "
+                          "(the one named in the log above) to resume from another") from None
     empty_metrics = jax.device_put(task.empty_metrics(), parallel.replicated(mesh))  # like the step's outputs
     train_metrics, window, history = empty_metrics, empty_metrics, []
     if manager.latest_step() is not None:
-        (state, train_metrics), history = restore(manager, manager.latest_step(), (state, train_metrics),
-                                                  train_iter)
+        (state, train_metrics), history = resume(manager, (state, train_metrics), train_iter)
         logging.info("Resumed at step %d of %d (epoch %d of %d).", int(state.step), total_steps,
                      min(int(state.step) // steps_per_epoch + 1, config.num_epochs), config.num_epochs)
     else:
