@@ -283,12 +283,11 @@ def convert(image: np.ndarray, target: np.ndarray, settings: Settings) -> tuple[
 
 
 def random_affine(image: np.ndarray, target: np.ndarray, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray, dict]:
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """--double's copy: image and target warped by one random affine about the
     picture's centre (rotation, zoom, shift; see the DOUBLE_* limits), zeros
     brought in from outside. The image and a float target are interpolated
-    bilinearly, integer labels by nearest neighbour. Returns the copy and its
-    parameters."""
+    bilinearly, integer labels by nearest neighbour."""
     from scipy import ndimage
 
     h, w = target.shape
@@ -312,8 +311,7 @@ def random_affine(image: np.ndarray, target: np.ndarray, rng: np.random.Generato
         target = np.clip(warp(target, 1), 0.0, 1.0).astype(np.float32)
     else:
         target = warp(target, 0).astype(target.dtype)
-    params = {"rotation_deg": float(angle), "zoom": float(zoom), "shift_pixels": shift.tolist()}
-    return image, target, params
+    return image, target
 
 
 def pair_rng(seed: int, pair: Pair) -> np.random.Generator:
@@ -437,7 +435,7 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
                            for number, (pair, (image, target)) in enumerate(zip(members, converted))]
                 if double and name == "train":
                     for number, pair, image, target, _ in list(records):
-                        copy_image, copy_target, _ = random_affine(image, target, pair_rng(seed, pair))
+                        copy_image, copy_target = random_affine(image, target, pair_rng(seed, pair))
                         records.append((len(records), pair, copy_image, copy_target, number))
                 for number, pair, image, target, copy_of in records:
                     count = int(np.count_nonzero(target))
