@@ -82,4 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 10
     config.num_preview_images = 4
     config.halt_after_steps = 0  # stop with a checkpoint after this many steps (0: never)
+    # A step whose loss or gradients are not finite (NaN input, a diverging
+    # learning rate) is skipped; this many in a row stop the run with one line.
+    config.max_nonfinite_steps = 10
     return config

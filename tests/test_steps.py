@@ -162,3 +162,33 @@ def test_weight_decay_spares_biases_norms_and_position_embeddings():
     assert mask == {"enc_0": {"conv_0": {"kernel": True, "bias": False}},
                     "bottleneck": {"position_embedding": False, "patch_embedding": {"kernel": True}},
                     "norm": {"scale": False}}
+
+
+def test_a_nan_batch_is_skipped_and_leaves_the_state_as_it_was():
+    state = _state("batch")
+    step = jax.jit(_train_step(losses.dice_ce_loss, grad_accum_steps=2))
+    bad = _batch(4)
+    bad["image"][1, 3, 3, 0] = np.nan  # one pixel of one example, as a corrupt slice would bring
+    after, metrics = step(state, jax.tree.map(jnp.asarray, bad))
+    for a, b in zip(jax.tree.leaves((state.params, state.opt_state, state.batch_stats)),
+                    jax.tree.leaves((after.params, after.opt_state, after.batch_stats))):
+        np.testing.assert_array_equal(a, b)
+    assert int(after.step) == 1 and int(after.skipped) == 1 and int(after.skipped_in_a_row) == 1
+    assert not np.array_equal(after.rng, state.rng)  # the step still counts and moves on
+    assert float(metrics.loss.count) == 0  # merges as nothing into the epoch's metrics
+    after, metrics = step(after, jax.tree.map(jnp.asarray, bad))
+    assert int(after.skipped) == int(after.skipped_in_a_row) == 2
+    good, metrics = step(after, jax.tree.map(jnp.asarray, _batch(4)))
+    assert int(good.skipped) == 2 and int(good.skipped_in_a_row) == 0
+    assert np.isfinite(float(metrics.compute()["loss"]))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(good.params))
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(good.params), jax.tree.leaves(state.params)))
+
+
+def test_an_update_that_overflows_is_skipped():
+    # Finite loss and gradients, but a rate that sends the parameters to inf.
+    state = _state("none", optax.sgd(float("inf")))
+    after, _ = jax.jit(_train_step(losses.dice_ce_loss))(state, jax.tree.map(jnp.asarray, _batch(4)))
+    assert int(after.skipped) == 1
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(after.params)):
+        np.testing.assert_array_equal(a, b)

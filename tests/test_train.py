@@ -3,6 +3,7 @@ workdir contents, best-epoch choice, resume after an interruption, evaluate
 mode, and the command line's one-line errors."""
 
 import csv
+import itertools
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -93,9 +95,10 @@ def test_interrupted_run_resumes_with_the_same_batches_and_losses(trained, prepa
 
 
 def test_stop_request_turns_sigterm_into_a_flag():
-    with train.StopRequest() as stop:
+    with train.StopRequest(parallel.make_mesh()) as stop:
+        assert not stop.agreed()
         os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.signal == signal.SIGTERM
+        assert stop.signal == signal.SIGTERM and stop.agreed()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
@@ -428,3 +431,85 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(prepared_dir
                     os.truncate(os.path.join(root, name), 0)
     with pytest.raises(train.ConfigError, match="a checkpoint's metadata is unreadable"):
         train.train_and_evaluate(config, workdir)
+
+
+def _poisoned(steps_to_poison):
+    """compile_steps whose train step gets all-NaN images at these (0-based) steps."""
+    real = train.compile_steps
+
+    def compile_steps(config, task, mesh):
+        train_step, *others = real(config, task, mesh)
+        calls = itertools.count()
+
+        def poisoned(state, batch):
+            if next(calls) in steps_to_poison:
+                batch = {**batch, "image": batch["image"] * np.nan}
+            return train_step(state, batch)
+
+        return poisoned, *others
+    return compile_steps
+
+
+@pytest.mark.slow
+def test_nan_batches_are_skipped_and_too_many_in_a_row_stop_with_one_line(prepared_dir, tmp_path, monkeypatch,
+                                                                          caplog):
+    config = tiny_config(prepared_dir)
+    config.num_epochs, config.max_nonfinite_steps = 2, 3
+    monkeypatch.setattr(train, "compile_steps", _poisoned({2}))
+    with caplog.at_level(logging.WARNING):
+        summary = train.train_and_evaluate(config, str(tmp_path / "one"))
+    assert summary is not None and np.isfinite(summary["metrics"]["loss"])
+    assert "step 4: 1 step(s) skipped since the last report" in caplog.text  # logged every 2 steps
+    assert all(np.isfinite(float(r["train_loss"])) for r in _rows(str(tmp_path / "one")))
+
+    # From step 8 (mid-epoch 2) every batch is bad: the run stops at the third in a row.
+    monkeypatch.setattr(train, "compile_steps", _poisoned(set(range(7, 12))))
+    workdir = str(tmp_path / "many")
+    with pytest.raises(train.Diverged) as stopped:
+        train.train_and_evaluate(config, workdir)
+    assert str(stopped.value).startswith("steps 8-10: the loss or gradients were not finite (NaN or inf) for 3 ")
+    assert "the checkpoint of step 6 holds" in str(stopped.value) and "learning_rate=0.003" in str(stopped.value)
+    assert "\n" not in str(stopped.value)
+    folder = os.path.join(workdir, "checkpoints")
+    assert sorted(int(s) for s in os.listdir(folder) if s.isdigit()) == [6]  # nothing saved after the NaNs
+    config.max_nonfinite_steps = 10
+    state = train.initial_state(config, train.build_model(config), parallel.make_mesh(), (32, 32, 3), 1)
+    manager = train.checkpoint.make_manager(folder, best_metric="val_dice")
+    (restored, _), _ = train.restore(manager, 6, (state, tasks.get_task(config).empty_metrics()))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params))
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_leaves_the_checkpoints_before(prepared_dir, tmp_path, monkeypatch):
+    config = tiny_config(prepared_dir)
+    config.num_epochs = 2
+    workdir = str(tmp_path / "run")
+    real = train.checkpoint.shutil.disk_usage
+    saves = []
+
+    def usage(path):  # room for the first checkpoint only
+        saves.append(path)
+        return real(path)._replace(free=real(path).free if len(saves) == 1 else 1000)
+
+    monkeypatch.setattr(train.checkpoint.shutil, "disk_usage", usage)
+    with pytest.raises(train.checkpoint.SaveError) as full:
+        train.train_and_evaluate(config, workdir)
+    assert str(full.value).startswith(f"{workdir}/checkpoints: cannot write the checkpoint of step 12: it needs "
+                                      "about ")
+    assert str(full.value).endswith("MiB free; free space, then run the same command to resume from step 6")
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["6"]
+    assert [int(r["epoch"]) for r in _rows(workdir)] == [1]
+
+    # What orbax raises when the disk fills during the write: the partial step goes too.
+    monkeypatch.setattr(train.checkpoint.shutil, "disk_usage", real)
+    manager = train.checkpoint.make_manager(os.path.join(workdir, "checkpoints"), best_metric="val_dice")
+
+    def fill(step, **kwargs):
+        os.makedirs(os.path.join(workdir, "checkpoints", f"{step}.orbax-checkpoint-tmp", "state"))
+        raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x": No space left on device '
+                         "[os_error_code='28']")
+
+    monkeypatch.setattr(manager, "save", fill)
+    with pytest.raises(train.checkpoint.SaveError, match=r"step 12 \(No space left on device\); free space"):
+        train.checkpoint.save(manager, 12, {"x": np.zeros(3)}, None, [])
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["6"]

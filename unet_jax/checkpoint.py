@@ -5,11 +5,15 @@ epoch's running metrics, the grain iterator state, and the per-epoch history
 
 from __future__ import annotations
 
+import errno
+import glob
 import math
 import os
+import shutil
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -44,14 +48,51 @@ def make_manager(directory: str, *, best_metric: str, best_mode: str = "max") ->
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
 
+class SaveError(OSError):
+    """A checkpoint could not be written (a full disk, a folder made read-only)."""
+
+
+# How the operating system's reasons come through orbax and tensorstore.
+WRITE_FAILURES = {errno.ENOSPC: ("No space left on device", "free space"),
+                   errno.EACCES: ("Permission denied", "make the folder writable"),
+                   errno.EROFS: ("Read-only file system", "move --workdir to a writable disk"),
+                   errno.EDQUOT: ("Disk quota exceeded", "free space under your quota")}
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: grain.DatasetIterator,
          history: list[dict], metrics: dict[str, float] | None = None) -> None:
     """Saves `state` (any pytree of arrays), the iterator's position and the
-    history rows at `step`; `metrics` (validation) make it a candidate for best."""
-    manager.save(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state),
-        DATA_ITER: grain.checkpoint.CheckpointSave(data_iter),
-        HISTORY: ocp.args.JsonSave({"rows": history})}), metrics=metrics, force=True)
+    history rows at `step`; `metrics` (validation) make it a candidate for best.
+
+    A save that fails for want of space or permission removes what it had
+    written and raises `SaveError` in one line; the checkpoints before it
+    stay, so the same command resumes once the disk is fixed.
+    """
+    latest = manager.latest_step()
+    resume = "run the same command to resume" + (f" from step {latest}" if latest is not None else "")
+    # Checked up front: orbax out of space mid-write logs pages of tracebacks from its threads.
+    needed = sum(x.nbytes for x in jax.tree.leaves(state)) + 2**20  # replicated arrays are written once
+    free = shutil.disk_usage(manager.directory).free
+    if free < needed:
+        raise SaveError(f"{manager.directory}: cannot write the checkpoint of step {step}: it needs about "
+                        f"{needed / 2**20:.1f} MiB and the disk has {free / 2**20:.1f} MiB free; free space, then "
+                        f"{resume}")
+    try:
+        manager.save(step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardSave(state),
+            DATA_ITER: grain.checkpoint.CheckpointSave(data_iter),
+            HISTORY: ocp.args.JsonSave({"rows": history})}), metrics=metrics, force=True)
+    except (OSError, ValueError) as e:
+        code = getattr(e, "errno", None) or next((c for c, (words, _) in WRITE_FAILURES.items() if words in str(e)),
+                                                 None)
+        if code not in WRITE_FAILURES:
+            raise
+        if jax.process_index() == 0:
+            for partial in glob.glob(os.path.join(glob.escape(str(manager.directory)), f"{step}.orbax-checkpoint-tmp*")):
+                shutil.rmtree(partial, ignore_errors=True)
+        words, fix = WRITE_FAILURES[code]
+        raise SaveError(f"{manager.directory}: cannot write the checkpoint of step {step} ({words}); {fix}, then "
+                        f"{resume}") from None
 
 
 def restore(manager: ocp.CheckpointManager, step: int, state: Any,

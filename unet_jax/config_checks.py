@@ -102,7 +102,7 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
                                  "(or leave it unset: the metric's own direction)")
 
     # ---- optimisation
-    for key in ("num_epochs", "grad_accum_steps", "log_every_steps"):
+    for key in ("num_epochs", "grad_accum_steps", "log_every_steps", "max_nonfinite_steps"):
         _require(config[key] >= 1, f"config.{key}={config[key]}: must be at least 1")
     for key in ("warmup_steps", "weight_decay", "clip_norm", "halt_after_steps", "num_preview_images"):
         _require(config[key] >= 0, f"config.{key}={config[key]}: must be 0 or more")

@@ -17,9 +17,10 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF computes nothing here;
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from unet_jax import parallel, predict, train  # noqa: E402  (predict defines --input, --output, ...)
+from unet_jax import checkpoint, parallel, predict, train  # noqa: E402  (predict defines --input, --output, ...)
 from unet_jax.config_checks import ConfigError  # noqa: E402
 from unet_jax.data import DataError  # noqa: E402
 
@@ -43,11 +44,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_quiet_checkpoint_logs)
-    parallel.initialize_distributed()
     if FLAGS.mode == "predict":
         if FLAGS.config is not None:
             logging.warning("--mode=predict uses the run's own config.json in --workdir; --config is ignored.")
         try:
+            parallel.initialize_distributed()
             predict.run_from_flags(FLAGS.workdir)
         except (ConfigError, DataError) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -56,8 +57,9 @@ def main(argv):
     if FLAGS.config is None:
         raise app.UsageError("--config is required for --mode=train and --mode=evaluate")
     config = FLAGS.config
-    logging.info("JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
     try:
+        parallel.initialize_distributed()
+        logging.info("JAX %s on %d process(es), devices: %s", jax.__version__, jax.process_count(), jax.devices())
         if config.data.synthetic is not None:
             with config.unlocked():
                 config.data.data_dir = demo_data(config, FLAGS.workdir)
@@ -65,15 +67,21 @@ def main(argv):
             train.train_and_evaluate(config, FLAGS.workdir)
         else:
             train.evaluate_workdir(config, FLAGS.workdir, FLAGS.data_dir or config.data.data_dir, FLAGS.split)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, train.Diverged, checkpoint.SaveError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a full disk or a folder made read-only while results were written
+        if e.errno not in checkpoint.WRITE_FAILURES:
+            raise
+        print(f"error: {e.filename or FLAGS.workdir}: {e.strerror}; {checkpoint.WRITE_FAILURES[e.errno][1]}, then run "
+              "the same command to resume", file=sys.stderr)
         sys.exit(2)
 
 
 def demo_data(config, workdir: str) -> str:
     """The demo's data: a `data_dir` given on the command line wins; otherwise
     the phantoms of `config.data.synthetic`, generated and prepared under the
-    workdir once."""
+    workdir once, by process 0 while the others wait."""
     if config.data.data_dir:
         logging.info("Training on --config.data.data_dir=%s, not on phantoms.", config.data.data_dir)
         return config.data.data_dir
@@ -83,7 +91,10 @@ def demo_data(config, workdir: str) -> str:
     kind = options.pop("kind", "lgg")
     if kind not in synthetic.DEMOS:
         raise ConfigError(f"config.data.synthetic.kind={kind!r}: choose one of {', '.join(synthetic.DEMOS)}")
-    return synthetic.DEMOS[kind](workdir, **options)
+    if jax.process_index() == 0:
+        data_dir = synthetic.DEMOS[kind](workdir, **options)
+    multihost_utils.sync_global_devices("demo data prepared")
+    return data_dir if jax.process_index() == 0 else synthetic.DEMOS[kind](workdir, **options)  # found, not redone
 
 
 def parse_flags(argv: list[str]) -> list[str]:

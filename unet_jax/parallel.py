@@ -8,10 +8,12 @@ statistics over the global batch) from the shardings alone.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -19,11 +21,30 @@ DATA_AXIS = "data"
 
 
 def initialize_distributed() -> None:
-    """Joins a multi-host run when the launcher set up the environment (SLURM,
-    or JAX_COORDINATOR_ADDRESS); a no-op on one host."""
-    if "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1 \
-            or "JAX_COORDINATOR_ADDRESS" in os.environ:
+    """Joins a multi-process run through JAX's distributed runtime when a
+    launcher set one up: SLURM with several tasks (everything from SLURM's
+    environment), or JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID (launch/local_processes.sh); a no-op otherwise. CPU
+    processes talk over gloo."""
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in os.environ]
+        if missing:
+            from unet_jax.config_checks import ConfigError  # config_checks imports this module
+
+            raise ConfigError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} not; set both, or "
+                              "use launch/local_processes.sh")
+        _use_gloo_on_cpu()
+        jax.distributed.initialize(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["JAX_PROCESS_ID"]))
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        _use_gloo_on_cpu()
         jax.distributed.initialize()
+
+
+def _use_gloo_on_cpu() -> None:
+    # Without a collectives implementation, CPU devices of several processes cannot all-reduce.
+    if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -53,3 +74,15 @@ def to_global(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles this process's share of a batch into global arrays sharded on `data`."""
     sharding = batch_sharded(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+@functools.cache
+def _any_of(mesh: Mesh):
+    return jax.jit(jnp.any, out_shardings=replicated(mesh))
+
+
+def any_process(flag: bool, mesh: Mesh) -> jax.Array:
+    """A replicated boolean, true where `flag` is true on any process. The
+    collective runs asynchronously; reading the result waits for it."""
+    local = np.full(len(mesh.local_devices), flag)
+    return _any_of(mesh)(jax.make_array_from_process_local_data(batch_sharded(mesh), local))

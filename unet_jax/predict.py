@@ -744,8 +744,8 @@ def main(argv) -> None:
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    parallel.initialize_distributed()
     try:
+        parallel.initialize_distributed()
         run_from_flags(flags.FLAGS.workdir)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

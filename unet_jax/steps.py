@@ -27,6 +27,8 @@ class TrainState(train_state.TrainState):
 
     batch_stats: Any
     rng: jax.Array  # raw uint32 key data, split every step (dropout)
+    skipped: jax.Array  # int32: steps skipped for a non-finite loss, gradient or update, in all
+    skipped_in_a_row: jax.Array  # int32: of those, the latest run of consecutive ones (0 after a good step)
 
 
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
@@ -35,7 +37,8 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
     init_rng, state_rng = jax.random.split(rng)
     variables = model.init({"params": init_rng, "dropout": init_rng}, sample_input, train=False)
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables.get("batch_stats", {}), rng=state_rng)
+                             batch_stats=variables.get("batch_stats", {}), rng=state_rng,
+                             skipped=jnp.zeros((), jnp.int32), skipped_in_a_row=jnp.zeros((), jnp.int32))
 
 
 def make_optimizer(learning_rate: float, *, total_steps: int, warmup_steps: int = 0,
@@ -97,6 +100,11 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: Los
     statistics are computed per micro-batch and carried from one to the next.
     The loop is unrolled: under `lax.scan`, XLA's CPU convolutions ran over 10x
     slower.
+
+    A step whose loss, gradients or updated parameters are not all finite (a
+    NaN in the input, a learning rate that diverges) changes nothing but the
+    step count, the RNG and the `skipped` counters, and its metrics are left
+    out (zeros merge as nothing), so no NaN ever reaches the parameters.
     """
     rng, step_rng = jax.random.split(state.rng)
     micro_batches = split_micro_batches(batch, grad_accum_steps)
@@ -121,8 +129,20 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: Los
         micro_metrics = metrics_fn(logits, micro["mask"], micro["valid"], loss)
         metrics = micro_metrics if metrics is None else metrics.merge(micro_metrics)
     grads = jax.tree.map(lambda g: g / grad_accum_steps, grads_sum)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats, rng=rng)
-    return state, metrics
+    new = state.apply_gradients(grads=grads, batch_stats=batch_stats, rng=rng)
+    finite = _all_finite((metrics.loss.total, grads, new.params, new.batch_stats))
+    kept = jax.tree.map(lambda a, b: jnp.where(finite, a, b), (new.params, new.opt_state, new.batch_stats),
+                        (state.params, state.opt_state, state.batch_stats))
+    state = new.replace(params=kept[0], opt_state=kept[1], batch_stats=kept[2],
+                        skipped=state.skipped + (~finite), skipped_in_a_row=jnp.where(finite, 0,
+                                                                                     state.skipped_in_a_row + 1))
+    return state, jax.tree.map(lambda m: jnp.where(finite, m, jnp.zeros_like(m)), metrics)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    """Whether every float in `tree` is finite (one reduction per leaf)."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.stack(leaves).all()
 
 
 def eval_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: LossFn, metrics_fn: MetricsFn,

@@ -117,11 +117,13 @@ def make_workdir(workdir: str) -> str:
 
 
 class StopRequest:
-    """Turns SIGTERM and Ctrl-C into a flag that the loop checks after each step,
-    so the run saves a checkpoint before it exits."""
+    """Turns SIGTERM and Ctrl-C into a flag that the loop checks after each
+    step, so the run saves a checkpoint before it exits; with several
+    processes, a signal to any one of them stops them all at the same step."""
 
-    def __init__(self):
+    def __init__(self, mesh):
         self.signal: int | None = None
+        self._mesh, self._pending = mesh, None
         self._previous = {}
 
     def __enter__(self) -> StopRequest:
@@ -130,12 +132,49 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
-        logging.warning("Received %s: saving a checkpoint after this step.", signal.Signals(signum).name)
+        logging.warning("Received %s: saving a checkpoint and stopping.", signal.Signals(signum).name)
         self.signal = signum
+
+    def agreed(self) -> bool:
+        """Whether to stop after this step. One process: whether it got a
+        signal. Several: whether any had got one by the step before; each
+        process asks once per step, so all get the same answer at the same
+        step, and the host waits only for the previous step's collective."""
+        if jax.process_count() == 1:
+            return self.signal is not None
+        previous, self._pending = self._pending, parallel.any_process(self.signal is not None, self._mesh)
+        return previous is not None and bool(previous)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class Diverged(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient."""
+
+
+def check_finite(state: steps.TrainState, step: int, reported: int, config, manager) -> int:
+    """Says in one line when steps were skipped for a non-finite loss or
+    gradient since `reported` (the count said before; returns the new one),
+    and raises `Diverged` once `config.max_nonfinite_steps` came in a row.
+    Reading the counters waits for the step, so the loop calls this only
+    where it waits anyway (logging, epoch ends)."""
+    skipped, in_a_row = int(state.skipped), int(state.skipped_in_a_row)
+    if in_a_row >= config.max_nonfinite_steps:
+        latest = manager.latest_step()
+        raise Diverged(
+            f"steps {step - in_a_row + 1}-{step}: the loss or gradients were not finite (NaN or inf) for {in_a_row} "
+            f"steps in a row, so they were skipped and the run stopped; "
+            + (f"the checkpoint of step {latest} holds the last good parameters. " if latest is not None else
+               "no checkpoint was written. ")
+            + f"Likely causes: learning_rate={config.learning_rate:g} too high (lower it), or NaN/inf in the input "
+            f"(check the prepared data)")
+    if skipped > reported:
+        logging.warning("step %d: %d step(s) skipped since the last report because the loss or gradients were not "
+                        "finite (%d in all); a NaN or inf in the input, or too high a learning rate?", step,
+                        skipped - reported, skipped)
+    return skipped
 
 
 def restore(manager, step: int, template, data_iter=None):
@@ -293,10 +332,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                                       every_steps=config.log_every_steps)
     start_step = int(state.step)  # counted on the host from here: reading state.step would sync every step
+    skipped = int(state.skipped)
     halt_at = start_step + config.halt_after_steps if config.halt_after_steps else None
     epoch_start = time.time()
 
-    with StopRequest() as stop:
+    with StopRequest(mesh) as stop:
         for step in range(start_step, total_steps):
             epoch, k = divmod(step, steps_per_epoch)
             state, batch_metrics = train_step(state, parallel.to_global(next(train_iter), mesh))
@@ -305,7 +345,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             if (step + 1) % config.log_every_steps == 0:  # the mean over the logging window
                 writer.write_scalars(step + 1, scalars("train", window.compute()))
                 window = empty_metrics
-            stopping = stop.signal is not None or step + 1 == halt_at
+            stopping = stop.agreed() or step + 1 == halt_at
+            if (step + 1) % config.log_every_steps == 0 or k + 1 == steps_per_epoch or stopping:
+                skipped = check_finite(state, step + 1, skipped, config, manager)
             if k + 1 == steps_per_epoch:
                 val = validator(state)
                 history.append(epoch_row(epoch + 1, step + 1, train_metrics.compute(), val.metrics,

@@ -97,19 +97,29 @@ def test_eval_covers_every_example_once_with_padding(prepared_dir):
     assert (last["image"][3:] == 0).all() and (last["mask"][3:] == 0).all()
 
 
-def test_eval_per_process_slices_partition_the_split(prepared_dir):
+def test_eval_per_process_batches_concatenate_to_the_global_batch(prepared_dir):
     n = 48
     shards = [list(pipeline.eval_dataset(prepared_dir, "train", batch_size=5, shard_index=i, shard_count=3))
               for i in range(3)]
     assert [len(s) for s in shards] == [4, 4, 4]  # ceil(48 / 15) batches each
     ids = [i for s in shards for i in _ids(s)]
     assert len(ids) == len(set(ids)) == n
+    whole = list(pipeline.eval_dataset(prepared_dir, "train", batch_size=15))
+    for t, batch in enumerate(whole):  # process order within each global batch, as the mesh lays them out
+        assert _ids([batch]) == [i for s in shards for i in _ids([s[t]])]
 
 
-def test_train_per_process_slices_are_disjoint(prepared_dir):
-    parts = [set(_ids(pipeline.train_dataset(prepared_dir, batch_size=1, seed=0, augment_options=NO_AUG,
-                                             num_epochs=1, shard_index=i, shard_count=2))) for i in range(2)]
-    assert len(parts[0]) == len(parts[1]) == 24 and not parts[0] & parts[1]
+def test_train_per_process_batches_concatenate_to_the_global_batch(prepared_dir):
+    aug = AugmentOptions(rotate_prob=1.0)
+    parts = [_take(pipeline.make_iterator(pipeline.train_dataset(prepared_dir, batch_size=2, seed=0,
+                                                                 augment_options=aug, shard_index=i,
+                                                                 shard_count=2)), 14) for i in range(2)]
+    whole = _take(pipeline.make_iterator(pipeline.train_dataset(prepared_dir, batch_size=4, seed=0,
+                                                                augment_options=aug)), 14)
+    assert not set(_ids(parts[0])) & set(_ids(parts[1][:12]))  # disjoint within the first epoch
+    for t, batch in enumerate(whole):  # the same examples, augmented the same way
+        for k in batch:
+            np.testing.assert_array_equal(batch[k], np.concatenate([parts[0][t][k], parts[1][t][k]]))
 
 
 def test_missing_or_bad_inputs_are_one_line_errors(prepared_dir, tmp_path):

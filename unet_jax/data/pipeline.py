@@ -201,18 +201,21 @@ def train_dataset(data_dir: str, *, batch_size: int, seed: int, normalization: s
 
     The global shuffle is seeded and differs every epoch; epochs run on into
     each other (`num_epochs=None`: forever) and the last incomplete batch of
-    the stream is dropped. `batch_size` is per process. Every random choice
-    comes from grain's per-element generator, so the same seed gives the same
-    batches with any number of worker processes, and the iterator resumes exactly.
+    the stream is dropped. `batch_size` is per process: process i of n reads,
+    decodes and augments only rows [i*b, (i+1)*b) of each global batch of n*b
+    examples, so the global batches (and every augmentation) are those of one
+    process with the whole batch. Every random choice comes from grain's
+    per-element generator, so the same seed gives the same batches with any
+    number of worker processes, and the iterator resumes exactly.
     """
     _check(data_dir, batch_size, shard_index, shard_count, normalization)
     continuous = continuous_targets(read_manifest(data_dir))
-    ds = grain.MapDataset.source(split_source(data_dir, split))[shard_index::shard_count]
+    ds = grain.MapDataset.source(split_source(data_dir, split))
     if patches is not None:
         ds = ds.repeat(patches.per_volume)  # one epoch: every volume per_volume times
-    if len(ds) < batch_size:
-        raise DataError(f"{data_dir}: split {split!r} has {len(ds)} examples for this process, fewer than "
-                        f"one batch of {batch_size}; lower the batch size"
+    if len(ds) < batch_size * shard_count:
+        raise DataError(f"{data_dir}: split {split!r} has {len(ds)} examples, fewer than one batch of "
+                        f"{batch_size * shard_count}; lower the batch size"
                         + (" or raise config.data.patches_per_volume" if patches else ""))
     ds = ds.seed(seed).shuffle().repeat(num_epochs).map(decode)
     # Normalised first: the zeros that warps bring in from outside then match the
@@ -225,7 +228,8 @@ def train_dataset(data_dir: str, *, batch_size: int, seed: int, normalization: s
         ds = ds.random_map(functools.partial(augment, opts=augment_options, continuous=continuous))
     if pathology is not None:
         ds = ds.random_map(functools.partial(add_pathology, opts=pathology))
-    return ds.batch(batch_size, drop_remainder=True)
+    # Lazy: slicing whole batches after batching reads only this process's rows.
+    return ds.batch(batch_size, drop_remainder=True)[shard_index::shard_count]
 
 
 class PadToMultiple(grain.MapDataset):
@@ -259,7 +263,8 @@ def eval_dataset(data_dir: str, split: str, *, batch_size: int, normalization: s
     then slice). The last batch is padded with `valid=False` entries, and every
     process gets the same number of batches. With `pathology`, each example
     gets the simulated lesions of `seed` and its index, the same every pass
-    (document 003's robustness test on held-out slices)."""
+    (document 003's robustness test on held-out slices). Process i of n
+    reads rows [i*b, (i+1)*b) of each global batch, as `train_dataset` does."""
     _check(data_dir, batch_size, shard_index, shard_count, normalization)
     ds = grain.MapDataset.source(split_source(data_dir, split))
     if len(ds) == 0:
@@ -267,8 +272,7 @@ def eval_dataset(data_dir: str, split: str, *, batch_size: int, normalization: s
     ds = ds.map(decode).map(functools.partial(normalize, method=normalization))
     if pathology is not None:
         ds = ds.seed(seed).random_map(functools.partial(add_pathology, opts=pathology))
-    ds = PadToMultiple(ds, batch_size * shard_count)[shard_index::shard_count]
-    return ds.batch(batch_size)
+    return PadToMultiple(ds, batch_size * shard_count).batch(batch_size)[shard_index::shard_count]
 
 
 @dataclasses.dataclass(frozen=True)
