@@ -50,6 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.prefetch_buffer_size = 2
     config.data.augment = ml_collections.ConfigDict(dict(
         flip_prob=0.5, rotate_prob=0.5, max_rotate_deg=15.0, scale_prob=0.5, max_scale=0.05))
+    # Where augmentation (and simulated pathology) runs: "host" in the grain
+    # workers (NumPy), or "device" inside the jitted train step on the sharded
+    # batch (data/augment_device.py), so the host only reads, decodes and batches.
+    config.data.augment_on = "host"
     # Patch training on whole volumes (data_prep.volumes): None trains on whole
     # records. Each epoch draws patches_per_volume patches from every training
     # volume, a foreground_prob share of them centred on a labelled voxel;

@@ -9,6 +9,8 @@ if [ $# -lt 2 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
 fi
 n=$1
 shift
-export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${n}"
+# A device count already in XLA_FLAGS goes: given twice, processes of several
+# devices hang in their collectives (seen with jax 0.10.2).
+export XLA_FLAGS="$(sed -E 's/--xla_force_host_platform_device_count=[0-9]+//g' <<<"${XLA_FLAGS:-}") --xla_force_host_platform_device_count=${n}"
 export JAX_PLATFORMS=cpu
 exec "$@"

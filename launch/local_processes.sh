@@ -19,7 +19,9 @@ port=${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.
 
 export JAX_COORDINATOR_ADDRESS="127.0.0.1:${port}" JAX_NUM_PROCESSES="$n"
 export JAX_PLATFORMS=cpu JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo
-export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${devices}"
+# A device count already in XLA_FLAGS goes: given twice, processes of several
+# devices hang in their collectives (seen with jax 0.10.2).
+export XLA_FLAGS="$(sed -E 's/--xla_force_host_platform_device_count=[0-9]+//g' <<<"${XLA_FLAGS:-}") --xla_force_host_platform_device_count=${devices}"
 export PYTHONUNBUFFERED=1
 
 pids=()

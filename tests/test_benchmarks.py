@@ -40,3 +40,21 @@ def test_predict_files_benchmark_times_one_file_end_to_end(tmp_path):
     assert ours["seconds"] > 0 and ours["voxels_per_s"] > 0 and ours["windows"] > 0
     assert (tmp_path / "unet_jax" / "flair.nii.gz").is_file() and "torch+monai" not in result
     assert json.load(open(tmp_path / "r.json"))["unet_jax"]["seconds"] == ours["seconds"]
+
+
+def test_input_vs_step_benchmark_measures_both_sides_of_2d_and_3d_training(prepared_dir, lesion_volume_dir, capsys):
+    from unet_jax.benchmarks import input_vs_step
+
+    verdicts = input_vs_step.main(["--data_dir", prepared_dir, "--patch_data_dir", lesion_volume_dir,
+                                   "--patch_size", "16", "16", "8", "--workers", "0", "--batch", "4", "--batch_3d",
+                                   "4", "--features", "2", "--depth", "1", "--batches", "2", "--steps", "1",
+                                   "--warmup", "0"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    for dataset, shape in (("2d", [32, 32, 3]), ("3d_patches", [16, 16, 8, 2])):
+        mine = {(r["measure"], r["augment"]): r for r in rows if r["dataset"] == dataset}
+        assert set(mine) == {("host", "host"), ("host", "none"), ("augment", "device"), ("step", "none"),
+                             ("step", "device")}
+        assert all(r["examples_per_s"] > 0 and r["shape"] == shape for r in mine.values())
+        assert mine["step", "device"]["params"] == mine["step", "none"]["params"] > 0
+    assert [v.split(":")[0] for v in verdicts] == ["2d", "3d_patches"]
+    assert all("bound by the" in v and "moving it to the device" in v for v in verdicts)

@@ -192,3 +192,20 @@ def test_an_update_that_overflows_is_skipped():
     assert int(after.skipped) == 1
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(after.params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_augment_fn_transforms_the_batch_inside_the_step():
+    state = _state("none", optax.sgd(1.0))
+    batch = jax.tree.map(jnp.asarray, _batch(4))
+    keys = []
+
+    def flip(key, image, mask):
+        keys.append(key)
+        return image[:, :, ::-1], mask[:, :, ::-1]
+
+    augmented, _ = jax.jit(_train_step(losses.cross_entropy_loss, augment_fn=flip))(state, batch)
+    flipped = {**batch, "image": batch["image"][:, :, ::-1], "mask": batch["mask"][:, :, ::-1]}
+    plain, _ = jax.jit(_train_step(losses.cross_entropy_loss))(state, flipped)
+    for a, b in zip(jax.tree.leaves(augmented.params), jax.tree.leaves(plain.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert len(keys) == 1  # one key per step, for the whole global batch

@@ -96,9 +96,9 @@ def test_interrupted_run_resumes_with_the_same_batches_and_losses(trained, prepa
 
 def test_stop_request_turns_sigterm_into_a_flag():
     with train.StopRequest(parallel.make_mesh()) as stop:
-        assert not stop.agreed()
+        assert not stop.agreed(None) and not np.asarray(stop.flags()).any()
         os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.signal == signal.SIGTERM and stop.agreed()
+        assert stop.signal == signal.SIGTERM and stop.agreed(None) and np.asarray(stop.flags()).all()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
@@ -441,10 +441,10 @@ def _poisoned(steps_to_poison):
         train_step, *others = real(config, task, mesh)
         calls = itertools.count()
 
-        def poisoned(state, batch):
+        def poisoned(state, batch, stop):
             if next(calls) in steps_to_poison:
                 batch = {**batch, "image": batch["image"] * np.nan}
-            return train_step(state, batch)
+            return train_step(state, batch, stop)
 
         return poisoned, *others
     return compile_steps
@@ -513,3 +513,20 @@ def test_a_full_disk_is_one_line_and_leaves_the_checkpoints_before(prepared_dir,
     with pytest.raises(train.checkpoint.SaveError, match=r"step 12 \(No space left on device\); free space"):
         train.checkpoint.save(manager, 12, {"x": np.zeros(3)}, None, [])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["6"]
+
+
+@pytest.mark.slow
+def test_augmentation_on_the_devices_trains_and_the_host_only_reads(prepared_dir, tmp_path):
+    config = tiny_config(prepared_dir)
+    config.num_epochs, config.data.augment_on = 1, "device"
+    config.data.augment.update(rotate_prob=1.0, gamma_prob=0.5)
+    mesh = parallel.make_mesh()
+    host = next(train.train_iterator(config, mesh))
+    plain = next(pipeline.make_iterator(pipeline.train_dataset(prepared_dir, batch_size=8, seed=config.seed,
+                                                               augment_options=None)))
+    np.testing.assert_array_equal(host["image"], plain["image"])  # not augmented on the host
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary is not None and np.isfinite(summary["metrics"]["loss"])
+    config.data.pathology.update(prob=0.5, shapes=("disc", "blob"))
+    with pytest.raises(ConfigError, match="blob lesions are drawn on the host only"):
+        validate_config(config, pipeline.read_manifest(prepared_dir), num_devices=4)

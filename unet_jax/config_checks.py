@@ -8,11 +8,13 @@ and what is allowed; `main.py` prints it and exits with status 2.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 
 import ml_collections
 
 from unet_jax import inference, parallel, tasks
-from unet_jax.data import pipeline
+from unet_jax.data import augment_device, pipeline
 from unet_jax.data.augment import AugmentOptions
 from unet_jax.data.pathology import PathologyOptions
 from unet_jax.data.pipeline import PatchOptions
@@ -22,6 +24,7 @@ from unet_jax.models.unet import UNet
 SCHEDULES = ("cosine", "constant")
 BEST_MODES = ("max", "min")
 MODES = ("train", "evaluate")
+AUGMENT_ON = ("host", "device")
 
 
 class ConfigError(ValueError):
@@ -71,6 +74,21 @@ def patch_options(config: ml_collections.ConfigDict) -> PatchOptions | None:
         return None
     return PatchOptions(tuple(int(v) for v in config.data.patch_size), config.data.foreground_prob,
                         config.data.patches_per_volume)
+
+
+def device_augment(config: ml_collections.ConfigDict, task: tasks.Task) -> Callable | None:
+    """With `config.data.augment_on="device"`, the train step's `augment_fn`:
+    `augment_device.augment_batch` with the config's augmentation and
+    simulated pathology; None when augmentation runs on the host (or is off)."""
+    if config.data.get("augment_on", "host") != "device":  # runs trained before it existed: host
+        return None
+    opts, pathology = AugmentOptions(**config.data.augment) if config.data.augment else None, pathology_options(config)
+    if opts is None and pathology is None:
+        return None
+    regression = task.name == "regression"
+    return functools.partial(augment_device.augment_batch, opts=opts or AugmentOptions(
+        flip_prob=0, rotate_prob=0, scale_prob=0), continuous=regression,
+        num_labels=1 if regression else max(task.num_classes - 1, 1), pathology=pathology)
 
 
 def pathology_options(config: ml_collections.ConfigDict, evaluation: bool = False) -> PathologyOptions | None:
@@ -182,6 +200,8 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
         _require(all(0 <= a < dims for a in data.augment.get("flip_axes", ())),
                  f"config.data.augment.flip_axes={tuple(data.augment.get('flip_axes', ()))}: axes of the "
                  f"{dims}-D input lie in 0..{dims - 1}")
+    _require(data.get("augment_on", "host") in AUGMENT_ON,
+             f"config.data.augment_on={data.get('augment_on')!r}: choose one of {', '.join(AUGMENT_ON)}")
     if data.get("pathology"):
         known = [f.name for f in dataclasses.fields(PathologyOptions)]
         for key in data.pathology:
@@ -190,6 +210,9 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
             PathologyOptions(**data.pathology)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config.data.pathology: {e}") from None
+        _require(data.get("augment_on", "host") == "host" or data.pathology.prob == 0 or "blob" not in data.pathology.shapes,
+                 "config.data.pathology.shapes: blob lesions are drawn on the host only; drop blob or set "
+                 "config.data.augment_on=host")
         _require(task.name == "segmentation" or not (data.pathology.prob > 0 or data.get("eval_pathology")),
                  "config.data.pathology draws lesions into lung CT for segmentation; set its prob to 0 and "
                  "eval_pathology to False for a regression")

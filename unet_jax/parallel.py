@@ -8,12 +8,10 @@ statistics over the global batch) from the shardings alone.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -76,13 +74,8 @@ def to_global(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-@functools.cache
-def _any_of(mesh: Mesh):
-    return jax.jit(jnp.any, out_shardings=replicated(mesh))
-
-
-def any_process(flag: bool, mesh: Mesh) -> jax.Array:
-    """A replicated boolean, true where `flag` is true on any process. The
-    collective runs asynchronously; reading the result waits for it."""
-    local = np.full(len(mesh.local_devices), flag)
-    return _any_of(mesh)(jax.make_array_from_process_local_data(batch_sharded(mesh), local))
+def device_flags(flag: bool, mesh: Mesh) -> jax.Array:
+    """This process's `flag` once per local device, as one global boolean
+    array sharded on `data`: `jnp.any` of it, inside a jitted step, is true
+    where the flag is true on any process."""
+    return jax.make_array_from_process_local_data(batch_sharded(mesh), np.full(len(mesh.local_devices), flag))

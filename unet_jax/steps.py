@@ -86,9 +86,18 @@ def split_micro_batches(batch: dict[str, jnp.ndarray], k: int) -> dict[str, jnp.
     return jax.tree.map(split, batch)
 
 
+# (key, image, mask) -> (image, mask): augmentation of a whole batch on the devices
+AugmentFn = Callable[[jax.Array, jnp.ndarray, jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray]]
+
+
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: LossFn, metrics_fn: MetricsFn,
-               grad_accum_steps: int = 1, aux_weights: Sequence[float] = ()) -> tuple[TrainState, Any]:
+               grad_accum_steps: int = 1, aux_weights: Sequence[float] = (),
+               augment_fn: AugmentFn | None = None) -> tuple[TrainState, Any]:
     """One optimiser update from `grad_accum_steps` micro-batches of `batch`.
+
+    `augment_fn` (on-device augmentation) transforms the whole global batch
+    first, with a key of this step drawn from the state's RNG, so a resumed
+    run augments exactly as an uninterrupted one.
 
     `aux_weights[i]` weighs the loss of the deep-supervision head on decoder
     level i + 1 (a model built with `deep_supervision=len(aux_weights)`); the
@@ -107,6 +116,9 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, loss_fn: Los
     out (zeros merge as nothing), so no NaN ever reaches the parameters.
     """
     rng, step_rng = jax.random.split(state.rng)
+    if augment_fn is not None:  # dropout takes fold_in(step_rng, i) for i < grad_accum_steps
+        image, mask = augment_fn(jax.random.fold_in(step_rng, grad_accum_steps), batch["image"], batch["mask"])
+        batch = {**batch, "image": image, "mask": mask}
     micro_batches = split_micro_batches(batch, grad_accum_steps)
     grads_sum = jax.tree.map(jnp.zeros_like, state.params)
     batch_stats = state.batch_stats

@@ -26,8 +26,8 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
 from unet_jax import checkpoint, evaluate, parallel, report, steps, tasks
-from unet_jax.config_checks import (ConfigError, best_metric, input_shape, model_from_config, pathology_options,
-                                    patch_options, validate_config, window_options)
+from unet_jax.config_checks import (ConfigError, best_metric, device_augment, input_shape, model_from_config,
+                                    pathology_options, patch_options, validate_config, window_options)
 from unet_jax.data import DataError, pipeline
 from unet_jax.data.augment import AugmentOptions
 from unet_jax.files import atomic_write, write_json
@@ -55,15 +55,26 @@ def initial_state(config, model, mesh, image_shape, total_steps: int) -> steps.T
     return init.lower(*args).compile(compiler_options=options)(*args)
 
 
+def _train_step_and_stop(state, batch, stop, **kwargs):
+    """`steps.train_step`, and whether any process asked to stop (`stop`: a
+    flag per device). In one program with the step: run as a program of its
+    own, its collective could overlap the step's on a CPU and pair up
+    differently in each process, which hung multi-process runs over gloo."""
+    state, metrics = steps.train_step(state, batch, **kwargs)
+    return state, metrics, jnp.any(stop)
+
+
 def compile_steps(config, task: tasks.Task, mesh):
-    """The jitted train, eval and predict steps: state replicated, batch sharded on `data`."""
+    """The jitted train, eval and predict steps: state replicated, batch sharded
+    on `data`; the train step takes and agrees a stop flag too (`StopRequest`)."""
     loss_fn = task.loss(config.loss)
     repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     train_step = jax.jit(
-        functools.partial(steps.train_step, loss_fn=loss_fn, metrics_fn=task.batch_metrics,
+        functools.partial(_train_step_and_stop, loss_fn=loss_fn, metrics_fn=task.batch_metrics,
                           grad_accum_steps=config.grad_accum_steps,
-                          aux_weights=tuple(config.deep_supervision_weights)),
-        in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+                          aux_weights=tuple(config.deep_supervision_weights),
+                          augment_fn=device_augment(config, task)),
+        in_shardings=(repl, data, data), out_shardings=(repl, repl, repl), donate_argnums=0)
     eval_step = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn, metrics_fn=task.batch_metrics,
                                           predict_fn=task.predict),
                         in_shardings=(repl, data), out_shardings=(repl, data))
@@ -88,14 +99,16 @@ def make_evaluator(config, task, compiled, mesh, data_dir: str, split: str):
 
 
 def train_iterator(config, mesh) -> grain.DatasetIterator:
-    """This process's share of the shuffled, augmented training batches."""
-    augment = AugmentOptions(**config.data.augment) if config.data.augment else None
+    """This process's share of the shuffled training batches, augmented unless
+    augmentation runs on the devices (`config.data.augment_on`)."""
+    on_host = config.data.augment_on == "host"
+    augment = AugmentOptions(**config.data.augment) if config.data.augment and on_host else None
     ds = pipeline.train_dataset(config.data.data_dir,
                                 batch_size=parallel.check_batch_size(config.batch_size, mesh.size,
                                                                      config.grad_accum_steps),
                                 seed=config.seed, normalization=config.data.normalization,
                                 augment_options=augment, patches=patch_options(config),
-                                pathology=pathology_options(config),
+                                pathology=pathology_options(config) if on_host else None,
                                 shard_index=jax.process_index(),
                                 shard_count=jax.process_count())
     return pipeline.make_iterator(ds, pipeline.LoaderOptions(
@@ -135,14 +148,18 @@ class StopRequest:
         logging.warning("Received %s: saving a checkpoint and stopping.", signal.Signals(signum).name)
         self.signal = signum
 
-    def agreed(self) -> bool:
-        """Whether to stop after this step. One process: whether it got a
-        signal. Several: whether any had got one by the step before; each
-        process asks once per step, so all get the same answer at the same
-        step, and the host waits only for the previous step's collective."""
+    def flags(self) -> jax.Array:
+        """This process's flag, per device, for the train step to agree on."""
+        return parallel.device_flags(self.signal is not None, self._mesh)
+
+    def agreed(self, any_stop: jax.Array) -> bool:
+        """Whether to stop after this step, given the step's `any_stop`. One
+        process: whether it got a signal. Several: whether any had got one by
+        the step before (that step's `any_stop`), so every process stops at the
+        same step and the host waits only for the step before."""
         if jax.process_count() == 1:
             return self.signal is not None
-        previous, self._pending = self._pending, parallel.any_process(self.signal is not None, self._mesh)
+        previous, self._pending = self._pending, any_stop
         return previous is not None and bool(previous)
 
     def __exit__(self, *exc) -> None:
@@ -339,13 +356,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     with StopRequest(mesh) as stop:
         for step in range(start_step, total_steps):
             epoch, k = divmod(step, steps_per_epoch)
-            state, batch_metrics = train_step(state, parallel.to_global(next(train_iter), mesh))
+            state, batch_metrics, any_stop = train_step(state, parallel.to_global(next(train_iter), mesh),
+                                                        stop.flags())
             train_metrics, window = train_metrics.merge(batch_metrics), window.merge(batch_metrics)
             report_progress(step + 1, time.time())
             if (step + 1) % config.log_every_steps == 0:  # the mean over the logging window
                 writer.write_scalars(step + 1, scalars("train", window.compute()))
                 window = empty_metrics
-            stopping = stop.agreed() or step + 1 == halt_at
+            stopping = stop.agreed(any_stop) or step + 1 == halt_at
             if (step + 1) % config.log_every_steps == 0 or k + 1 == steps_per_epoch or stopping:
                 skipped = check_finite(state, step + 1, skipped, config, manager)
             if k + 1 == steps_per_epoch:

@@ -50,6 +50,7 @@ DEMO_FLAGS = ["--config=configs/demo.py", "--config.model.features=4", "--config
 PHASES = ("step", "validation", "save")  # what a kill aims at, in the order they happen in an epoch
 
 _ABSL = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [^\]]+\] (.*)$")
+_PROGRESS = re.compile(r"^(\[\d+\] (uptime|steps_per_sec)=|Setting work unit notes:)")  # no news of a phase
 _STEP_PATTERNS = (re.compile(r"^\[(\d+)\] train_"), re.compile(r"^Resumed at step (\d+) of"),
                   re.compile(r"^Setting work unit notes: .*\((\d+)/\d+\)"))
 
@@ -152,10 +153,12 @@ def _compare_values(name: str, a: Any, b: Any, out: Comparison, atol: float, fil
 
 def _csv_rows(workdir: str) -> list[dict[str, Any]]:
     def number(text: str) -> Any:
-        try:
-            return float(text)
-        except ValueError:
-            return text
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
 
     with open(os.path.join(workdir, "metrics.csv")) as f:
         return [{k: number(v) for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
@@ -196,6 +199,25 @@ def tmp_checkpoints(workdir: str) -> set[str]:
         return set()
 
 
+def tmp_identities(workdir: str) -> dict[str, tuple[int, int]]:
+    """The temporary checkpoints, each with its inode and ctime: orbax gives a
+    step's temporary folder the same name every time, and removes a leftover
+    one before it saves that step again, so only these tell a new one from it."""
+    out = {}
+    for name in tmp_checkpoints(workdir):
+        try:
+            st = os.stat(os.path.join(checkpoint_folder(workdir), name))
+        except FileNotFoundError:
+            continue
+        out[name] = (st.st_ino, st.st_ctime_ns)
+    return out
+
+
+def new_tmp(workdir: str, stale: dict[str, tuple[int, int]]) -> set[str]:
+    """The temporary checkpoints that are not the `stale` ones (tmp_identities of earlier)."""
+    return {name for name, ident in tmp_identities(workdir).items() if stale.get(name) != ident}
+
+
 def _step_of(name: str) -> int | None:
     head = name.split(".", 1)[0]
     return int(head) if head.isdigit() else None
@@ -206,8 +228,9 @@ class Watcher:
     the newest log line, the temporary and the finished checkpoints, and when
     each was first seen."""
 
-    def __init__(self, log_path: str, workdir: str, stale_tmp: set[str] = frozenset()):
-        self.log_path, self.workdir, self.stale_tmp = log_path, workdir, set(stale_tmp)
+    def __init__(self, log_path: str, workdir: str, stale_tmp: dict[str, tuple[int, int]] | None = None):
+        self.log_path, self.workdir = log_path, workdir
+        self.stale_tmp = dict(stale_tmp or {})  # left by earlier runs: tmp_identities
         self.t0 = time.monotonic()
         self._offset, self._partial = 0, ""
         self.step: int | None = None  # the newest step the log says is done
@@ -219,6 +242,10 @@ class Watcher:
         self.step_seen: dict[int, float] = {}  # first sightings, seconds since start
         self.tmp_seen: dict[int, float] = {}
         self.final_seen: dict[int, float] = {}
+        try:  # the finished checkpoints of earlier runs
+            self.earlier = {int(n) for n in os.listdir(checkpoint_folder(workdir)) if n.isdigit()}
+        except FileNotFoundError:
+            self.earlier = set()
 
     def poll(self) -> None:
         now = time.monotonic() - self.t0
@@ -236,7 +263,7 @@ class Watcher:
             if not match:
                 continue
             message = match.group(1).strip()
-            if message:
+            if message and not _PROGRESS.match(message):
                 self.last_line = message
             for pattern in _STEP_PATTERNS:
                 m = pattern.match(message)
@@ -254,7 +281,9 @@ class Watcher:
             names = os.listdir(checkpoint_folder(self.workdir))
         except FileNotFoundError:
             names = []
-        self.tmp = {n for n in names if TMP_MARK in n} - self.stale_tmp
+        for name in [n for n in self.stale_tmp if n not in names]:  # removed: a new one of that name is new
+            del self.stale_tmp[name]
+        self.tmp = new_tmp(self.workdir, self.stale_tmp) if any(TMP_MARK in n for n in names) else set()
         self.final = {int(n) for n in names if n.isdigit()}
         for name in self.tmp:
             if _step_of(name) is not None:
@@ -324,17 +353,18 @@ class Kill:
 
 
 def plan_kills(count: int, timings: Timings, rng: random.Random) -> list[Kill]:
-    """`count` kills spread over the run, cycling through the phases, in the
-    order the resumed runs reach them (each run resumes from the last
-    checkpoint before its kill, so none is out of reach)."""
+    """`count` kills, one in each of `count` equal stretches of the run's
+    epochs, cycling through the phases in a random order; sorted in the order
+    the resumed runs reach them (each run resumes from the last checkpoint
+    before its kill, so none is out of reach)."""
     spe, epochs = timings.steps_per_epoch, timings.epochs
     phases = [PHASES[i % len(PHASES)] for i in range(count)]
     rng.shuffle(phases)
     if spe < 2:  # no step inside an epoch to aim at
         phases = [p if p != "step" else "validation" for p in phases]
     kills = []
-    for phase in phases:
-        epoch = rng.randint(1, epochs)
+    for i, phase in enumerate(phases):
+        epoch = min(epochs, 1 + int((i + rng.random()) * epochs / count))  # the i-th of `count` equal stretches
         if phase == "step":  # the trigger is step s's log line, the kill lands in step s + 1
             kills.append(Kill(phase, epoch, (epoch - 1) * spe + rng.randint(1, spe - 1),
                               rng.uniform(0, timings.step or 0.0)))
@@ -400,15 +430,15 @@ class Soak:
         for i, target in enumerate(plan):
             attempt += 1
             log = os.path.join(self.root, f"B.{attempt}.log")
-            stale = tmp_checkpoints(workdir)
+            stale = tmp_identities(workdir)
             watcher = Watcher(log, workdir, stale)
             self.say(f"B attempt {attempt}: started (log {log}); aiming kill {i + 1} at {target.describe()}")
             proc = start(main_command(self.flags, workdir), log, self.env)
 
             def reached(w: Watcher, target=target) -> bool:
                 if target.phase == "save":  # orbax's temporary folder of that step, or (missed) the finished one
-                    return target.step in w.tmp_seen or target.step in w.final_seen
-                return w.step is not None and w.step >= target.step
+                    return target.step in w.tmp_seen or (target.step in w.final_seen and target.step not in w.earlier)
+                return w.step is not None and w.step >= target.step and w.step != w.resumed  # trained here
 
             rc = self.watch(proc, watcher, time.monotonic() + limit, reached)
             if rc is None and target.delay:
@@ -423,13 +453,15 @@ class Soak:
             phase, line, tmp_before = watcher.phase(spe, total), watcher.last_line, sorted(watcher.tmp)
             at = time.monotonic() - watcher.t0
             rc = kill(proc)
-            left = sorted(tmp_checkpoints(workdir) - stale)
+            left = sorted(new_tmp(workdir, stale))
             if rc != -signal.SIGKILL:
                 raise RuntimeError(f"attempt {attempt}: exit status {rc} where -9 (the kill) was expected; its log "
                                    f"ends:\n{tail(log)}")
             if target.phase == "save" and target.step not in watcher.tmp_seen:
                 phase += f" (missed the save of step {target.step}: it finished within one poll)"
-            report = (f"kill {i + 1}/{self.kills}: {at:.2f} s into attempt {attempt}, aimed at {target.describe()}, "
+            resumed = f" (resumed at step {watcher.resumed})" if watcher.resumed is not None else " (from the start)"
+            report = (f"kill {i + 1}/{self.kills}: {at:.2f} s into attempt {attempt}{resumed}, aimed at "
+                      f"{target.describe()}, "
                       f"landed in {phase}; tmp checkpoint "
                       + (f"left behind: {', '.join(left)}" if left else
                          f"existing: {', '.join(tmp_before)}" if tmp_before else "none")
@@ -445,7 +477,7 @@ class Soak:
     def finish(self, workdir: str, attempt: int) -> None:
         log = os.path.join(self.root, f"B.{attempt}.log")
         self.say(f"B attempt {attempt}: runs to the end (log {log})")
-        watcher = Watcher(log, workdir, tmp_checkpoints(workdir))
+        watcher = Watcher(log, workdir, tmp_identities(workdir))
         proc = start(main_command(self.flags, workdir), log, self.env)
         self.check_exit(self.watch(proc, watcher, time.monotonic() + 3600), log, attempt)
         with open(log, errors="replace") as f:
@@ -476,6 +508,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, flags
 
 
+def _kills(n: int) -> str:
+    return f"{n} kill{'' if n == 1 else 's'}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args, flags = parse(sys.argv[1:] if argv is None else argv)
     root = os.path.abspath(args.root) if args.root else tempfile.mkdtemp(prefix="kill_soak_")
@@ -484,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {root} holds an earlier soak (A/ or B/); give a new --root", file=sys.stderr)
         return 2
     soak = Soak(flags, root, args.kills, args.seed, args.atol, args.poll, not args.no_cache)
-    print(f"kill soak: {args.kills} kills (seed {args.seed}) of python -m unet_jax.main {' '.join(flags)}; "
+    print(f"kill soak: {_kills(args.kills)} (seed {args.seed}) of python -m unet_jax.main {' '.join(flags)}; "
           f"runs under {root}", flush=True)
     try:
         a, timings = soak.reference()
@@ -502,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.differences:
         for line in result.differences[:20]:
             print(f"  differs: {line}")
-        print(f"kill soak: FAILED: {len(result.differences)} values differ after {len(reports)} kills, first "
+        print(f"kill soak: FAILED: {len(result.differences)} values differ after {_kills(len(reports))}, first "
               f"{result.differences[0]}", flush=True)
         return 1
     exact = ("final metrics identical" if result.identical else
@@ -511,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kill soak: FAILED: only {len(reports)} of {args.kills} kills landed before the run ended "
               f"({exact}); try another --seed or a longer run", flush=True)
         return 1
-    print(f"kill soak: {len(reports)} kills survived, {exact}", flush=True)
+    print(f"kill soak: {_kills(len(reports))} survived, {exact}", flush=True)
     return 0
 
 

@@ -1,0 +1,109 @@
+"""A real `kill -9` in the middle of a checkpoint save: the same command then
+resumes from the checkpoint before it and ends with exactly the metrics of an
+uninterrupted run (launch/kill_soak.sh does this at random moments, many times)."""
+
+import json
+import os
+import signal
+import sys
+
+import jax
+import pytest
+
+from unet_jax.benchmarks import kill_soak
+
+# unet_jax.main, with orbax's handler of the `state` item wrapped: on save number
+# KILL_AT_SAVE it writes the TrainState's arrays into the checkpoint's temporary
+# folder and then SIGKILLs its own process, before the iterator and history items
+# are written and before orbax renames the folder to its step.
+KILLED_MID_SAVE = """
+import asyncio, os, runpy, signal, sys
+import orbax.checkpoint as ocp
+
+kill_at, saves = int(os.environ["KILL_AT_SAVE"]), 0
+real_async_save = ocp.StandardCheckpointHandler.async_save
+
+
+async def async_save(self, directory, *args, **kwargs):
+    global saves
+    commit_futures = await real_async_save(self, directory, *args, **kwargs)
+    saves += 1
+    if saves == kill_at:
+        await asyncio.to_thread(lambda: [f.result() for f in commit_futures or []])
+        print(f"KILLED MID-SAVE {saves}: the state's arrays are in {directory}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return commit_futures
+
+
+ocp.StandardCheckpointHandler.async_save = async_save
+runpy.run_module("unet_jax.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def _flags(data_dir):
+    """The demo's recipe, tiny: 4 train patients x 12 slices at batch 8 make 6 steps an epoch."""
+    return ["--config=configs/demo.py", f"--config.data.data_dir={data_dir}", "--config.model.features=4",
+            "--config.model.depth=2", "--config.batch_size=8", "--config.eval_batch_size=8",
+            "--config.num_epochs=3", "--config.warmup_steps=2", "--config.log_every_steps=2",
+            "--config.num_preview_images=2"]
+
+
+def _read(path):
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+@pytest.mark.slow
+def test_kill_during_a_checkpoint_save_then_resume_ends_with_the_same_metrics(prepared_dir, tmp_path):
+    # The subprocesses share the session's compilation cache and its 4 simulated devices.
+    env = kill_soak.subprocess_env(jax.config.jax_compilation_cache_dir)
+    flags, timeout = _flags(prepared_dir), 300
+    reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
+    log = str(tmp_path / "reference.log")
+    assert kill_soak.run(kill_soak.main_command(flags, reference), log, env, timeout) == 0, kill_soak.tail(log)
+
+    # Killed inside the second save (epoch 2, step 12): the first (step 6) is whole.
+    log = str(tmp_path / "killed.log")
+    argv = [sys.executable, "-c", KILLED_MID_SAVE, *kill_soak.main_command(flags, killed)[3:]]
+    rc = kill_soak.run(argv, log, {**env, "KILL_AT_SAVE": "2"}, timeout)
+    assert rc == -signal.SIGKILL, kill_soak.tail(log)
+    assert "KILLED MID-SAVE 2" in _read(log)
+    folder = kill_soak.checkpoint_folder(killed)
+    left = sorted(kill_soak.tmp_checkpoints(killed))
+    assert [name.split(".")[0] for name in left] == ["12"], os.listdir(folder)  # really mid-save
+    assert any(item.startswith("state") for item in os.listdir(os.path.join(folder, left[0])))
+    assert sorted(int(name) for name in os.listdir(folder) if name.isdigit()) == [6]
+    assert [row.split(",")[0] for row in _read(os.path.join(killed, "metrics.csv")).splitlines()[1:]] == ["1"]
+    assert not os.path.exists(os.path.join(killed, "test_metrics.json"))
+
+    log = str(tmp_path / "resumed.log")
+    assert kill_soak.run(kill_soak.main_command(flags, killed), log, env, timeout) == 0, kill_soak.tail(log)
+    assert "Resumed at step 6 of 18 (epoch 2 of 3)." in _read(log)
+    assert not kill_soak.tmp_checkpoints(killed)
+
+    result = kill_soak.compare_runs(reference, killed)
+    assert result.differences == [] and result.identical
+    assert result.compared["metrics.csv"] == 3 * (len(_read(os.path.join(killed, "metrics.csv")).splitlines()[0]
+                                                    .split(",")) - 1)  # 3 epochs, every column but seconds
+    assert result.compared["test_metrics.json"] > 10
+
+
+def test_compare_runs_names_the_metric_that_differs(tmp_path):
+    def run(name, dice, loss, seconds):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        summary = {"best_epoch": 1, "data_dir": str(workdir / "data" / "prepared"),
+                   "metrics": {"dice": dice, "hd95": None}, "patients": [{"patient": "P1", "dice_3d": dice}]}
+        (workdir / "test_metrics.json").write_text(json.dumps(summary))
+        (workdir / "metrics.csv").write_text(f"epoch,step,train_loss,val_dice,seconds\n1,6,{loss!r},nan,{seconds}\n")
+        return str(workdir)
+
+    a = run("a", 0.5, 0.25, 3.0)
+    assert kill_soak.compare_runs(a, run("b", 0.5, 0.25, 9.5)).identical  # own data paths, seconds, NaN, null
+    other = kill_soak.compare_runs(a, run("c", 0.5 + 1e-9, 0.25, 3.0))
+    assert other.differences == ["test_metrics.json metrics.dice: A=0.5 B=0.500000001",
+                                 "test_metrics.json patients[0].dice_3d: A=0.5 B=0.500000001"]
+    close = kill_soak.compare_runs(a, run("d", 0.5, 0.25 + 1e-9, 3.0), atol=1e-6)
+    assert close.differences == [] and not close.identical and 0 < close.max_abs_diff < 1e-6
+    assert kill_soak.compare_runs(a, run("e", 0.5, 0.25 + 1e-9, 3.0)).differences == [
+        "metrics.csv epoch 1 train_loss: A=0.25 B=0.250000001"]
