@@ -136,8 +136,9 @@ class StopRequest:
 
     def __init__(self, mesh):
         self.signal: int | None = None
-        self._mesh, self._pending = mesh, None
-        self._previous = {}
+        self._pending, self._previous = None, {}
+        # Both possible inputs made once: building one every step would put a transfer on the hot path.
+        self._flags = {flag: parallel.device_flags(flag, mesh) for flag in (False, True)}
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -150,7 +151,7 @@ class StopRequest:
 
     def flags(self) -> jax.Array:
         """This process's flag, per device, for the train step to agree on."""
-        return parallel.device_flags(self.signal is not None, self._mesh)
+        return self._flags[self.signal is not None]
 
     def agreed(self, any_stop: jax.Array) -> bool:
         """Whether to stop after this step, given the step's `any_stop`. One
