@@ -23,10 +23,14 @@ def get_config() -> ml_collections.ConfigDict:
     # segmentation: "dice", "bce"/"ce", "focal", "tversky", "dice_bce"/"dice_ce", "dice_focal",
     # "dice_tversky"; regression: "l1", "l2", "soft_jaccard"
     config.loss = "dice"
+    config.optimizer = "adamw"  # or "sgd": SGD with Nesterov momentum (nnU-Net's)
+    config.momentum = 0.99  # sgd only
     config.learning_rate = 1e-4
-    config.lr_schedule = "constant"  # or "cosine" (decays to zero over the run)
+    # "constant", "cosine" (decays to zero over the run) or "poly" (nnU-Net's
+    # (1 - t/T)^0.9 to zero), after warmup_steps of linear warm-up.
+    config.lr_schedule = "constant"
     config.warmup_steps = 0
-    config.weight_decay = 1e-4  # AdamW, kernels only
+    config.weight_decay = 1e-4  # decoupled in AdamW, L2 on the gradients in SGD; kernels only
     config.clip_norm = 1.0  # global gradient norm; 0 turns clipping off
     config.mixed_precision = False  # bf16 compute, float32 parameters
     # Loss weights of the auxiliary heads on decoder levels 1..k, one per level
@@ -72,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
         prob=0.0, min_count=7, max_count=9, min_radius=0.04, max_radius=0.15, min_opacity=0.3, max_opacity=0.9,
         shapes=("disc",), tissue_value=ml_collections.config_dict.placeholder(float), min_lung_pixels=50))
     config.data.eval_pathology = False
+    # Cross-validation: train on fold k's cases of splits.json (data_prep.volumes
+    # --cv_folds) and validate on its held-out ones; None uses the stored splits.
+    config.data.fold = ml_collections.config_dict.placeholder(int)
     # Phantoms to generate and prepare under the workdir (the demo) when no
     # data_dir is given; None reads data_dir.
     config.data.synthetic = ml_collections.config_dict.placeholder(ml_collections.ConfigDict)

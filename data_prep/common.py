@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from unet_jax.data import MANIFEST, DataError
+from unet_jax.data import MANIFEST, SPLITS_FILE, DataError
 from unet_jax.data.tfrecord import TFRecordWriter, index_path
 from unet_jax.files import write_json
 
@@ -82,6 +82,23 @@ def split_patients(patients: Sequence[str], *, val_fraction: float, test_fractio
         raise DataError(f"only {n} patients: the split leaves none for training; lower the val/test fractions "
                         "(or make them sum to 1 to prepare an evaluation-only folder)")
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def cv_folds(cases: Sequence[str], num_folds: int, seed: int) -> list[dict[str, list[str]]]:
+    """K-fold cross-validation over `cases`: shuffled with `seed`, cut into
+    `num_folds` near-equal folds; fold k validates on its cases and trains on
+    the others, so every case is validated exactly once (nnU-Net's 5 folds)."""
+    cases = sorted(cases)
+    if num_folds < 2 or num_folds > len(cases):
+        raise DataError(f"--cv_folds={num_folds}: need 2 <= folds <= the {len(cases)} training cases")
+    order = [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))]
+    held = [set(order[i] for i in part) for part in np.array_split(np.arange(len(cases)), num_folds)]
+    return [{"train": [c for c in cases if c not in val], "val": sorted(val)} for val in held]
+
+
+def write_splits(out_dir: str, folds: list[dict[str, list[str]]], seed: int) -> None:
+    """Writes splits.json: the folds of `cv_folds`, read by config.data.fold."""
+    write_json(os.path.join(out_dir, SPLITS_FILE), {"num_folds": len(folds), "seed": seed, "folds": folds})
 
 
 def file_list_checksum(root: str, files: Sequence[str]) -> str:

@@ -47,6 +47,7 @@ import fnmatch
 import json
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -54,7 +55,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep import common
-from unet_jax.data import DataError
+from unet_jax.data import PLANS_FILE, DataError
 from unet_jax.data.medical_io import Geometry, Volume, is_volume_path, plane_axis, read_volume, resample
 from unet_jax.data.tfrecord import encode_example
 
@@ -413,12 +414,12 @@ def slice_records(image: np.ndarray, labels: np.ndarray, axis: int, size: tuple[
 # --- the converter -------------------------------------------------------------------
 
 def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str = "", label: str = "",
-            mask: str = "", intensity: str = "zscore", ct_window: str = "lung_wide", label_map: str = "",
+            mask: str = "", intensity: str = "", ct_window: str = "", label_map: str = "",
             spacing: str = "", crop: bool = True, slices: str = "", slice_size: str = "", target: str = "",
             target_intensity: str = "input_percentile", lung_sides: bool = False,
             unlabelled: bool = False, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
-            num_folds: int = 0, fold: int = 0, val_cases: str = "", test_cases: str = "",
-            records_per_shard: int = 64, skip_bad: bool = False, overwrite: bool = False,
+            num_folds: int = 0, fold: int = 0, val_cases: str = "", test_cases: str = "", cv_folds: int = 0,
+            plans: str = "", records_per_shard: int = 64, skip_bad: bool = False, overwrite: bool = False,
             progress: bool = True, command: str | None = None) -> dict:
     """Validates the cases under `data_dir`, splits them by case and writes
     shards plus manifest.json to `out_dir`; returns the manifest. Raises
@@ -427,7 +428,12 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
     layout) each case's target volume replaces its label: float records for a
     regression. `lung_sides` relabels the two largest foreground components of
     each case 1 and 2 by position along the volume's first axis (left/right
-    lungs as two classes). String arguments are the CLI's."""
+    lungs as two classes). With `cv_folds=K` every case outside the test
+    split is written to `train` (no `val`) and splits.json holds K
+    cross-validation folds over them (config.data.fold picks one). `plans`
+    (data_prep.plan's plans.json) sets the spacing, intensity method and CT
+    window that are not given, and is copied beside the manifest for
+    configs/auto_3d.py. String arguments are the CLI's."""
     data_dir = os.path.abspath(data_dir)
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: no such folder; point --data_dir at a folder of cases")
@@ -457,15 +463,32 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
         raise DataError("--target needs the per-case layout (--layout=folders with --channels)")
     if target_intensity not in TARGET_INTENSITIES:
         raise DataError(f"--target_intensity={target_intensity!r}: choose one of {', '.join(TARGET_INTENSITIES)}")
-    settings = _settings(len(cases[0].channels), intensity, ct_window, label_map, spacing, crop, slices, slice_size,
-                         target_intensity if target else None)
+    plan = None
+    if plans:
+        from data_prep import plan as planner  # the planner reads cases with this module
+
+        plan = planner.read_plans(plans)["plan"]
+        if len(plan["normalization"]) != len(cases[0].channels):
+            raise DataError(f"{plans}: planned for {len(plan['normalization'])} channel(s), but the cases here have "
+                            f"{len(cases[0].channels)}; plan this folder with python -m data_prep.plan")
+        spacing = spacing or ",".join(str(v) for v in plan["target_spacing"])
+        intensity = intensity or ",".join(plan["normalization"])
+        ct_window = ct_window or (",".join(str(v) for v in plan["ct_window"]) if plan.get("ct_window") else "")
+    settings = _settings(len(cases[0].channels), intensity or "zscore", ct_window or "lung_wide", label_map, spacing,
+                         crop, slices, slice_size, target_intensity if target else None)
     if records_per_shard < 1:
         raise DataError(f"--records_per_shard={records_per_shard}: must be at least 1")
     names = [c.name for c in cases]
+    if cv_folds and (unlabelled or num_folds or val_cases):
+        raise DataError(f"--cv_folds={cv_folds} makes the validation folds itself; drop --num_folds, --val_cases "
+                        "and --unlabelled")
+    if cv_folds:
+        val_fraction = 0.0
     split = ({"train": [], "val": [], "test": [], "predict": sorted(names)} if unlabelled else
              common.assign_split(names, common.comma_list(val_cases), common.comma_list(test_cases), "case",
                                  val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                                  num_folds=num_folds, fold=fold))
+    folds = common.cv_folds(split["train"], cv_folds, seed) if cv_folds else None
     by_name = {c.name: c for c in cases}
     all_files = [f for c in cases for f in (*c.channels, c.label, c.mask) if f and os.path.isfile(f)]
     splits, num_classes, num_bytes, start = {}, 2, 0, time.time()
@@ -490,10 +513,12 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                 if not target:
                     num_classes = max(num_classes, int(labels.max()) + 1)
                 ids = {"patient_id": case.name, "patient_index": len(per_case)}
+                records = 0
                 for record in _records(image, labels, geometry, settings, ids, case):
                     writer.write(record)
-                    examples += 1
-                per_case.append({"patient": case.name, "shape": list(image.shape[:-1]),
+                    records += 1
+                examples += records
+                per_case.append({"patient": case.name, "shape": list(image.shape[:-1]), "records": records,
                                  "foreground_voxels": int(np.count_nonzero(labels)),
                                  **({} if target else {"labels": np.unique(labels).tolist()}), **stats})
                 bar.update()
@@ -532,12 +557,18 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                 "slices": settings.slices, "slice_size": list(settings.slice_size) if settings.slice_size else None},
             "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
                       "num_folds": num_folds, "fold": fold, "val_cases": common.comma_list(val_cases),
-                      "test_cases": common.comma_list(test_cases)},
+                      "test_cases": common.comma_list(test_cases), "cv_folds": cv_folds},
+            "plans": os.path.abspath(plans) if plans else None,
             "splits": splits,
             "throughput": {"cases_per_second": round(len(cases) / seconds, 3),
                            "source_mb_per_second": round(num_bytes / 1e6 / seconds, 2)},
             "skipped": [{"file": p.file, "reason": p.reason} for p in problems],
         }
+        if folds:
+            kept = {p["patient"] for p in splits["train"]["patients"]}  # --skip_bad may have dropped some
+            common.write_splits(tmp, [{k: [c for c in f[k] if c in kept] for k in f} for f in folds], seed)
+        if plans:
+            shutil.copyfile(plans, os.path.join(tmp, PLANS_FILE))
         common.write_manifest(tmp, manifest)
     return manifest
 
@@ -622,10 +653,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="label the two largest components 1 and 2 by position along x (left/right lungs)")
     parser.add_argument("--mask", default="", help="folders layout: glob of a foreground mask for the z-score "
                                                    "(default: the non-zero voxels)")
-    parser.add_argument("--intensity", default="zscore",
-                        help=f"per channel ({', '.join(INTENSITIES)}), one for all or comma-separated")
-    parser.add_argument("--ct_window", default="lung_wide",
-                        help=f"Hounsfield window 'lower,upper' or one of {', '.join(CT_WINDOWS)}")
+    parser.add_argument("--intensity", default="",
+                        help=f"per channel ({', '.join(INTENSITIES)}), one for all or comma-separated (default: "
+                             "the --plans' methods, else zscore)")
+    parser.add_argument("--ct_window", default="",
+                        help=f"Hounsfield window 'lower,upper' or one of {', '.join(CT_WINDOWS)} (default: the "
+                             "--plans' window, else lung_wide)")
+    parser.add_argument("--plans", default="", help="plans.json of python -m data_prep.plan: its target spacing, "
+                                                    "intensity methods and CT window, unless given here")
     parser.add_argument("--label_map", default="", help="merge or rename labels, e.g. '1,2,3,4->1' or '4->3'")
     parser.add_argument("--spacing", default="", help="resample to this voxel size in mm, e.g. '1,1,3'")
     parser.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
@@ -638,6 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the case shuffle")
     parser.add_argument("--num_folds", type=int, default=0, help="k-fold cross-validation over cases (0: off)")
     parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--cv_folds", type=int, default=0,
+                        help="write every non-test case to train and K cross-validation folds over them to "
+                             "splits.json (config.data.fold picks one; 0: off)")
     parser.add_argument("--val_cases", default="", help="comma-separated cases for validation (overrides fractions)")
     parser.add_argument("--test_cases", default="", help="comma-separated cases for test (overrides fractions)")
     parser.add_argument("--records_per_shard", type=int, default=64)

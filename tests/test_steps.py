@@ -113,6 +113,40 @@ def test_optimizer_schedules_and_weight_decay_mask():
         steps.make_optimizer(0.1, total_steps=10, schedule="linear")
 
 
+def test_poly_schedule_is_nnunets_decay_after_warmup():
+    lr = steps.learning_rate_schedule(0.01, total_steps=110, warmup_steps=10, schedule="poly")
+    assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.005)
+    for t in (10, 40, 85, 109):
+        assert float(lr(t)) == pytest.approx(0.01 * (1 - (t - 10) / 100) ** 0.9, rel=1e-5)
+    assert float(lr(110)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_sgd_is_nesterov_with_l2_weight_decay_on_kernels_only():
+    """Three steps of make_optimizer('sgd') against a float64 NumPy Nesterov
+    SGD whose gradients get weight_decay * kernel added (L2, not decoupled)."""
+    rng = np.random.default_rng(0)
+    params = {"kernel": rng.normal(size=(3, 2)).astype(np.float32), "bias": rng.normal(size=2).astype(np.float32)}
+    grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(3)]
+    lr, mu, wd = 0.1, 0.9, 0.01
+    tx = steps.make_optimizer(lr, total_steps=10, schedule="constant", weight_decay=wd, clip_norm=None,
+                              optimizer="sgd", momentum=mu)
+    p, opt = {k: jnp.asarray(v) for k, v in params.items()}, None
+    opt = tx.init(p)
+    ref = {k: v.astype(np.float64) for k, v in params.items()}
+    velocity = {k: np.zeros_like(v) for k, v in ref.items()}
+    for g in grads:
+        updates, opt = tx.update({k: jnp.asarray(v) for k, v in g.items()}, opt, p)
+        p = optax.apply_updates(p, updates)
+        for k in ref:
+            g64 = g[k] + (wd * ref[k] if k == "kernel" else 0.0)
+            velocity[k] = mu * velocity[k] + g64
+            ref[k] = ref[k] - lr * (g64 + mu * velocity[k])
+    for k in ref:
+        np.testing.assert_allclose(np.asarray(p[k]), ref[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="optimizer='adam'"):
+        steps.make_optimizer(0.1, total_steps=10, optimizer="adam")
+
+
 @pytest.mark.slow
 def test_mixed_precision_step_keeps_float32_state_and_learns():
     model = UNet(features=4, depth=2, norm="batch", dtype=jnp.bfloat16)

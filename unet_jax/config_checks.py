@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from unet_jax import inference, parallel, tasks
+from unet_jax import inference, parallel, steps, tasks
 from unet_jax.data import augment_device, pipeline
 from unet_jax.data.augment import AugmentOptions
 from unet_jax.data.pathology import PathologyOptions
@@ -21,7 +21,6 @@ from unet_jax.data.pipeline import PatchOptions
 from unet_jax.models.transformer import TransformerOptions
 from unet_jax.models.unet import UNet
 
-SCHEDULES = ("cosine", "constant")
 BEST_MODES = ("max", "min")
 MODES = ("train", "evaluate")
 AUGMENT_ON = ("host", "device")
@@ -125,8 +124,11 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
     for key in ("warmup_steps", "weight_decay", "clip_norm", "halt_after_steps", "num_preview_images"):
         _require(config[key] >= 0, f"config.{key}={config[key]}: must be 0 or more")
     _require(config.learning_rate > 0, f"config.learning_rate={config.learning_rate}: must be positive")
-    _require(config.lr_schedule in SCHEDULES,
-             f"config.lr_schedule={config.lr_schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    _require(config.lr_schedule in steps.SCHEDULES,
+             f"config.lr_schedule={config.lr_schedule!r}: choose one of {', '.join(steps.SCHEDULES)}")
+    _require(config.get("optimizer", "adamw") in steps.OPTIMIZERS,
+             f"config.optimizer={config.get('optimizer')!r}: choose one of {', '.join(steps.OPTIMIZERS)}")
+    _require(0 <= config.get("momentum", 0.99) < 1, f"config.momentum={config.get('momentum')}: a fraction in [0, 1)")
     try:
         parallel.check_batch_size(config.batch_size, num_devices, config.grad_accum_steps)
         parallel.check_batch_size(config.eval_batch_size, num_devices, name="eval_batch_size")
@@ -229,5 +231,7 @@ def validate_config(config: ml_collections.ConfigDict, manifest: dict, num_devic
              f"{data.data_dir} per epoch; lower it" + (", or raise config.data.patches_per_volume"
                                                        if data.patch_size else ""))
     _require(splits.get("val", {}).get("num_examples", 0) > 0,
-             f"{data.data_dir} has no validation examples, so no best epoch can be chosen; prepare it with "
-             "--val_fraction above 0")
+             f"{data.data_dir} has no validation examples, so no best epoch can be chosen; "
+             + (f"it holds {manifest['split']['cv_folds']} cross-validation folds: set --config.data.fold=0 (.. "
+                f"{manifest['split']['cv_folds'] - 1})" if manifest.get("split", {}).get("cv_folds") and
+                data.get("fold") is None else "prepare it with --val_fraction above 0"))

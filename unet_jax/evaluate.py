@@ -67,6 +67,7 @@ def unstack_depth(arrays: dict[str, np.ndarray], slices: np.ndarray) -> dict[str
 class Evaluator:
     """Runs a jitted `eval_step` over every example of one split.
 
+    `fold` evaluates that cross-validation fold's cases of the split.
     `batch_size` is global; padding examples of the last batch are excluded
     from every metric. Predictions, targets, ids and the `display_channel` of
     each image are gathered from the same global batch on every process, so
@@ -75,15 +76,15 @@ class Evaluator:
 
     def __init__(self, task: Task, eval_step: Callable, data_dir: str, split: str, *, batch_size: int,
                  normalization: str, mesh, display_channel: int = 1, pathology: PathologyOptions | None = None,
-                 seed: int = 0):
-        manifest = pipeline.read_manifest(data_dir)
+                 seed: int = 0, fold: int | None = None):
+        manifest = pipeline.read_manifest(data_dir, fold=fold)
         self.task, self.eval_step, self.split, self.mesh = task, eval_step, split, mesh
         self.data_dir = os.path.abspath(data_dir)
         self.names = [p["patient"] for p in manifest["splits"][split]["patients"]]
         self.display_channel = min(display_channel, pipeline.num_channels(manifest) - 1)
         self.dataset = pipeline.eval_dataset(
             data_dir, split, batch_size=parallel.check_batch_size(batch_size, mesh.size, name="eval_batch_size"),
-            normalization=normalization, pathology=pathology, seed=seed, shard_index=jax.process_index(),
+            normalization=normalization, pathology=pathology, seed=seed, fold=fold, shard_index=jax.process_index(),
             shard_count=jax.process_count())
 
     def __call__(self, state) -> Evaluation:
@@ -117,7 +118,8 @@ def as_slices(volume: np.ndarray) -> np.ndarray:
 
 class VolumeEvaluator:
     """Runs sliding-window inference over every whole volume (one record per
-    case) of one split, and the task's metrics per case, in mm.
+    case) of one split (with `fold`, that cross-validation fold's cases of
+    it), and the task's metrics per case, in mm.
 
     `batch_size` windows (global) run at a time, sharded over the mesh; every
     process sees every case and gathers every window's output. The loss,
@@ -127,8 +129,8 @@ class VolumeEvaluator:
 
     def __init__(self, task: Task, predict_step: Callable, data_dir: str, split: str, *, batch_size: int,
                  normalization: str, mesh, window: inference.WindowOptions, display_channel: int = 0,
-                 pathology: PathologyOptions | None = None, seed: int = 0):
-        manifest = pipeline.read_manifest(data_dir)
+                 pathology: PathologyOptions | None = None, seed: int = 0, fold: int | None = None):
+        manifest = pipeline.read_manifest(data_dir, fold=fold)
         self.task, self.predict_step, self.split, self.mesh, self.window = task, predict_step, split, mesh, window
         self.data_dir, self.normalization = os.path.abspath(data_dir), normalization
         self.pathology, self.seed = pathology, seed
@@ -136,7 +138,8 @@ class VolumeEvaluator:
         self.display_channel = min(display_channel, pipeline.num_channels(manifest) - 1)
         parallel.check_batch_size(batch_size, mesh.size, name="eval_batch_size")
         self.batch_size = batch_size
-        self.source = pipeline.split_source(data_dir, split)
+        self.source = pipeline.split_source(data_dir, split, fold)
+        self.decode = pipeline.split_decoder(data_dir, split, fold)
         if len(self.source) != len(self.names):
             raise pipeline.DataError(f"{data_dir}: split {split!r} has {len(self.source)} records for "
                                      f"{len(self.names)} cases; sliding-window evaluation needs one whole "
@@ -151,7 +154,7 @@ class VolumeEvaluator:
         totals = self.task.empty_metrics()
         volumes, images, spacings = {}, {}, {}
         for index in range(len(self.source)):
-            element = pipeline.normalize(pipeline.decode(self.source[index]), self.normalization)
+            element = pipeline.normalize(self.decode(self.source[index]), self.normalization)
             if self.pathology is not None:  # the same lesions every pass: seeded by the case
                 element = pipeline.add_pathology(element, np.random.default_rng([self.seed, index]), self.pathology)
             pred, _ = self.case(state, element)

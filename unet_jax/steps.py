@@ -41,26 +41,51 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                              skipped=jnp.zeros((), jnp.int32), skipped_in_a_row=jnp.zeros((), jnp.int32))
 
 
+SCHEDULES = ("cosine", "constant", "poly")
+OPTIMIZERS = ("adamw", "sgd")
+POLY_POWER = 0.9  # nnU-Net's poly decay: lr * (1 - step / total) ** 0.9
+
+
+def learning_rate_schedule(learning_rate: float, *, total_steps: int, warmup_steps: int = 0,
+                           schedule: str = "cosine") -> optax.Schedule:
+    """Linear warm-up over `warmup_steps`, then a cosine decay to zero, a
+    constant rate, or nnU-Net's poly decay `(1 - t / T) ** 0.9` to zero at the
+    last step."""
+    decay_steps = max(total_steps - warmup_steps, 1)
+    if schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps,
+                                                  max(total_steps, warmup_steps + 1), 0.0)
+    if schedule == "constant":
+        after = optax.constant_schedule(learning_rate)
+    elif schedule == "poly":
+        after = optax.polynomial_schedule(learning_rate, 0.0, POLY_POWER, decay_steps)
+    else:
+        raise ValueError(f"schedule={schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), after], [warmup_steps])
+
+
 def make_optimizer(learning_rate: float, *, total_steps: int, warmup_steps: int = 0,
                    schedule: str = "cosine", weight_decay: float = 1e-4,
-                   clip_norm: float | None = 1.0) -> optax.GradientTransformation:
-    """AdamW with linear warm-up then cosine decay to zero or a constant rate,
-    and global-norm gradient clipping.
+                   clip_norm: float | None = 1.0, optimizer: str = "adamw",
+                   momentum: float = 0.99) -> optax.GradientTransformation:
+    """AdamW, or SGD with Nesterov momentum (nnU-Net's: momentum 0.99, L2 weight
+    decay added to the gradients), on `learning_rate_schedule`, after
+    global-norm gradient clipping.
 
     Weight decay applies to convolution and dense kernels (every parameter of
     two or more dimensions) and to nothing else: not to biases, norm scales and
     offsets, nor to the transformer's position embeddings, as ViT training does.
     """
-    if schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps,
-                                                max(total_steps, warmup_steps + 1), 0.0)
-    elif schedule == "constant":
-        lr = optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
-                                   optax.constant_schedule(learning_rate)], [warmup_steps])
-    else:
-        raise ValueError(f"schedule={schedule!r}: choose 'cosine' or 'constant'")
+    lr = learning_rate_schedule(learning_rate, total_steps=total_steps, warmup_steps=warmup_steps,
+                                schedule=schedule)
     chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
-    chain.append(optax.adamw(lr, weight_decay=weight_decay, mask=decay_mask))
+    if optimizer == "adamw":
+        chain.append(optax.adamw(lr, weight_decay=weight_decay, mask=decay_mask))
+    elif optimizer == "sgd":
+        chain += [optax.add_decayed_weights(weight_decay, mask=decay_mask),
+                  optax.sgd(lr, momentum=momentum, nesterov=True)]
+    else:
+        raise ValueError(f"optimizer={optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     return optax.chain(*chain)
 
 

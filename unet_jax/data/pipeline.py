@@ -25,7 +25,7 @@ import grain
 from absl import flags
 import numpy as np
 
-from unet_jax.data import MANIFEST, DataError
+from unet_jax.data import MANIFEST, SPLITS_FILE, DataError
 from unet_jax.data.augment import AugmentOptions, augment_slice, sample_patch
 from unet_jax.data.pathology import PathologyOptions, simulate_pathology
 from unet_jax.data.tfrecord import TFRecordSource, decode_example
@@ -38,9 +38,10 @@ from unet_jax.data.tfrecord import TFRecordSource, decode_example
 NORMALIZATIONS = ("patient_zscore", "zscore", "scale", "none")
 
 
-def read_manifest(data_dir: str, name: str = MANIFEST) -> dict:
+def read_manifest(data_dir: str, name: str = MANIFEST, fold: int | None = None) -> dict:
     """Loads a prepared folder's manifest.json (or the copy `name` a workdir
-    keeps), with a one-line error if it is absent or unreadable."""
+    keeps), with a one-line error if it is absent or unreadable; with `fold`,
+    as that cross-validation fold sees it (`fold_view`)."""
     path = os.path.join(data_dir, name)
     if not os.path.exists(path):
         raise DataError(f"{path}: no prepared data here; make it with "
@@ -53,7 +54,54 @@ def read_manifest(data_dir: str, name: str = MANIFEST) -> dict:
     if any("num_examples" not in s for s in manifest.get("splits", {}).values()):
         raise DataError(f"{path}: written by an older data_prep (no per-split num_examples); "
                         "rerun data_prep with --overwrite")
-    return manifest
+    return manifest if fold is None else fold_view(data_dir, manifest, fold)
+
+
+def read_splits(data_dir: str) -> dict:
+    """A prepared folder's splits.json (cross-validation folds), with a one-line error if absent or unreadable."""
+    path = os.path.join(data_dir, SPLITS_FILE)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no cross-validation folds here; prepare the data with python -m data_prep.volumes "
+                        "--cv_folds=5, or unset config.data.fold")
+    try:
+        with open(path) as f:
+            splits = json.load(f)
+        if not all(set(f) == {"train", "val"} for f in splits["folds"]):
+            raise KeyError("folds")
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a splits file of data_prep.volumes ({e}); prepare the data again with "
+                        "--cv_folds and --overwrite") from None
+    return splits
+
+
+def fold_view(data_dir: str, manifest: dict, fold: int) -> dict:
+    """The manifest as cross-validation fold `fold` of splits.json sees it: its
+    `train` and `val` splits are the fold's cases of the stored `train` split
+    (every non-test case, written by data_prep.volumes --cv_folds), each
+    listing the `records` it reads and the stored `patient_index` of its
+    cases; `test` is unchanged. Cases keep the stored order."""
+    folds = read_splits(data_dir)["folds"]
+    if not 0 <= fold < len(folds):
+        raise DataError(f"config.data.fold={fold}: {os.path.join(data_dir, SPLITS_FILE)} has {len(folds)} folds; "
+                        f"choose 0..{len(folds) - 1}")
+    stored = manifest["splits"]["train"]
+    position = {p["patient"]: i for i, p in enumerate(stored["patients"])}
+    counts = [p.get("records", 1) for p in stored["patients"]]  # one record per case before per-case counts
+    first = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
+
+    def subset(names: list[str]) -> dict:
+        unknown = [n for n in names if n not in position]
+        if unknown:
+            raise DataError(f"{os.path.join(data_dir, SPLITS_FILE)}: fold {fold} names case {unknown[0]!r}, which "
+                            "the stored train split lacks; prepare the data again with --cv_folds and --overwrite")
+        index = sorted(position[n] for n in names)
+        records = [r for i in index for r in range(first[i], first[i + 1])]
+        return {"num_patients": len(index), "num_examples": len(records), "num_slices": len(records),
+                "patients": [stored["patients"][i] for i in index], "shards": stored["shards"],
+                "records": records, "patient_index": index}
+
+    return {**manifest, "fold": fold, "num_folds": len(folds),
+            "splits": {**manifest["splits"], **{k: subset(v) for k, v in folds[fold].items()}}}
 
 
 def num_channels(manifest: dict) -> int:
@@ -68,16 +116,49 @@ def spatial_dims(manifest: dict) -> int:
     return len(next(p["shape"] for s in manifest["splits"].values() for p in s["patients"]))
 
 
-def split_source(data_dir: str, split: str) -> TFRecordSource:
-    """Random-access source over the shards of one split, as the manifest lists them."""
-    splits = read_manifest(data_dir)["splits"]
+class RecordSubset:
+    """The records of a source at `indices`, in that order (a fold's cases)."""
+
+    def __init__(self, source: TFRecordSource, indices: list[int]):
+        self._source, self._indices = source, list(indices)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> bytes:
+        return self._source[self._indices[index]]
+
+
+def split_source(data_dir: str, split: str, fold: int | None = None) -> TFRecordSource | RecordSubset:
+    """Random-access source over the shards of one split, as the manifest lists
+    them; with `fold`, over that cross-validation fold's records."""
+    splits = read_manifest(data_dir, fold=fold)["splits"]
     if split not in splits:
         raise DataError(f"{data_dir}: no split {split!r}; the manifest has {sorted(splits)}")
     paths = [os.path.join(data_dir, s["file"]) for s in splits[split]["shards"]]
     for p in paths:
         if not os.path.exists(p):
             raise DataError(f"{p}: shard listed in the manifest is missing; rerun data_prep with --overwrite")
-    return TFRecordSource(paths)
+    source = TFRecordSource(paths)
+    return RecordSubset(source, splits[split]["records"]) if "records" in splits[split] else source
+
+
+def split_decoder(data_dir: str, split: str, fold: int | None = None):
+    """`decode` for the records of a split: with `fold`, patient_index is
+    renumbered from the stored split's order to the fold split's, so it
+    indexes the fold's case list as it does an ordinary split's."""
+    if fold is None:
+        return decode
+    stored = read_manifest(data_dir, fold=fold)["splits"][split].get("patient_index")
+    if stored is None:  # the test split: stored as it is
+        return decode
+    return functools.partial(_decode_renumbered, numbers={s: i for i, s in enumerate(stored)})
+
+
+def _decode_renumbered(record: bytes, numbers: dict[int, int]) -> dict[str, np.ndarray]:
+    element = decode(record)
+    element["patient_index"] = np.int32(numbers[int(element["patient_index"])])
+    return element
 
 
 def decode(record: bytes) -> dict[str, np.ndarray]:
@@ -194,7 +275,8 @@ class PatchOptions:
 def train_dataset(data_dir: str, *, batch_size: int, seed: int, normalization: str = "patient_zscore",
                   augment_options: AugmentOptions | None = AugmentOptions(), num_epochs: int | None = None,
                   patches: PatchOptions | None = None, pathology: PathologyOptions | None = None,
-                  split: str = "train", shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+                  split: str = "train", fold: int | None = None, shard_index: int = 0,
+                  shard_count: int = 1) -> grain.MapDataset:
     """Shuffled, augmented batches of this process's share of a split: whole
     records, or with `patches` random patches of them; with `pathology`,
     simulated lesions drawn into the augmented images (document 003).
@@ -204,20 +286,21 @@ def train_dataset(data_dir: str, *, batch_size: int, seed: int, normalization: s
     the stream is dropped. `batch_size` is per process: process i of n reads,
     decodes and augments only rows [i*b, (i+1)*b) of each global batch of n*b
     examples, so the global batches (and every augmentation) are those of one
-    process with the whole batch. Every random choice comes from grain's
+    process with the whole batch. `fold` reads that cross-validation fold's
+    cases of the split (`fold_view`). Every random choice comes from grain's
     per-element generator, so the same seed gives the same batches with any
     number of worker processes, and the iterator resumes exactly.
     """
     _check(data_dir, batch_size, shard_index, shard_count, normalization)
     continuous = continuous_targets(read_manifest(data_dir))
-    ds = grain.MapDataset.source(split_source(data_dir, split))
+    ds = grain.MapDataset.source(split_source(data_dir, split, fold))
     if patches is not None:
         ds = ds.repeat(patches.per_volume)  # one epoch: every volume per_volume times
     if len(ds) < batch_size * shard_count:
         raise DataError(f"{data_dir}: split {split!r} has {len(ds)} examples, fewer than one batch of "
                         f"{batch_size * shard_count}; lower the batch size"
                         + (" or raise config.data.patches_per_volume" if patches else ""))
-    ds = ds.seed(seed).shuffle().repeat(num_epochs).map(decode)
+    ds = ds.seed(seed).shuffle().repeat(num_epochs).map(split_decoder(data_dir, split, fold))
     # Normalised first: the zeros that warps bring in from outside then match the
     # normalised background.
     ds = ds.map(functools.partial(normalize, method=normalization))
@@ -257,19 +340,20 @@ class PadToMultiple(grain.MapDataset):
 
 
 def eval_dataset(data_dir: str, split: str, *, batch_size: int, normalization: str = "patient_zscore",
-                 pathology: PathologyOptions | None = None, seed: int = 0, shard_index: int = 0,
-                 shard_count: int = 1) -> grain.MapDataset:
+                 pathology: PathologyOptions | None = None, seed: int = 0, fold: int | None = None,
+                 shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
     """Batches covering every example of a split once, in stored order (patient,
     then slice). The last batch is padded with `valid=False` entries, and every
     process gets the same number of batches. With `pathology`, each example
     gets the simulated lesions of `seed` and its index, the same every pass
     (document 003's robustness test on held-out slices). Process i of n
-    reads rows [i*b, (i+1)*b) of each global batch, as `train_dataset` does."""
+    reads rows [i*b, (i+1)*b) of each global batch, as `train_dataset` does;
+    `fold` reads that cross-validation fold's cases of the split."""
     _check(data_dir, batch_size, shard_index, shard_count, normalization)
-    ds = grain.MapDataset.source(split_source(data_dir, split))
+    ds = grain.MapDataset.source(split_source(data_dir, split, fold))
     if len(ds) == 0:
         raise DataError(f"{data_dir}: split {split!r} is empty; prepare the data with a non-zero fraction for it")
-    ds = ds.map(decode).map(functools.partial(normalize, method=normalization))
+    ds = ds.map(split_decoder(data_dir, split, fold)).map(functools.partial(normalize, method=normalization))
     if pathology is not None:
         ds = ds.seed(seed).random_map(functools.partial(add_pathology, opts=pathology))
     return PadToMultiple(ds, batch_size * shard_count).batch(batch_size)[shard_index::shard_count]
