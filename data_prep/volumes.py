@@ -148,7 +148,9 @@ def scan_folders(data_dir: str, channels: list[str], label: str | None, mask: st
 
 def scan_decathlon(data_dir: str, unlabelled: bool) -> tuple[list[Case], list[common.Problem]]:
     """Cases of the Decathlon/nnU-Net layout: imagesTr/<case>_<4-digit channel>.<ext>
-    with labelsTr/<case>.<ext> (with --unlabelled imagesTs/, or else `data_dir` itself)."""
+    with labelsTr/<case>.<ext> (with --unlabelled imagesTs/, or else `data_dir`
+    itself), or the Decathlon's own release of one-channel tasks:
+    imagesTr/<case>.<ext> beside labelsTr/<case>.<ext>."""
     images = os.path.join(data_dir, "imagesTs" if unlabelled else "imagesTr")
     if unlabelled and not os.path.isdir(images):
         images = data_dir  # the <case>_0000 files themselves, as prediction may be given
@@ -163,8 +165,12 @@ def scan_decathlon(data_dir: str, unlabelled: bool) -> tuple[list[Case], list[co
             continue
         case, _, channel = stem.rpartition("_")
         if not case or len(channel) != 4 or not channel.isdigit():
-            problems.append(common.Problem(path, "expected <case>_<4-digit channel>, e.g. case_001_0000.nii.gz"))
-            continue
+            if unlabelled or not any(os.path.exists(os.path.join(data_dir, "labelsTr", stem + s))
+                                     for s in (".nii.gz", ".nii", ".nrrd", ".mha")):
+                problems.append(common.Problem(path, "expected <case>_<4-digit channel>, e.g. case_001_0000.nii.gz, "
+                                                     "or <case>.nii.gz with labelsTr/<case>.nii.gz"))
+                continue
+            case, channel = stem, "0000"  # the Decathlon's own release: one image per case, named as its label
         by_case.setdefault(case, {})[int(channel)] = path
     cases = []
     width = max((len(c) for c in by_case.values()), default=0)
@@ -175,7 +181,8 @@ def scan_decathlon(data_dir: str, unlabelled: bool) -> tuple[list[Case], list[co
             continue
         label = None
         if not unlabelled:
-            ext = files[0][files[0].index(case + "_0000") + len(case) + 5:]
+            name = os.path.basename(files[0])
+            ext = name[len(case) + 5:] if name.startswith(case + "_0000") else name[len(case):]
             label = os.path.join(data_dir, "labelsTr", case + ext)
             if not os.path.exists(label):
                 problems.append(common.Problem(label, "label missing; add it, or pass --unlabelled"))

@@ -170,6 +170,20 @@ def test_decathlon_layout_is_detected(tmp_path):
     assert all(p["foreground_voxels"] == 18 for p in _patients(m).values())
 
 
+def test_decathlon_release_names_images_as_their_labels(tmp_path):
+    """The Decathlon's own one-channel release: imagesTr/<case>.nii.gz beside
+    labelsTr/<case>.nii.gz (hippocampus_001.nii.gz), no _0000 suffix."""
+    src = tmp_path / "Task04"
+    for i, case in enumerate(("hippocampus_001", "hippocampus_003", "hippocampus_004")):
+        _write(src / "imagesTr" / f"{case}.nii.gz", _channel(i))
+        _write(src / "labelsTr" / f"{case}.nii.gz", _label())
+    _write(src / "imagesTr" / "stray.nii.gz", _channel(9))  # no label of its name: a problem, not a case
+    m = _prepare(src, tmp_path / "out", val_fraction=0, test_fraction=0, skip_bad=True)
+    assert sorted(_patients(m)) == ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
+    assert m["num_channels"] == 1 and all(p["foreground_voxels"] == 18 for p in _patients(m).values())
+    assert [s["file"] for s in m["skipped"]] == [str(src / "imagesTr" / "stray.nii.gz")]
+
+
 @pytest.mark.parametrize("missing", ["imagesTr/caseB_0001.nii.gz", "labelsTr/caseB.nii.gz"])
 def test_decathlon_case_missing_a_channel_or_label(tmp_path, missing):
     src = _decathlon(tmp_path / "Task99")
