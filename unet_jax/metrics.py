@@ -551,8 +551,10 @@ def segmentation_table(volumes: Mapping[int, tuple[np.ndarray, np.ndarray, np.nd
     """One row per patient of label volumes (`VolumeAccumulator.volumes`):
     `patient_index`, `patient` (its name from `names[patient_index]`, else the
     index as a string), `num_slices`, `tumor_voxels` and `pred_voxels`
-    (foreground, any class), `dice_3d_lcc` (keeping only the largest connected
-    component of each predicted class), and the `case_scores` of the volume.
+    (foreground, any class), `dice_3d_lcc` (the mean over the foreground
+    classes of the Dice after keeping only the largest connected component of
+    each predicted class; class 1's for one class), and the `case_scores` of
+    the volume.
 
     `spacings[patient_index]` is the voxel size in mm per axis in the volume's
     axis order (slice axis first for stacked 2-D slices); without `spacings`
@@ -561,13 +563,14 @@ def segmentation_table(volumes: Mapping[int, tuple[np.ndarray, np.ndarray, np.nd
     `dice_3d` is the mean of one Dice per foreground class 1..num_classes-1 (a
     class absent from both mask and prediction scores 1); with more than one
     foreground class the per-class scores are added as `dice_3d_class<k>`
-    (and likewise for the other `case_scores`).
+    and `dice_3d_lcc_class<k>` (and likewise for the other `case_scores`), so
+    post-processing can be chosen per class (`postprocessing.choose`).
     """
     rows = []
     classes = range(1, max(num_classes, 2))
     for patient, (pred, target, numbers) in volumes.items():
         scores = case_scores(pred, target, None if spacings is None else spacings[patient], num_classes)
-        lcc = [dice_score(largest_connected_component(pred == k), target == k) for k in classes]
+        lcc = {k: dice_score(largest_connected_component(pred == k), target == k) for k in classes}
         rows.append(dict(
             patient_index=patient,
             patient=_name(patient, names),
@@ -575,7 +578,8 @@ def segmentation_table(volumes: Mapping[int, tuple[np.ndarray, np.ndarray, np.nd
             tumor_voxels=int(np.count_nonzero(target)),
             pred_voxels=int(np.count_nonzero(pred)),
             dice_3d=scores["dice_3d"],
-            dice_3d_lcc=float(np.mean(lcc)),
+            dice_3d_lcc=float(np.mean(list(lcc.values()))),
+            **({f"dice_3d_lcc_class{k}": v for k, v in lcc.items()} if len(lcc) > 1 else {}),
             **{key: v for key, v in scores.items() if key != "dice_3d"},
         ))
     return rows
