@@ -1,7 +1,8 @@
 """Prediction on new scans: tiny runs trained on phantoms predict kaggle_3m
 folders, NIfTI/NRRD/MHA/DICOM cases and PNG pictures; masks keep the input's
 shape and geometry and equal --mode=evaluate's predictions; TTA, probabilities,
-resampling back, --overwrite, --skip_bad, scoring and the one-line errors."""
+resampling back, --overwrite, --skip_bad, scoring, ensembles of runs, the
+runs' post-processing, and the one-line errors."""
 
 import csv
 import json
@@ -15,12 +16,13 @@ import pytest
 from run_configs import evaluate_split, tiny_config, volume_config
 
 from data_prep import lgg
-from unet_jax import evaluate, predict, train
+from unet_jax import evaluate, metrics, postprocessing, predict, train
 from unet_jax.config_checks import ConfigError
 from unet_jax.data import DataError, pipeline
 from unet_jax.data.medical_io import (Volume, read_image, read_volume, write_dicom_series, write_image,
                                       write_volume)
 from unet_jax.data.tfrecord import decode_example
+from unet_jax.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +51,8 @@ def run_3d(lesion_volume_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor_3d(run_3d):
-    return predict.Predictor.from_workdir(run_3d)
+    """The raw network output, as --mode=evaluate predicts (whatever post-processing the run chose)."""
+    return predict.Predictor.from_workdir(run_3d, postprocessing="none")
 
 
 def _source_cases(data_dir):
@@ -58,7 +61,7 @@ def _source_cases(data_dir):
 
 @pytest.mark.slow
 def test_kaggle_folders_give_tiff_masks_equal_to_evaluate(run_2d, phantom_dir, prepared_dir, tmp_path):
-    predictor = predict.Predictor.from_workdir(run_2d)
+    predictor = predict.Predictor.from_workdir(run_2d, postprocessing="none")  # evaluate keeps every component
     out = str(tmp_path / "out")
     result = predict.predict_files(predictor, phantom_dir, out, labels="*_mask.tif", progress=False)
     assert [r["status"] for r in result["cases"]] == ["ok"] * 6
@@ -152,7 +155,7 @@ def test_probabilities_sum_to_one_and_resampled_runs_predict_on_the_source_grid(
     # The same run as if it had trained on data resampled to 1.5x1.5x3 mm.
     manifest = json.loads(json.dumps(predictor_3d.manifest))
     manifest["preprocessing"]["spacing"] = [1.5, 1.5, 3.0]
-    resampled = predict.Predictor(predictor_3d.config, manifest, predictor_3d.state, predictor_3d.mesh)
+    resampled = predict.Predictor(predictor_3d.config, manifest, predictor_3d.states, predictor_3d.mesh)
     labels_r, probabilities_r = resampled(image, spacing=channels[0].geometry.spacing)
     assert labels_r.shape == labels.shape
     np.testing.assert_allclose(probabilities_r.sum(-1), 1.0, atol=1e-5)
@@ -162,7 +165,7 @@ def test_probabilities_sum_to_one_and_resampled_runs_predict_on_the_source_grid(
 @pytest.mark.slow
 def test_tta_is_the_mean_of_the_flipped_predictions(run_2d, phantom_dir):
     predictor = predict.Predictor.from_workdir(run_2d)
-    with_tta = predict.Predictor(predictor.config, predictor.manifest, predictor.state, predictor.mesh, tta=True)
+    with_tta = predict.Predictor(predictor.config, predictor.manifest, predictor.states, predictor.mesh, tta=True)
     folder = os.path.join(phantom_dir, sorted(os.listdir(phantom_dir))[0])
     image = read_image(os.path.join(folder, os.path.basename(folder) + "_6.tif"))  # 32x32x3: one window
     flips = [(), (0,), (1,), (0, 1)]
@@ -205,6 +208,7 @@ def test_overwrite_skip_bad_and_an_api_equal_to_the_cli(run_3d, predictor_3d, le
     folder = cases / names[0]
     channels = [read_volume(str(folder / n)) for n in sorted(os.listdir(folder)) if n[:2] in ("FL", "T1")]
     labels, _ = predictor_3d(np.stack([v.array for v in channels], -1), spacing=channels[0].geometry.spacing)
+    labels = postprocessing.apply(labels, postprocessing.read(run_3d))  # the command applies the run's choice
     np.testing.assert_array_equal(read_volume(os.path.join(out, names[0] + ".nii.gz")).array, labels)
 
     with pytest.raises(DataError, match=r"already exists; pass --overwrite"):
@@ -250,6 +254,93 @@ def test_the_predict_command_says_what_is_missing_in_one_line(tmp_path):
                           f"--output={tmp_path / 'out'}"], capture_output=True, text=True, cwd=ROOT)
     assert cli.returncode == 2
     assert cli.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}: no config.json")
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_identical_runs_predicts_as_one_run(run_2d, phantom_dir, tmp_path):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(run_2d, copy)
+    one = predict.Predictor.from_workdir(run_2d, postprocessing="none")
+    ensemble = predict.Predictor.from_workdirs([run_2d, copy, run_2d], postprocessing="none")
+    assert len(ensemble.states) == 3 and ensemble.workdir == f"{run_2d},{copy},{run_2d}"
+    folder = os.path.join(phantom_dir, sorted(os.listdir(phantom_dir))[1])
+    stack = np.stack([read_image(os.path.join(folder, f"{os.path.basename(folder)}_{n}.tif"))
+                      for n in range(1, 13)], axis=2)  # [H, W, S, C]: predicted slice by slice
+    labels, probabilities = one(stack)
+    labels_e, probabilities_e = ensemble(stack)
+    np.testing.assert_allclose(probabilities_e, probabilities, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(labels_e, labels)
+    assert 0 < labels.sum() < labels.size  # labels worth comparing
+
+
+def _fake_run(folder, channels=2, out_channels=2, fold=None):
+    """A workdir with config.json and train_manifest.json only: enough for the ensemble's checks."""
+    config = volume_config(str(folder / "data"))
+    config.model.out_channels = out_channels
+    write_json(folder / "config.json", config.to_dict())
+    write_json(folder / "train_manifest.json", {
+        "dataset": "volumes", "num_channels": channels, "channels": ["FLAIR*", "T1*"][:channels], "fold": fold,
+        "splits": {"val": {"num_examples": 1 + (fold or 0), "patients": [{"patient": f"case{fold}"}]}},
+        "preprocessing": {"intensity": [{"method": "zscore"}] * channels, "spacing": None, "crop": True}})
+    return str(folder)
+
+
+def test_runs_that_disagree_do_not_make_an_ensemble(tmp_path):
+    base = _fake_run(tmp_path / "a", fold=0)
+    for other, key in ((_fake_run(tmp_path / "one_channel", channels=1), r"input channels \(2 against 1\)"),
+                       (_fake_run(tmp_path / "three_classes", out_channels=3), r"model.out_channels \(2 against 3\)")):
+        with pytest.raises(ConfigError, match=f"{base} and {other} differ in {key}") as error:
+            predict.Predictor.from_workdirs([base, other])
+        assert "\n" not in str(error.value)
+    # Runs of other folds agree (their splits differ): the next question is their checkpoints.
+    with pytest.raises(ConfigError, match="no checkpoints"):
+        predict.Predictor.from_workdirs([base, _fake_run(tmp_path / "b", fold=1)])
+    with pytest.raises(ConfigError, match="--postprocessing='lcc': choose auto or none"):
+        predict.Predictor.from_workdirs([base], postprocessing="lcc")
+
+
+def _masks(out, patient):
+    """A kaggle_3m prediction's masks [H, W, S] as 0/1."""
+    files = sorted(os.listdir(os.path.join(out, patient)), key=lambda n: int(n.split("_")[-2]))
+    return np.stack([read_image(os.path.join(out, patient, n))[..., 0] // 255 for n in files], axis=2)
+
+
+@pytest.mark.slow
+def test_the_runs_postprocessing_is_applied_only_when_it_chose_the_class(run_2d, phantom_dir, tmp_path, capsys):
+    chosen, unchosen = str(tmp_path / "chosen"), str(tmp_path / "unchosen")
+    for workdir, classes in ((chosen, [1]), (unchosen, [])):
+        shutil.copytree(run_2d, workdir)
+        postprocessing.write(workdir, {"keep_largest_component": classes, "chosen_on": "a test"})
+
+    def predicted(workdirs, **options):
+        out = str(tmp_path / f"out{len(os.listdir(tmp_path))}")
+        result = predict.run(workdirs, phantom_dir, out, overlays=False, progress=False, **options)
+        return out, {r["case"]: r for r in result["cases"]}
+
+    raw_out, raw = predicted(unchosen)
+    patient = max(raw, key=lambda c: raw[c]["components"])
+    assert raw[patient]["components"] >= 2, "the tiny run should predict a case with two components"
+    assert {r["largest_component_of"] for r in raw.values()} == {""}
+    out, rows = predicted(chosen)
+    assert "post-processing: keeping the largest connected component of class 1" in capsys.readouterr().out
+    for case, row in rows.items():
+        assert row["components"] == min(raw[case]["components"], 1) and row["largest_component_of"] == "1"
+        assert row["voxels"] == row["largest_voxels"] == raw[case]["largest_voxels"]
+    np.testing.assert_array_equal(_masks(out, patient),
+                                  metrics.largest_connected_component(_masks(raw_out, patient)))
+    with open(os.path.join(out, "predictions.csv")) as f:
+        assert {r["largest_component_of"] for r in csv.DictReader(f)} == {"1"}
+    out, rows = predicted(unchosen, lcc=True)  # --lcc: every class, whatever the run chose
+    assert {c: r["components"] for c, r in rows.items()} == {c: min(r["components"], 1) for c, r in raw.items()}
+    assert {r["largest_component_of"] for r in rows.values()} == {"1"}
+    out, rows = predicted(chosen, postprocessing="none")
+    assert {c: r["components"] for c, r in rows.items()} == {c: r["components"] for c, r in raw.items()}
+    np.testing.assert_array_equal(_masks(out, patient), _masks(raw_out, patient))
+    # An ensemble (--workdir=a,b,c) cuts the classes most of its runs chose: class 1 by 2 of 3.
+    out, rows = predicted(f"{chosen},{unchosen},{chosen}")
+    assert "(by majority: class 1 chosen by 2 of 3 runs)" in capsys.readouterr().out
+    np.testing.assert_array_equal(_masks(out, patient),
+                                  metrics.largest_connected_component(_masks(raw_out, patient)))
 
 
 @pytest.mark.slow

@@ -5,10 +5,22 @@ input's own format and geometry.
   python -m unet_jax.predict --workdir=runs/lgg --input=kaggle_3m/TCGA_CS_4941_19960909 --output=out \
       --tta --labels='*_mask.tif'
   python -m unet_jax.main --mode=predict --workdir=runs/wmh --input=patient.nii.gz --output=out
+  python -m unet_jax.predict --workdir=runs/f0,runs/f1,runs/f2,runs/f3,runs/f4 --input=scans/ --output=out
 
 The workdir holds everything prediction needs: config.json (the model, its
 precision, the sliding window) and train_manifest.json (channel patterns,
 intensity normalisation, spacing, crop, slice plane); nothing is re-typed.
+Several workdirs, separated by commas (the folds of a cross-validation, say),
+predict as an ensemble: each run's blend of windows (after TTA) is averaged
+before the labels are taken; the runs must share task, classes, channels,
+preprocessing and input size.
+
+Post-processing: a run's postprocessing.json (written at the end of training
+from its validation cases, or by unet_jax.cv_summary from all folds' cases)
+keeps only the largest connected component of the classes it chose; an
+ensemble applies the classes a majority of its runs chose. `--postprocessing=none`
+turns that off, `--lcc` applies it to every class.
+
 `--input` is a file or a folder of:
   - NIfTI/NRRD/MHA volumes, or DICOM series folders (one channel each);
   - the per-case folders of data_prep.volumes, found by the run's channel patterns;
@@ -19,7 +31,8 @@ Outputs in `--output`: the label map of each case in its own format and
 geometry (<case>.nii.gz, a DICOM series folder, <patient>/<patient>_<n>_mask.tif
 with 0/255, <name>_mask.png), with --save_probabilities the softmax or sigmoid
 maps as float volumes, overlays/<case>.png, predictions.csv (volume in ml,
-connected lesions, largest lesion, mean probability, seconds per case), and
+connected lesions, largest lesion, mean probability, the classes cut to their
+largest component, seconds per case), and
 with --labels scores.csv and scores_summary.json (the training metrics per case).
 
 `Predictor` is the same in a notebook:
@@ -41,6 +54,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -48,6 +62,7 @@ from absl import flags, logging
 from tqdm import tqdm
 
 from unet_jax import inference, metrics, parallel, report, tasks, train
+from unet_jax import postprocessing as postprocessing_lib
 from unet_jax.config_checks import ConfigError, input_shape
 from unet_jax.data import DataError, pipeline
 from unet_jax.data.medical_io import (VOLUME_SUFFIXES, Geometry, Volume, dicom_series_files, is_image_path,
@@ -70,6 +85,9 @@ flags.DEFINE_string("input", None, "predict: a scan (file or DICOM folder) or a 
 flags.DEFINE_string("output", None, "predict: folder for the label maps, predictions.csv and overlays/.")
 flags.DEFINE_bool("tta", False, "predict: average over flips of every spatial axis (4x in 2-D, 8x in 3-D).")
 flags.DEFINE_bool("lcc", False, "predict: keep only the largest connected component of each class.")
+flags.DEFINE_enum("postprocessing", "auto", ["auto", "none"],
+                  "predict: auto applies the run's postprocessing.json (an ensemble: the classes most runs "
+                  "chose); none keeps every component.")
 flags.DEFINE_bool("save_probabilities", False, "predict: also write the softmax/sigmoid maps as float volumes.")
 flags.DEFINE_bool("overwrite", False, "predict: replace existing output files.")
 flags.DEFINE_bool("skip_bad", False, "predict: skip unreadable or mismatched cases, list them at the end.")
@@ -96,10 +114,11 @@ class Prediction:
 
 
 class Predictor:
-    """A trained run that predicts raw images: the run's preprocessing, sliding
-    windows of its training input size on the device mesh (optionally with flip
-    test-time augmentation), the inverse of the preprocessing, and optionally
-    the largest connected component per class.
+    """A trained run, or an ensemble of runs, that predicts raw images: the
+    run's preprocessing, sliding windows of its training input size on the
+    device mesh (optionally with flip test-time augmentation), each run's blend
+    averaged over the ensemble, the inverse of the preprocessing, and
+    optionally the largest connected component of chosen classes.
 
     Images are [*spatial, C] (C may be left out for one channel) with raw
     intensities as the files hold them, in the axis order of `read_volume`
@@ -109,16 +128,25 @@ class Predictor:
     """
 
     def __init__(self, config, manifest: dict, state, mesh, *, tta: bool = False, lcc: bool = False,
-                 batch_size: int | None = None, workdir: str | None = None):
-        self.config, self.manifest, self.state, self.mesh = config, manifest, state, mesh
-        self.workdir = workdir  # where the run came from, for the record
+                 postprocess: dict | None = None, batch_size: int | None = None, workdir: str | None = None):
+        """`state` is a TrainState of `config`'s model, or a list of them (an
+        ensemble, windowed as `config` says); `postprocess` is a
+        `postprocessing.choose` result to apply to the labels, `lcc` applies
+        it to every class."""
+        self.config, self.manifest, self.mesh = config, manifest, mesh
+        self.states = list(state) if isinstance(state, (list, tuple)) else [state]
+        self.workdir = workdir  # where the run(s) came from (comma-separated), for the record
         self.task = tasks.get_task(config)
         shape = input_shape(config, manifest)
         self.patch, self.num_channels = tuple(int(v) for v in shape[:-1]), int(shape[-1])
         self.is_lgg = manifest.get("dataset") == LGG_DATASET
         self.is_8bit = self.is_lgg or manifest.get("dataset") == PICTURES_DATASET  # records as stored 8-bit slices
         self.settings = None if self.is_8bit else volumes.settings_from_manifest(manifest)
-        self.tta, self.lcc = tta or config.data.sliding_window.flip_tta, lcc
+        self.tta = tta or config.data.sliding_window.flip_tta
+        segmentation = isinstance(self.task, tasks.Segmentation)
+        if lcc and segmentation:
+            postprocess = {"keep_largest_component": list(range(1, self.task.num_classes)), "chosen_on": "--lcc"}
+        self.postprocess = postprocess if segmentation else None
         self.batch_size = batch_size or config.eval_batch_size
         try:
             parallel.check_batch_size(self.batch_size, mesh.size, name="batch_size")
@@ -127,14 +155,41 @@ class Predictor:
         self.predict_step = train.compile_steps(config, self.task, mesh)[2]
 
     @classmethod
-    def from_workdir(cls, workdir: str, *, tta: bool = False, lcc: bool = False, batch_size: int | None = None,
-                     mesh=None) -> Predictor:
-        """The best checkpoint of the run in `workdir`, on `mesh` (default: every device)."""
-        workdir = os.path.abspath(workdir)
-        config, manifest = train.read_run(workdir)
+    def from_workdir(cls, workdir: str, **options) -> Predictor:
+        """The best checkpoint of the run in `workdir` (`from_workdirs`' options)."""
+        return cls.from_workdirs([workdir], **options)
+
+    @classmethod
+    def from_workdirs(cls, workdirs: Sequence[str], *, tta: bool = False, lcc: bool = False,
+                      postprocessing: str = "auto", batch_size: int | None = None, mesh=None) -> Predictor:
+        """The best checkpoints of the runs in `workdirs` (one: that run, more:
+        an ensemble), on `mesh` (default: every device). `postprocessing`
+        "auto" applies the runs' postprocessing.json (an ensemble: the classes
+        a majority chose), "none" nothing; ConfigError in one line when the
+        runs do not agree on what prediction needs (`ensemble_key`)."""
+        if postprocessing not in ("auto", "none"):
+            raise ConfigError(f"--postprocessing={postprocessing!r}: choose auto or none")
+        workdirs = [os.path.abspath(w) for w in workdirs]
+        if not workdirs:
+            raise ConfigError("--workdir: no run given; name a run's folder, or several separated by commas")
+        runs = [train.read_run(w) for w in workdirs]
+        first = ensemble_key(*runs[0])
+        for workdir, run in zip(workdirs[1:], runs[1:]):
+            key = ensemble_key(*run)
+            differ = next((k for k in first if key[k] != first[k]), None)
+            if differ:
+                raise ConfigError(f"--workdir: {workdirs[0]} and {workdir} differ in {differ} ({first[differ]} "
+                                  f"against {key[differ]}); an ensemble takes runs of one task on the same data")
         mesh = mesh if mesh is not None else parallel.make_mesh()
-        state, _ = train.restore_best(config, workdir, mesh, input_shape(config, manifest))
-        return cls(config, manifest, state, mesh, tta=tta, lcc=lcc, batch_size=batch_size, workdir=workdir)
+        states = [train.restore_best(config, w, mesh, input_shape(config, manifest))[0]
+                  for w, (config, manifest) in zip(workdirs, runs)]
+        auto = postprocessing == "auto" and not lcc and first["task"] == "segmentation"
+        choice = postprocessing_lib.vote([postprocessing_lib.read(w) for w in workdirs]) if auto else None
+        if choice is not None:
+            logging.info("Post-processing from %s: %s.", ", ".join(os.path.join(w, postprocessing_lib.FILE)
+                                                                   for w in workdirs), describe(choice))
+        return cls(*runs[0], states, mesh, tta=tta, lcc=lcc, postprocess=choice, batch_size=batch_size,
+                   workdir=",".join(workdirs))
 
     def __call__(self, image: np.ndarray, spacing=None) -> tuple[np.ndarray, np.ndarray]:
         """(labels [*spatial], probabilities [*spatial, K]) of a raw image;
@@ -182,10 +237,7 @@ class Predictor:
             x, restore, axis = self._prepare_volume(image, geometry, foreground, name, notes)
         blend = self._infer(x, axis, name, notes)
         probabilities = restore(blend)
-        labels = np.asarray(self.task.finalize(probabilities))
-        if self.lcc and isinstance(self.task, tasks.Segmentation):
-            for k in range(1, int(labels.max(initial=0)) + 1):
-                labels[(labels == k) & ~metrics.largest_connected_component(labels == k)] = 0
+        labels = postprocessing_lib.apply(np.asarray(self.task.finalize(probabilities)), self.postprocess)
         return Prediction(labels, probabilities, notes)
 
     def _prepare_8bit(self, image: np.ndarray, name: str):
@@ -251,15 +303,13 @@ class Predictor:
 
     def _infer(self, x: np.ndarray, axis: int | None, name: str, notes: list[str]) -> np.ndarray:
         """The blend [*spatial, K] of windows of the training input size over
-        `x` [*spatial, C]; a 2-D run on a 3-D `x` goes slice by slice along `axis`."""
-        predict = functools.partial(inference.predict_windows, self.predict_step, self.state,
-                                    batch_size=self.batch_size, mesh=self.mesh)
+        `x` [*spatial, C], averaged over the ensemble's runs; a 2-D run on a
+        3-D `x` goes slice by slice along `axis`."""
         flips = inference.WindowOptions(self.patch, flip_tta=self.tta).flip_axes()
         stacked = len(self.patch) == 2 and x.ndim == 4
         if stacked:  # windows of one slice: [1, H, W] over the slices moved to axis 0
             x = np.moveaxis(x, axis, 0)
             patch, flips = (1, *self.patch), [tuple(a + 1 for a in f) for f in flips]
-            predict = (lambda batch, inner=predict: inner(batch[:, 0])[:, None])
         else:
             patch = self.patch
         small = [s for s, p in zip(x.shape[:len(patch)], patch) if s < p]
@@ -267,10 +317,41 @@ class Predictor:
             notes.append(f"{name}: {'x'.join(map(str, x.shape[:len(patch)]))} is smaller than the network's "
                          f"{'x'.join(map(str, patch))} input; zero-padded to it and cropped back")
         window = self.config.data.sliding_window
-        _, blend = inference.sliding_window(x, predict, patch_size=patch, batch_size=self.batch_size,
-                                            finalize=self.task.finalize, overlap=window.overlap,
-                                            importance=window.importance, flip_axes=flips, keep_probabilities=True)
+        blend = None
+        for n, state in enumerate(self.states):
+            predict = functools.partial(inference.predict_windows, self.predict_step, state,
+                                        batch_size=self.batch_size, mesh=self.mesh)
+            if stacked:
+                predict = (lambda batch, inner=predict: inner(batch[:, 0])[:, None])
+            _, one = inference.sliding_window(x, predict, patch_size=patch, batch_size=self.batch_size,
+                                              finalize=self.task.finalize, overlap=window.overlap,
+                                              importance=window.importance, flip_axes=flips, keep_probabilities=True)
+            # A running mean: an ensemble of identical runs blends exactly as one run does.
+            blend = one if blend is None else blend + (one - blend) / (n + 1)
         return np.moveaxis(blend, 0, axis) if stacked else blend
+
+
+def ensemble_key(config, manifest: dict) -> dict:
+    """What the runs of an ensemble must share to average their outputs on
+    one input: the task and its classes, the input channels and size, and
+    how the data was prepared and normalised (splits and folds may differ)."""
+    shape = input_shape(config, manifest)
+    return {"task": config.task, "model.out_channels": config.model.out_channels, "input channels": shape[-1],
+            "input size": list(shape[:-1]), "data.normalization": config.data.normalization,
+            **{f"manifest {k}": manifest.get(k) for k in ("dataset", "channels", "preprocessing", "target",
+                                                          "source_image_shape")}}
+
+
+def describe(choice: dict) -> str:
+    """A line on what the post-processing `choice` does (for an ensemble,
+    `postprocessing.vote`'s, with how many runs chose each class)."""
+    kept = postprocessing_lib.classes_of(choice)
+    line = (f"keeping the largest connected component of class {', '.join(map(str, kept))}" if kept else
+            "no class is cut to its largest component")
+    if "votes" in choice:
+        line += " (by majority: " + ", ".join(f"class {k} chosen by {n} of {choice['runs']} runs"
+                                              for k, n in choice["votes"].items()) + ")"
+    return line + f"; chosen on {choice.get('chosen_on', '?')}"
 
 
 # --- finding scans -------------------------------------------------------------------
@@ -599,7 +680,8 @@ def case_summary(prediction: Prediction, spacing) -> dict:
 # --- the command -----------------------------------------------------------------------
 
 CSV_COLUMNS = ["case", "status", "input", "output", "shape", "spacing", "seconds", "voxels", "volume_ml",
-               "components", "largest_voxels", "largest_ml", "mean_probability", "mean_output", "note"]
+               "components", "largest_voxels", "largest_ml", "mean_probability", "mean_output",
+               "largest_component_of", "note"]
 
 
 def predict_files(predictor: Predictor, input_path: str, output: str, *, labels: str | None = None,
@@ -627,6 +709,8 @@ def predict_files(predictor: Predictor, input_path: str, output: str, *, labels:
         os.makedirs(output, exist_ok=True)
     rows, score_rows, skipped = [], [], [(p.file, p.reason) for p in problems]
     num_classes = getattr(predictor.task, "num_classes", 0)
+    # The classes cut to their largest component, recorded with every case.
+    kept = " ".join(map(str, postprocessing_lib.classes_of(predictor.postprocess)))
     for scan in tqdm(scans, desc="cases", unit="case", disable=not progress):
         start = time.time()
         paths = planned[scan.name]
@@ -660,7 +744,8 @@ def predict_files(predictor: Predictor, input_path: str, output: str, *, labels:
         rows.append({"case": scan.name, "status": "ok", "input": scan.paths[0], "output": paths["mask"],
                      "shape": "x".join(map(str, prediction.labels.shape)),
                      "spacing": "" if spacing is None else "x".join(f"{v:g}" for v in spacing),
-                     "seconds": round(time.time() - start, 3), **summary, "note": " ".join(prediction.notes)})
+                     "seconds": round(time.time() - start, 3), **summary, "largest_component_of": kept,
+                     "note": " ".join(prediction.notes)})
     result = {"cases": rows, "scores": None, "summary": None, "skipped": skipped}
     if labels is not None:
         result["scores"] = score_rows
@@ -671,7 +756,8 @@ def predict_files(predictor: Predictor, input_path: str, output: str, *, labels:
     if labels is not None:
         _write_csv(os.path.join(output, "scores.csv"), score_rows, list(dict.fromkeys(k for r in score_rows for k in r)))
         write_json(os.path.join(output, "scores_summary.json"),
-                   {"workdir": predictor.workdir, "input": os.path.abspath(input_path), "labels": labels,
+                   {"workdir": predictor.workdir, "postprocessing": predictor.postprocess,
+                    "input": os.path.abspath(input_path), "labels": labels,
                     "num_cases": len(score_rows), "mean": result["summary"],
                     "skipped": [{"file": f, "reason": r} for f, r in skipped]})
     return result
@@ -715,16 +801,21 @@ def _overlay(scan: Scan, loaded: LoadedScan, prediction: Prediction, target, sum
 
 
 def run(workdir: str, input_path: str, output: str, **options) -> dict:
-    """The command: a Predictor from `workdir`, then `predict_files`; logs a summary."""
+    """The command: a Predictor from `workdir` (runs separated by commas: an
+    ensemble), then `predict_files`; logs a summary."""
     if not input_path or not output:
         raise ConfigError("--mode=predict needs --input=SCAN_OR_FOLDER and --output=FOLDER")
-    predictor = Predictor.from_workdir(workdir, tta=options.pop("tta", False), lcc=options.pop("lcc", False),
-                                       batch_size=options.pop("batch_size", None))
+    predictor = Predictor.from_workdirs([w.strip() for w in workdir.split(",") if w.strip()],
+                                        tta=options.pop("tta", False), lcc=options.pop("lcc", False),
+                                        postprocessing=options.pop("postprocessing", "auto"),
+                                        batch_size=options.pop("batch_size", None))
     result = predict_files(predictor, input_path, output, **options)
     done = [r for r in result["cases"] if r["status"] == "ok"]
     seconds = sum(r["seconds"] for r in done)
     print(f"predicted {len(done)} case(s) into {os.path.abspath(output)} "
           f"({seconds / max(len(done), 1):.2f} s per case)")
+    if predictor.postprocess:
+        print(f"post-processing: {describe(predictor.postprocess)}")
     if result["summary"]:
         print("scores: " + ", ".join(f"{k}={v:.4f}" for k, v in result["summary"].items()))
     if result["skipped"]:
@@ -734,7 +825,8 @@ def run(workdir: str, input_path: str, output: str, **options) -> dict:
 
 def run_from_flags(workdir: str) -> dict:
     f = flags.FLAGS
-    return run(workdir, f.input, f.output, tta=f.tta, lcc=f.lcc, batch_size=f.batch_size, labels=f.labels,
+    return run(workdir, f.input, f.output, tta=f.tta, lcc=f.lcc, postprocessing=f.postprocessing,
+               batch_size=f.batch_size, labels=f.labels,
                save_probabilities=f.save_probabilities, overwrite=f.overwrite, skip_bad=f.skip_bad,
                output_format=f.output_format, overlays=f.overlays)
 
@@ -755,7 +847,8 @@ def main(argv) -> None:
 if __name__ == "__main__":
     from absl import app
 
-    flags.DEFINE_string("workdir", None, "Folder of a trained run (config.json, train_manifest.json, checkpoints/).")
+    flags.DEFINE_string("workdir", None, "Folder of a trained run (config.json, train_manifest.json, checkpoints/), "
+                                         "or several separated by commas: an ensemble.")
     flags.mark_flags_as_required(["workdir", "input", "output"])
     jax.config.config_with_absl()
     app.run(main)
