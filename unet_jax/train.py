@@ -2,9 +2,11 @@
 the best epoch, and test it on held-out patients.
 
 A workdir is a run: config.json, train_manifest.json (the data it trained
-on), checkpoints/, TensorBoard events, metrics.csv, test_metrics.json and
-figures/ all live there, and starting again with the same workdir resumes
-where it stopped.
+on), checkpoints/, TensorBoard events, metrics.csv, val_metrics.json and
+test_metrics.json (the best epoch per case), postprocessing.json (whether
+keeping each class's largest component helped on validation), and figures/
+all live there, and starting again with the same workdir resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import ml_collections
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from unet_jax import checkpoint, evaluate, parallel, report, steps, tasks
+from unet_jax import auto_config, checkpoint, evaluate, parallel, postprocessing, report, steps, tasks
 from unet_jax.config_checks import (ConfigError, best_metric, device_augment, input_shape, model_from_config,
                                     pathology_options, patch_options, validate_config, window_options)
 from unet_jax.data import DataError, pipeline
@@ -46,7 +48,8 @@ def initial_state(config, model, mesh, image_shape, total_steps: int) -> steps.T
     """A fresh TrainState, replicated over the mesh."""
     tx = steps.make_optimizer(config.learning_rate, total_steps=total_steps,
                               warmup_steps=config.warmup_steps, schedule=config.lr_schedule,
-                              weight_decay=config.weight_decay, clip_norm=config.clip_norm)
+                              weight_decay=config.weight_decay, clip_norm=config.clip_norm,
+                              optimizer=config.get("optimizer", "adamw"), momentum=config.get("momentum", 0.99))
     init = jax.jit(functools.partial(steps.create_train_state, model, tx), out_shardings=parallel.replicated(mesh))
     args = (jax.random.PRNGKey(config.seed), jnp.zeros((1, *image_shape), jnp.float32))
     # It runs once: on a CPU, XLA's optimisation passes cost more than they save
@@ -83,19 +86,20 @@ def compile_steps(config, task: tasks.Task, mesh):
     return train_step, eval_step, predict_step
 
 
-def make_evaluator(config, task, compiled, mesh, data_dir: str, split: str):
+def make_evaluator(config, task, compiled, mesh, data_dir: str, split: str, fold: int | None = None):
     """An `Evaluator` of the records, or with patch training a `VolumeEvaluator`
-    of whole volumes by sliding window; `compiled` is `compile_steps`' result."""
+    of whole volumes by sliding window, of `split` (of cross-validation fold
+    `fold`'s cases, if given); `compiled` is `compile_steps`' result."""
     _, eval_step, predict_step = compiled
     window = window_options(config)
     pathology = pathology_options(config, evaluation=True)
     if window is None:
         return evaluate.Evaluator(task, eval_step, data_dir, split, batch_size=config.eval_batch_size,
                                   normalization=config.data.normalization, mesh=mesh, pathology=pathology,
-                                  seed=config.seed)
+                                  seed=config.seed, fold=fold)
     return evaluate.VolumeEvaluator(task, predict_step, data_dir, split, batch_size=config.eval_batch_size,
                                     normalization=config.data.normalization, mesh=mesh, window=window,
-                                    pathology=pathology, seed=config.seed)
+                                    pathology=pathology, seed=config.seed, fold=fold)
 
 
 def train_iterator(config, mesh) -> grain.DatasetIterator:
@@ -109,7 +113,7 @@ def train_iterator(config, mesh) -> grain.DatasetIterator:
                                 seed=config.seed, normalization=config.data.normalization,
                                 augment_options=augment, patches=patch_options(config),
                                 pathology=pathology_options(config) if on_host else None,
-                                shard_index=jax.process_index(),
+                                fold=config.data.get("fold"), shard_index=jax.process_index(),
                                 shard_count=jax.process_count())
     return pipeline.make_iterator(ds, pipeline.LoaderOptions(
         num_workers=config.data.num_workers, prefetch_buffer_size=config.data.prefetch_buffer_size))
@@ -274,6 +278,16 @@ def log_epoch(writer, workdir: str, task: tasks.Task, history: list[dict], val: 
         write_csv(os.path.join(workdir, "metrics.csv"), history, csv_columns(task))
 
 
+def log_epoch_time(writer, step: int, training: float, input_wait: float, validation: float) -> None:
+    """Where an epoch's time went, to the log and TensorBoard: the training
+    steps (of which the host waited `input_wait` seconds for batches, the
+    input pipeline's share) and validation."""
+    logging.info("epoch time: %.1f s training steps (%.1f s of it waiting for input batches), %.1f s validation",
+                 training, input_wait, validation)
+    writer.write_scalars(step, {"time/train_seconds": training, "time/input_wait_seconds": input_wait,
+                                "time/validation_seconds": validation})
+
+
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     """A nested config dict as TensorBoard hyperparameters: dotted keys, plain values."""
     out = {}
@@ -285,10 +299,12 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def test(task, state, workdir: str, name: str, best_epoch: int | None, evaluator: evaluate.Evaluator | None) -> dict:
-    """Evaluates `state` and writes `<name>_metrics.json` and the task's figure;
-    without an evaluator (a split without examples) says that nothing was tested."""
-    summary = {"best_epoch": best_epoch, "metrics": {}, "patients": []}
+def test(task, state, workdir: str, name: str, best_epoch: int | None, evaluator: evaluate.Evaluator | None,
+         fold: int | None = None) -> dict:
+    """Evaluates `state` and writes `<name>_metrics.json` (with the
+    cross-validation `fold` the run trained on) and the task's figure; without
+    an evaluator (a split without examples) says that nothing was tested."""
+    summary = {"best_epoch": best_epoch, "fold": fold, "metrics": {}, "patients": []}
     if evaluator is None:
         logging.warning("%s: the split has no examples, so nothing was tested; the best epoch is %s.", name,
                         best_epoch)
@@ -314,7 +330,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     Returns the test summary, or None when the run stopped early (a signal or
     `config.halt_after_steps`) after saving a checkpoint to resume from.
     """
-    manifest = pipeline.read_manifest(config.data.data_dir)
+    config = auto_config.apply_plans(config)
+    fold = config.data.get("fold")
+    manifest = pipeline.read_manifest(config.data.data_dir, fold=fold)
     mesh = parallel.make_mesh()
     validate_config(config, manifest, num_devices=mesh.size)
     task, (metric, mode) = tasks.get_task(config), best_metric(config)
@@ -328,7 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     state = initial_state(config, build_model(config), mesh, input_shape(config, manifest), total_steps)
     compiled = compile_steps(config, task, mesh)
     train_step = compiled[0]
-    validator = make_evaluator(config, task, compiled, mesh, config.data.data_dir, "val")
+    validator = make_evaluator(config, task, compiled, mesh, config.data.data_dir, "val", fold)
     folder = os.path.join(workdir, "checkpoints")
     try:
         manager = checkpoint.make_manager(folder, best_metric=metric, best_mode=mode)
@@ -352,13 +370,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     start_step = int(state.step)  # counted on the host from here: reading state.step would sync every step
     skipped = int(state.skipped)
     halt_at = start_step + config.halt_after_steps if config.halt_after_steps else None
-    epoch_start = time.time()
+    epoch_start, input_wait = time.time(), 0.0
 
     with StopRequest(mesh) as stop:
         for step in range(start_step, total_steps):
             epoch, k = divmod(step, steps_per_epoch)
-            state, batch_metrics, any_stop = train_step(state, parallel.to_global(next(train_iter), mesh),
-                                                        stop.flags())
+            fetch_start = time.time()
+            batch = next(train_iter)
+            input_wait += time.time() - fetch_start
+            state, batch_metrics, any_stop = train_step(state, parallel.to_global(batch, mesh), stop.flags())
             train_metrics, window = train_metrics.merge(batch_metrics), window.merge(batch_metrics)
             report_progress(step + 1, time.time())
             if (step + 1) % config.log_every_steps == 0:  # the mean over the logging window
@@ -368,14 +388,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             if (step + 1) % config.log_every_steps == 0 or k + 1 == steps_per_epoch or stopping:
                 skipped = check_finite(state, step + 1, skipped, config, manager)
             if k + 1 == steps_per_epoch:
+                jax.block_until_ready(state.params)  # the steps end here: the rest of the epoch is validation
+                val_start = time.time()
                 val = validator(state)
                 history.append(epoch_row(epoch + 1, step + 1, train_metrics.compute(), val.metrics,
                                          time.time() - epoch_start))
+                log_epoch_time(writer, step + 1, val_start - epoch_start, input_wait, time.time() - val_start)
                 train_metrics = empty_metrics
                 checkpoint.save(manager, step + 1, (state, train_metrics), train_iter, history,
                                 {metric: history[-1][metric]})
                 log_epoch(writer, workdir, task, history, val, config)
-                epoch_start = time.time()
+                epoch_start, input_wait = time.time(), 0.0
             elif stopping:  # mid-epoch: the running metrics travel in the checkpoint
                 checkpoint.save(manager, step + 1, (state, train_metrics), train_iter, history)
             if stopping and step + 1 < total_steps:
@@ -391,6 +414,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     if jax.process_index() == 0:
         report.plot_learning_curves(history, os.path.join(workdir, "figures", "learning_curves.png"),
                                     best_epoch=best // steps_per_epoch)
+    validated = test(task, state, workdir, "val", best // steps_per_epoch, validator, fold=fold)
+    if task.name == "segmentation" and jax.process_index() == 0:
+        postprocessing.write(workdir, postprocessing.choose(
+            validated["patients"], task.num_classes,
+            chosen_on=f"validation{'' if fold is None else f' of fold {fold}'}: {len(validated['patients'])} cases"))
     summary = test(task, state, workdir, "test", best // steps_per_epoch,
                    make_evaluator(config, task, compiled, mesh, config.data.data_dir, "test")
                    if manifest["splits"].get("test", {}).get("num_examples") else None)
@@ -443,7 +471,10 @@ def restore_best(config: ml_collections.ConfigDict, workdir: str, mesh, image_sh
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, data_dir: str, split: str) -> dict:
     """Restores a workdir's best checkpoint and evaluates it on a split of any prepared folder."""
     workdir, mesh = os.path.abspath(workdir), parallel.make_mesh()
-    manifest = pipeline.read_manifest(data_dir)
+    config = auto_config.apply_plans(config)
+    # The run's own folder is seen through its fold, so --split=val is the fold's validation cases.
+    fold = config.data.get("fold") if os.path.abspath(data_dir) == os.path.abspath(config.data.data_dir) else None
+    manifest = pipeline.read_manifest(data_dir, fold=fold)
     validate_config(config, manifest, num_devices=mesh.size, mode="evaluate")
     if split not in manifest["splits"]:
         raise DataError(f"{data_dir}: no split {split!r}; the manifest has {', '.join(manifest['splits'])}")
@@ -460,8 +491,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, data_dir: 
                         "transformer's position embeddings fit one size only; prepare the data at that size")
     task = tasks.get_task(config)
     state, best_epoch = restore_best(config, workdir, mesh, trained)
-    evaluator = make_evaluator(config, task, compile_steps(config, task, mesh), mesh, data_dir, split) \
+    evaluator = make_evaluator(config, task, compile_steps(config, task, mesh), mesh, data_dir, split, fold) \
         if manifest["splits"][split]["num_examples"] else None
     name = f"evaluate_{os.path.basename(os.path.normpath(data_dir))}_{split}"
     return test(task, state, workdir, name + ("_pathology" if config.data.get("eval_pathology") else ""),
-                best_epoch, evaluator)
+                best_epoch, evaluator, fold)
