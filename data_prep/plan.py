@@ -189,12 +189,14 @@ def parse_modalities(text: str | list[str] | None, num_channels: int) -> list[st
     return names
 
 
-def fingerprint(cases: list[volumes.Case], modalities: list[str] | None = None, progress: bool = False) -> dict:
+def fingerprint(cases: list[volumes.Case], modalities: list[str] | None = None, progress: bool = False,
+                declared_labels: set[int] | None = None) -> dict:
     """The dataset's fingerprint (see the module docstring): spacings, shapes
     cropped as data_prep.volumes crops, labels and their voxel fractions, and
     per-channel foreground intensity statistics. `modalities` ('MR'/'CT' per
     channel) is guessed from the intensities when None. Raises DataError
-    naming the case or file, as data_prep.volumes.read_case does."""
+    naming the case or file, as data_prep.volumes.read_case does, and for a
+    label outside `declared_labels` (dataset.json's, when it names them)."""
     if not cases:
         raise DataError("no cases to fingerprint; check --data_dir, --channels and --label")
     num_channels = len(cases[0].channels)
@@ -221,7 +223,11 @@ def fingerprint(cases: list[volumes.Case], modalities: list[str] | None = None, 
             image, labels = image[crop], labels[crop]
         shapes.append(labels.shape)
         total_voxels += labels.size
-        for value, count in enumerate(np.bincount(labels.ravel())):
+        values = np.bincount(labels.ravel())
+        if declared_labels is not None and (stray := sorted(set(np.flatnonzero(values).tolist()) - declared_labels)):
+            raise DataError(f"{case.label}: label {stray[0]} is not among the labels dataset.json declares "
+                            f"({', '.join(map(str, sorted(declared_labels)))}); fix the label file or dataset.json")
+        for value, count in enumerate(values):
             if count:
                 counts[value] = counts.get(value, 0) + int(count)
                 present[value] = present.get(value, 0) + 1
@@ -563,7 +569,8 @@ def plan_dataset(data_dir, out, *, layout: str = "auto", channels: str = "", lab
     num_channels = len(cases[0].channels)
     given = parse_modalities(modality, num_channels)
     from_json, label_names = read_dataset_json(data_dir, num_channels)
-    fp = fingerprint(cases, given or from_json, progress=progress)
+    declared = {0, *(int(k) for k in label_names)} if label_names else None
+    fp = fingerprint(cases, given or from_json, progress=progress, declared_labels=declared)
     if given is None and from_json is not None:
         fp["modality_source"] = "dataset.json"
     fp["label_names"] = label_names

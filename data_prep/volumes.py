@@ -470,11 +470,14 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
         raise DataError("--target needs the per-case layout (--layout=folders with --channels)")
     if target_intensity not in TARGET_INTENSITIES:
         raise DataError(f"--target_intensity={target_intensity!r}: choose one of {', '.join(TARGET_INTENSITIES)}")
-    plan = None
+    plan, planned_labels = None, None
     if plans:
         from data_prep import plan as planner  # the planner reads cases with this module
 
-        plan = planner.read_plans(plans)["plan"]
+        planned = planner.read_plans(plans)
+        plan = planned["plan"]
+        lookup = parse_label_map(label_map)
+        planned_labels = {lookup.get(v, v) for v in planned["fingerprint"].get("labels", [])} or None
         if len(plan["normalization"]) != len(cases[0].channels):
             raise DataError(f"{plans}: planned for {len(plan['normalization'])} channel(s), but the cases here have "
                             f"{len(cases[0].channels)}; plan this folder with python -m data_prep.plan")
@@ -508,6 +511,11 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                 case = by_name[case_name]
                 try:
                     image, labels, geometry, stats = load_case(case, settings)
+                    if planned_labels and not target and (stray := sorted(set(np.unique(labels).tolist())
+                                                                          - planned_labels)):
+                        raise DataError(f"{case.label}: label {stray[0]} is not among the labels "
+                                        f"{sorted(planned_labels)} that {plans} was planned on; fix the label "
+                                        "file, or plan this folder again")
                     if lung_sides:  # the first array axis is x, left-right, in medical_io's arrays
                         labels = common.split_left_right(labels, axis=0)
                 except DataError as e:

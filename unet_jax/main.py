@@ -26,7 +26,8 @@ from unet_jax.data import DataError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder of the run: checkpoints, logs, metrics, figures.")
+flags.DEFINE_string("workdir", None, "Folder of the run: checkpoints, logs, metrics, figures; for --mode=predict "
+                                     "several runs separated by commas predict as an ensemble.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
                   "train (resumes if the workdir has a checkpoint), evaluate the best checkpoint, or predict "
                   "--input scans with it (the run's own config; --config is not needed).")

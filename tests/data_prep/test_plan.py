@@ -302,3 +302,26 @@ def test_the_planner_imports_neither_jax_nor_tensorflow():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'tensorflow'}))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_label_outside_the_declared_or_planned_set_is_one_line(tmp_path):
+    """A case labelled 3 where dataset.json declares 0-2 is refused by the
+    planner; a case prepared with plans that never saw its label, by
+    data_prep.volumes --plans; both name the label file."""
+    box, lesion = (slice(1, 11), slice(1, 11), slice(1, 7)), (slice(3, 6), slice(3, 6), slice(2, 4))
+    cases = [_box_case((12, 12, 8), box, lesion, seed, (1.0, 1.0, 1.0), value=v) for seed, v in ((0, 1), (1, 2))]
+    src = _decathlon(tmp_path / "src", cases, {"modality": {"0": "MRI"}, "labels": {"0": "bg", "1": "a", "2": "b"}})
+    _plan(src, tmp_path / "plans.json")  # labels 1 and 2: declared
+    plans = json.loads((tmp_path / "plans.json").read_text())
+    assert plans["fingerprint"]["labels"] == [0, 1, 2]
+    _write(src / "labelsTr" / "case_001.nii.gz", np.where(cases[1][1] > 0, 3, 0).astype(np.uint8), (1.0, 1.0, 1.0))
+    with pytest.raises(DataError) as e:
+        _plan(src, tmp_path / "plans2.json")
+    assert str(e.value).startswith(str(src / "labelsTr" / "case_001.nii.gz") + ": label 3 is not among the labels "
+                                   "dataset.json declares (0, 1, 2)") and "\n" not in str(e.value)
+    with pytest.raises(DataError) as e:
+        volumes.prepare(str(src), str(tmp_path / "out"), plans=str(tmp_path / "plans.json"), val_fraction=0.5,
+                        test_fraction=0, progress=False, command="test")
+    assert str(e.value).startswith(str(src / "labelsTr" / "case_001.nii.gz") + ": label 3 is not among the labels "
+                                   "[0, 1, 2] that") and "plan this folder again" in str(e.value)
+    assert not (tmp_path / "out").exists()
