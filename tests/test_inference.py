@@ -8,6 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from unet_jax import inference
 from unet_jax.inference import gaussian_importance, sliding_window, window_starts
 
 
@@ -280,3 +281,9 @@ def test_window_starts_bad_inputs_raise(size, patch, overlap):
 def test_gaussian_importance_bad_sigma_raises():
     with pytest.raises(ValueError):
         gaussian_importance((8, 8), sigma_scale=0.0)
+
+
+def test_windows_are_padded_to_the_smallest_power_of_two_multiple_of_the_devices():
+    assert [inference.padded_size(n, 8, 1) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
+    assert [inference.padded_size(n, 16, 4) for n in (1, 4, 5, 9, 16)] == [4, 4, 8, 16, 16]
+    assert inference.padded_size(6, 12, 4) == 8 and inference.padded_size(9, 12, 4) == 12

@@ -213,14 +213,26 @@ class WindowOptions:
         return [c for n in range(1, len(self.patch_size) + 1) for c in itertools.combinations(axes, n)]
 
 
+def padded_size(n: int, batch_size: int, num_devices: int) -> int:
+    """The batch that `n` windows are padded to: the smallest of num_devices *
+    2^k that holds them, at most `batch_size` (a multiple of num_devices). A
+    small volume's one window then costs one window, not a whole batch of
+    padding, and at most log2(batch_size / num_devices) + 1 shapes compile."""
+    size = num_devices
+    while size < n:
+        size *= 2
+    return min(size, batch_size)
+
+
 def predict_windows(predict_step: Callable, state, x: np.ndarray, *, batch_size: int, mesh) -> np.ndarray:
     """`predict_step` on a host batch of up to `batch_size` (global) windows,
-    padded to the global batch; every process passes its share of the same
+    padded to `padded_size`; every process passes its share of the same
     windows and gets every output back."""
-    local = batch_size // jax.process_count()
+    size = padded_size(len(x), batch_size, mesh.size)
+    local = size // jax.process_count()
     # Process p's rows are global rows [p * local, (p + 1) * local): `make_mesh` lists
     # the devices process by process.
-    padded = np.zeros((batch_size, *x.shape[1:]), np.float32)
+    padded = np.zeros((size, *x.shape[1:]), np.float32)
     padded[:len(x)] = x
     start = jax.process_index() * local
     image = parallel.to_global({"image": padded[start:start + local]}, mesh)["image"]

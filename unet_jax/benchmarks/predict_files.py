@@ -200,7 +200,7 @@ def measure_ours(predictor, input_path: str, out_dir: str, repeats: int) -> dict
     device = jax.devices()[0]
     return {"side": "unet_jax", "version": jax.__version__, "platform": device.platform,
             "device": str(device.device_kind), "devices": jax.device_count(), "cpus": os.cpu_count(),
-            "params": int(sum(x.size for x in jax.tree.leaves(predictor.state.params))),
+            "params": int(sum(x.size for x in jax.tree.leaves(predictor.states[0].params))),
             "first_s": round(first_s, 3), "seconds": round(seconds, 3),
             "output": os.path.join(out_dir, INPUT_NAME)}
 
@@ -425,7 +425,7 @@ def _run(args, work: str) -> dict:
     if args.torch_reference:
         spec = torch_model_spec(config)
         weights = os.path.join(work, "torch_weights.npz")
-        state = jax.device_get(predictor.state)
+        state = jax.device_get(predictor.states[0])
         np.savez(weights, **torch_weights(state.params, state.batch_stats, spec))
         spec_path = os.path.join(work, "monai_spec.json")
         with open(spec_path, "w") as f:
