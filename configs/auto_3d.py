@@ -11,9 +11,13 @@ prepared folder's plans.json, the rest is nnU-Net's strong default.
 
 Fields left None here are filled from the plan (unet_jax/auto_config.py); any
 of them given on the command line wins. The recipe, each piece switchable:
-  - SGD with Nesterov momentum 0.99 at 0.01, poly decay (1 - t/T)^0.9, weight
-    decay 3e-5, gradient norm clipped at 12 (--config.optimizer=adamw
-    --config.learning_rate=3e-4 for AdamW);
+  - AdamW at 1e-3 with poly decay (1 - t/T)^0.9, weight decay 3e-5, gradient
+    norm clipped at 12; nnU-Net's SGD with Nesterov momentum 0.99 at 0.01 is
+    --config.optimizer=sgd --config.learning_rate=0.01. AdamW is the default
+    because it learns from the first steps: on the hippocampus (16 features,
+    batch 4, 83 steps) AdamW reached a training Dice of 0.34 by step 30 while
+    SGD still predicted background everywhere at step 83 (Dice 0); nnU-Net's
+    SGD recipe is tuned for its 250,000 steps;
   - label-wise Dice + cross-entropy, instance norm, deep supervision on all
     but the two coarsest decoder outputs (--config.model.deep_supervision=0
     turns it off);
@@ -63,9 +67,9 @@ def get_config():
     config.model.norm = "instance"
 
     config.loss = "dice_ce"
-    config.optimizer = "sgd"
-    config.momentum = 0.99
-    config.learning_rate = 1e-2
+    config.optimizer = "adamw"
+    config.momentum = 0.99  # for --config.optimizer=sgd
+    config.learning_rate = 1e-3
     config.lr_schedule = "poly"
     config.weight_decay = 3e-5
     config.clip_norm = 12.0

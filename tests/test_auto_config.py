@@ -86,7 +86,7 @@ def test_auto_config_trains_a_fold_end_to_end(planned_dir, tmp_path):
     train.train_and_evaluate(config, workdir)
     saved = json.load(open(os.path.join(workdir, "config.json")))
     assert saved["data"]["patch_size"] == [16, 16, 4] and saved["model"]["depth"] == 2
-    assert saved["model"]["kernel_size"] == [[3, 3, 1], [3, 3, 3], [3, 3, 3]] and saved["optimizer"] == "sgd"
+    assert saved["model"]["kernel_size"] == [[3, 3, 1], [3, 3, 3], [3, 3, 3]] and saved["optimizer"] == "adamw"
     val = json.load(open(os.path.join(workdir, "val_metrics.json")))
     fold = json.load(open(os.path.join(planned_dir, "splits.json")))["folds"][0]
     assert val["fold"] == 0 and sorted(row["patient"] for row in val["patients"]) == fold["val"]
