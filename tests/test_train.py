@@ -40,10 +40,16 @@ def trained(prepared_dir, tmp_path_factory):
 def test_workdir_holds_the_whole_run(trained):
     workdir, summary = trained
     files = set(os.listdir(workdir))
-    assert {"config.json", "train_manifest.json", "checkpoints", "metrics.csv", "test_metrics.json",
-            "figures"} <= files
+    assert {"config.json", "train_manifest.json", "checkpoints", "metrics.csv", "val_metrics.json",
+            "postprocessing.json", "test_metrics.json", "figures"} <= files
     assert any(f.startswith("events.out.tfevents") for f in files)
-    assert set(os.listdir(os.path.join(workdir, "figures"))) == {"learning_curves.png", "test_best_worst.png"}
+    assert set(os.listdir(os.path.join(workdir, "figures"))) == {"learning_curves.png", "val_best_worst.png",
+                                                                  "test_best_worst.png"}
+    val = json.load(open(os.path.join(workdir, "val_metrics.json")))
+    assert val["split"] == "val" and val["fold"] is None and val["best_epoch"] == summary["best_epoch"]
+    assert [row["patient"] for row in val["patients"]] == [
+        p["patient"] for p in json.load(open(os.path.join(workdir, "train_manifest.json")))["splits"]["val"]["patients"]]
+    assert "validation: 1 cases" in json.load(open(os.path.join(workdir, "postprocessing.json")))["chosen_on"]
     for png in os.listdir(os.path.join(workdir, "figures")):
         with open(os.path.join(workdir, "figures", png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -213,7 +219,9 @@ def test_regression_head_trains_on_the_mask_as_a_grey_level_target(prepared_dir,
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert set(summary["metrics"]) == {"loss", "mae", "rmse", "soft_jaccard", "soft_jaccard_per_image",
                                        "soft_jaccard_3d", "mae_3d", "rmse_3d", "psnr_3d", "ssim_3d"}
-    assert set(os.listdir(os.path.join(workdir, "figures"))) == {"learning_curves.png", "test_predictions.png"}
+    assert set(os.listdir(os.path.join(workdir, "figures"))) == {"learning_curves.png", "val_predictions.png",
+                                                                  "test_predictions.png"}
+    assert not os.path.exists(os.path.join(workdir, "postprocessing.json"))  # segmentation only
 
 
 def test_regression_rejects_a_segmentation_loss_and_metric(prepared_dir, tmp_path):
@@ -284,7 +292,7 @@ def test_a_run_without_test_patients_trains_and_says_so(phantom_dir, tmp_path):
     assert summary["best_epoch"] == 1 and summary["metrics"] == {} and "nothing was tested" in summary["note"]
     saved = json.load(open(os.path.join(workdir, "test_metrics.json")))
     assert saved["note"] == summary["note"] and len(_rows(workdir)) == 1
-    assert os.listdir(os.path.join(workdir, "figures")) == ["learning_curves.png"]
+    assert sorted(os.listdir(os.path.join(workdir, "figures"))) == ["learning_curves.png", "val_best_worst.png"]
 
 
 def test_an_unwritable_workdir_is_one_line(prepared_dir, tmp_path):
