@@ -9,18 +9,27 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from unet_jax import config_checks, train
+from unet_jax import auto_config, config_checks, train
 from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.py")))
 
 
+# What configs/auto_3d.py takes from a data folder's plans.json, for a small 3-D folder.
+PLAN = {"patch_size": [16, 16, 4], "batch_size": 2, "depth": 2, "features": 8, "deep_supervision": 1,
+        "kernel_size": [[3, 3, 1], [3, 3, 3], [3, 3, 3]], "pool_strides": [[2, 2, 1], [2, 2, 2]]}
+
+
 def load_config(path):
     spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    config = module.get_config()
+    if config.get("plans"):  # the fields a plan decides, as auto_config fills them at the start of a run
+        manifest = {"splits": {"train": {"num_patients": 4}}, "num_classes": 2}
+        auto_config.fill_unset(config, auto_config.planned_values(PLAN, manifest, 1, "cpu"))
+    return config
 
 
 def spatial_dims(model) -> int:

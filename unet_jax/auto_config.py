@@ -70,6 +70,11 @@ def apply_plans(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     deep = (int(config.model.deep_supervision) if config.model.get("deep_supervision") is not None
             else values["model.deep_supervision"])
     values["deep_supervision_weights"] = deep_supervision_weights(deep)  # one weight per head the model has
+    return fill_unset(config, values)
+
+
+def fill_unset(config: ml_collections.ConfigDict, values: dict[str, object]) -> ml_collections.ConfigDict:
+    """Sets each dotted key of `values` that is None in `config`; returns it."""
     for key, value in values.items():
         *parents, leaf = key.split(".")
         node = config
