@@ -217,7 +217,7 @@ def padded_size(n: int, batch_size: int, num_devices: int) -> int:
     """The batch that `n` windows are padded to: the smallest of num_devices *
     2^k that holds them, at most `batch_size` (a multiple of num_devices). A
     small volume's one window then costs one window, not a whole batch of
-    padding, and at most log2(batch_size / num_devices) + 1 shapes compile."""
+    padding, and only those few sizes (and `batch_size`) ever compile."""
     size = num_devices
     while size < n:
         size *= 2
