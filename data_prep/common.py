@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -109,16 +110,52 @@ def file_list_checksum(root: str, files: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str, overwrite: bool) -> Iterator[str]:
-    """Yields a temporary sibling folder that replaces `out_dir` on success.
+def _contains(outer: str, inner: str) -> bool:
+    """Whether folder `inner` is `outer` or lies below it, after resolving symlinks and `..`."""
+    outer, inner = os.path.realpath(outer), os.path.realpath(inner)
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
-    An existing non-empty `out_dir` is refused unless `overwrite`. On any
-    error the temporary folder is removed and `out_dir` is left untouched.
-    """
+
+def _written_by_us(out_dir: str, own_files: re.Pattern | None) -> bool:
+    """Whether the non-empty folder `out_dir` may be replaced: it holds a
+    data_prep manifest.json, or (with `own_files`) only files whose path
+    relative to it matches `own_files` (what a phantom writer writes)."""
+    if own_files is None:
+        return os.path.isfile(os.path.join(out_dir, MANIFEST))
+    return all(own_files.fullmatch(os.path.relpath(os.path.join(folder, f), out_dir).replace(os.sep, "/"))
+               for folder, _, files in os.walk(out_dir) for f in files)
+
+
+def check_output_dir(out_dir: str, overwrite: bool, *, data_dir: str | None = None,
+                     own_files: re.Pattern | None = None) -> None:
+    """Refuses (DataError) an `out_dir` that contains `data_dir` or lies inside
+    it (replacing it would delete the source), and an existing non-empty one
+    unless `overwrite`, and even then unless data_prep wrote it (a
+    manifest.json, or only files matching `own_files`), so --overwrite never
+    deletes a user's folder. Converters call it before their slow reading."""
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
-        raise DataError(f"{out_dir}: output already exists; pass --overwrite to replace it")
+    if data_dir is not None and (_contains(out_dir, data_dir) or _contains(data_dir, out_dir)):
+        raise DataError(f"--out_dir={out_dir} and --data_dir={os.path.abspath(data_dir)}: one folder contains the "
+                        "other, and writing the output would replace the source; choose an --out_dir outside "
+                        "--data_dir")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError(f"{out_dir}: a file, not a folder; choose another --out_dir")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not overwrite:
+            raise DataError(f"{out_dir}: output already exists; pass --overwrite to replace it")
+        if not _written_by_us(out_dir, own_files):
+            raise DataError(f"{out_dir}: holds files that data_prep did not write, so --overwrite will not replace "
+                            "it; choose another --out_dir or empty it yourself")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str, overwrite: bool, *, data_dir: str | None = None,
+                      own_files: re.Pattern | None = None) -> Iterator[str]:
+    """Yields a temporary sibling folder that replaces `out_dir` on success,
+    after `check_output_dir`'s checks. On any error the temporary folder is
+    removed and `out_dir` is left untouched."""
+    check_output_dir(out_dir, overwrite, data_dir=data_dir, own_files=own_files)
+    out_dir = os.path.abspath(out_dir)
     os.makedirs(os.path.dirname(out_dir), exist_ok=True)
     tmp = f"{out_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -134,7 +171,7 @@ def atomic_output_dir(out_dir: str, overwrite: bool) -> Iterator[str]:
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     if old:
-        shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+        shutil.rmtree(old)
 
 
 class ShardedWriter:

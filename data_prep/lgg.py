@@ -173,6 +173,7 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
     which case bad slices are left out and listed in the manifest.
     """
     data_dir = os.path.abspath(data_dir)
+    common.check_output_dir(out_dir, overwrite, data_dir=data_dir)
     if records_per_shard < 1:
         raise DataError(f"--records_per_shard={records_per_shard}: must be at least 1")
     if volume_depth < 0 or size < 0:
@@ -187,7 +188,7 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
     record_shape: tuple[int, ...] | None = None  # of the records written
     splits: dict[str, dict] = {}
     total = sum(len(slices[p]) for p in slices)
-    with common.atomic_output_dir(out_dir, overwrite) as tmp, \
+    with common.atomic_output_dir(out_dir, overwrite, data_dir=data_dir) as tmp, \
             tqdm(total=total, desc="slices", unit="slice", disable=not progress) as bar:
         for name in common.SPLITS:
             writer = common.ShardedWriter(tmp, name, records_per_shard)

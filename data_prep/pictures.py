@@ -360,6 +360,7 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
     bad pairs are left out and listed in the manifest's `skipped`. String
     arguments are the CLI's."""
     data_dir = os.path.abspath(data_dir)
+    common.check_output_dir(out_dir, overwrite, data_dir=data_dir)
     if task not in TASKS:
         raise DataError(f"--task={task!r}: choose one of {', '.join(TASKS)}")
     if channels not in CHANNELS:
@@ -421,7 +422,7 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
 
     # Pass 2: convert and write, patient by patient.
     splits: dict[str, dict] = {}
-    with common.atomic_output_dir(out_dir, overwrite) as tmp, \
+    with common.atomic_output_dir(out_dir, overwrite, data_dir=data_dir) as tmp, \
             tqdm(total=len(good), desc="writing", unit="pair", disable=not progress) as bar:
         for name in common.SPLITS:
             writer = common.ShardedWriter(tmp, name, records_per_shard)

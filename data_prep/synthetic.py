@@ -45,6 +45,7 @@ import glob
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -57,6 +58,11 @@ from data_prep.common import atomic_output_dir
 from unet_jax.data import MANIFEST, DataError
 
 INSTITUTION = "PH"
+# What each writer writes, relative to its out_dir: --overwrite replaces a folder holding only such files.
+_LGG_FILES = re.compile(rf"(TCGA_{INSTITUTION}_\d{{4}}_\d{{8}})/\1_\d+(_mask)?\.tif")
+_LESION_FILES = re.compile(r"case_\d{4}/(FLAIR|T1|lesions)\.nii\.gz")
+_CHEST_FILES = re.compile(r"chest_\d{4}/(ct|lungs)\.nii\.gz")
+_PAIR_FILES = re.compile(r"(inputs|targets)/p\d+\.png")
 MAX_PATIENTS = 9999  # patient numbers are four digits, starting at 0001
 TUMOUR_PROBABILITY = 0.85
 SECOND_TUMOUR_PROBABILITY = 0.25
@@ -189,10 +195,11 @@ def write_phantoms(out_dir: str | os.PathLike, *, num_patients: int = 10, num_sl
 
     The folder appears complete or not at all: patients are written into a
     temporary sibling that replaces `out_dir` at the end. An existing
-    non-empty `out_dir` raises DataError unless `overwrite`.
+    non-empty `out_dir` raises DataError unless `overwrite` and it holds
+    only phantoms.
     """
     names = []
-    with atomic_output_dir(out_dir, overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite, own_files=_LGG_FILES) as tmp:
         for index in tqdm(range(num_patients), desc="phantoms", unit="patient", disable=not progress):
             name, images, masks = generate_patient(index, num_slices=num_slices, size=size, seed=seed)
             os.makedirs(os.path.join(tmp, name))
@@ -483,7 +490,7 @@ def write_lesion_phantoms(out_dir: str | os.PathLike, *, num_cases: int = 8, sha
     centres the field of view on 0, -(shape - 1) * spacing / 2. The folder
     appears complete or not at all (written into a temporary sibling that
     replaces `out_dir` at the end); an existing non-empty `out_dir` raises
-    DataError unless `overwrite`.
+    DataError unless `overwrite` and it holds only such cases.
     """
     # Imported here: the LGG phantoms (and prepare_demo) do without SimpleITK.
     from unet_jax.data.medical_io import Geometry, Volume, write_volume
@@ -495,7 +502,7 @@ def write_lesion_phantoms(out_dir: str | os.PathLike, *, num_cases: int = 8, sha
     origin = tuple(float(-(n - 1) * s / 2) for n, s in zip(shape, spacing))
     geometry = Geometry(spacing, origin, tuple(float(v) for v in np.eye(3).ravel()))
     names = []
-    with atomic_output_dir(out_dir, overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite, own_files=_LESION_FILES) as tmp:
         for index in tqdm(range(num_cases), desc="lesion phantoms", unit="case", disable=not progress):
             name, flair, t1, mask = generate_lesion_case(index, shape=shape, spacing=spacing, seed=seed)
             folder = os.path.join(tmp, name)
@@ -798,7 +805,7 @@ def write_chest_phantoms(out_dir: str | os.PathLike, *, num_cases: int = 6, shap
     of view on 0, -(shape - 1) * spacing / 2. The folder appears complete or
     not at all (written into a temporary sibling that replaces `out_dir` at
     the end); an existing non-empty `out_dir` raises DataError unless
-    `overwrite`.
+    `overwrite` and it holds only such cases.
     """
     from unet_jax.data.medical_io import Geometry, Volume, write_volume  # as in write_lesion_phantoms
 
@@ -808,7 +815,7 @@ def write_chest_phantoms(out_dir: str | os.PathLike, *, num_cases: int = 6, shap
     origin = tuple(float(-(n - 1) * s / 2) for n, s in zip(shape, spacing))
     geometry = Geometry(spacing, origin, tuple(float(v) for v in np.eye(3).ravel()))
     names = []
-    with atomic_output_dir(out_dir, overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite, own_files=_CHEST_FILES) as tmp:
         for index in tqdm(range(num_cases), desc="chest phantoms", unit="case", disable=not progress):
             name, ct, lungs = generate_chest_case(index, shape=shape, spacing=spacing, seed=seed)
             folder = os.path.join(tmp, name)
@@ -1008,7 +1015,7 @@ def write_pair_phantoms(out_dir: str | os.PathLike, *, num_pairs: int = 24, size
 
     The folder appears complete or not at all (written into a temporary
     sibling that replaces `out_dir` at the end); an existing non-empty
-    `out_dir` raises DataError unless `overwrite`.
+    `out_dir` raises DataError unless `overwrite` and it holds only such pairs.
     """
     from unet_jax.data.medical_io import write_image  # as in write_lesion_phantoms: SimpleITK only here
 
@@ -1016,7 +1023,7 @@ def write_pair_phantoms(out_dir: str | os.PathLike, *, num_pairs: int = 24, size
         raise ValueError(f"num_pairs={num_pairs}: must be in [1, {MAX_PAIRS}]")
     width = max(2, len(str(num_pairs)))
     stems = []
-    with atomic_output_dir(out_dir, overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite, own_files=_PAIR_FILES) as tmp:
         for folder in ("inputs", "targets"):
             os.makedirs(os.path.join(tmp, folder))
         for index in tqdm(range(num_pairs), desc="pair phantoms", unit="pair", disable=not progress):

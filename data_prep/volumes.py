@@ -444,6 +444,7 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
     data_dir = os.path.abspath(data_dir)
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: no such folder; point --data_dir at a folder of cases")
+    common.check_output_dir(out_dir, overwrite, data_dir=data_dir)
     if layout == "auto":
         layout = "decathlon" if os.path.isdir(os.path.join(data_dir, "imagesTr")) else "folders"
     if layout == "decathlon":
@@ -503,7 +504,7 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
     all_files = [f for c in cases for f in (*c.channels, c.label, c.mask) if f and os.path.isfile(f)]
     splits, num_classes, num_bytes, start = {}, 2, 0, time.time()
     bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress)
-    with common.atomic_output_dir(out_dir, overwrite) as tmp, bar:
+    with common.atomic_output_dir(out_dir, overwrite, data_dir=data_dir) as tmp, bar:
         for split_name, members in split.items():
             writer = common.ShardedWriter(tmp, split_name, records_per_shard)
             per_case, examples = [], 0

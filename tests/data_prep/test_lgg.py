@@ -214,6 +214,16 @@ def test_existing_output_refused_unless_overwrite(phantom_dir, prepared_dir, tmp
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
+@pytest.mark.parametrize("out", [".", "kaggle_3m", "kaggle_3m/TCGA_PH_0001"])
+def test_overwrite_never_replaces_the_data_dir_or_a_folder_around_it(phantom_dir, tmp_path, out):
+    src = tmp_path / "kaggle_3m"
+    shutil.copytree(phantom_dir, src)
+    before = sorted(os.listdir(src))
+    with pytest.raises(DataError, match="one folder contains the other") as e:
+        _prepare(src, tmp_path / out, overwrite=True)
+    assert "\n" not in str(e.value) and sorted(os.listdir(src)) == before
+
+
 def test_cli_success_and_one_line_error(phantom_dir, tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "data_prep.lgg", f"--data_dir={phantom_dir}", f"--out_dir={out}",

@@ -374,6 +374,14 @@ def test_truncated_and_16_bit_inputs_name_the_file(tmp_path):
         _prepare(src, tmp_path / "out16")
 
 
+def test_overwrite_never_replaces_the_data_dir(tmp_path):
+    src = _segmentation(tmp_path / "src", ["a", "b", "c", "d"])
+    for out in (src, src / "images", tmp_path):
+        with pytest.raises(DataError, match="one folder contains the other"):
+            _prepare(src, out, overwrite=True)
+    assert len(os.listdir(src / "images")) == 4
+
+
 def test_main_returns_2_with_one_error_line(tmp_path, capsys):
     src = _segmentation(tmp_path / "src", range(4))
     assert pictures.main([f"--data_dir={tmp_path / 'missing'}", f"--out_dir={tmp_path / 'out'}"]) == 2

@@ -103,7 +103,10 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(tmp_path):
         synthetic.write_phantoms(out, num_patients=2, progress=False, **SMALL)
     assert _files(out) == before and _siblings(out) == []
 
-    (out / "stale.txt").write_text("left over")
+    (out / "stale.txt").write_text("left over")  # not a phantom: --overwrite refuses to delete it
+    with pytest.raises(DataError, match=r"out: holds files that data_prep did not write"):
+        synthetic.write_phantoms(out, num_patients=2, overwrite=True, progress=False, **SMALL)
+    os.remove(out / "stale.txt")
     names = synthetic.write_phantoms(out, num_patients=2, overwrite=True, progress=False, **SMALL)
     assert sorted(os.listdir(out)) == names and len(names) == 2
     assert _siblings(out) == []
@@ -283,6 +286,9 @@ def test_write_lesion_phantoms_refuses_existing_output_then_replaces_it(tmp_path
         synthetic.write_lesion_phantoms(out, num_cases=2, progress=False, **LESION_SMALL)
     assert _files(out) == before and _siblings(out) == []
     (out / "stale.txt").write_text("left over")
+    with pytest.raises(DataError, match=r"wmh: holds files that data_prep did not write"):
+        synthetic.write_lesion_phantoms(out, num_cases=2, overwrite=True, progress=False, **LESION_SMALL)
+    os.remove(out / "stale.txt")
     names = synthetic.write_lesion_phantoms(out, num_cases=2, overwrite=True, progress=False, **LESION_SMALL)
     assert sorted(os.listdir(out)) == names == ["case_0001", "case_0002"] and _siblings(out) == []
 
@@ -398,6 +404,9 @@ def test_write_chest_phantoms_refuses_existing_output_then_replaces_it(tmp_path)
         synthetic.write_chest_phantoms(out, num_cases=2, progress=False, **small)
     assert _files(out) == before and _siblings(out) == []
     (out / "stale.txt").write_text("left over")
+    with pytest.raises(DataError, match=r"chest: holds files that data_prep did not write"):
+        synthetic.write_chest_phantoms(out, num_cases=2, overwrite=True, progress=False, **small)
+    os.remove(out / "stale.txt")
     names = synthetic.write_chest_phantoms(out, num_cases=2, overwrite=True, progress=False, **small)
     assert sorted(os.listdir(out)) == names == ["chest_0001", "chest_0002"] and _siblings(out) == []
 
@@ -481,5 +490,9 @@ def test_write_pair_phantoms_refuses_existing_output_then_replaces_it(tmp_path):
     with pytest.raises(DataError, match=r"pairs: .*--overwrite"):
         synthetic.write_pair_phantoms(out, num_pairs=2, size=32, progress=False)
     assert _files(out) == before and _siblings(out) == []
+    (out / "inputs" / "scan.png").write_bytes(b"a picture of the user's")
+    with pytest.raises(DataError, match=r"pairs: holds files that data_prep did not write"):
+        synthetic.write_pair_phantoms(out, num_pairs=2, size=32, overwrite=True, progress=False)
+    os.remove(out / "inputs" / "scan.png")
     names = synthetic.write_pair_phantoms(out, num_pairs=2, size=32, overwrite=True, progress=False)
     assert names == ["p01", "p02"] and len(_files(out)) == 4 and _siblings(out) == []

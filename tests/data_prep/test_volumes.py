@@ -524,6 +524,18 @@ def test_existing_output_refused_and_failed_run_leaves_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out", "src"] and sorted(os.listdir(out)) == before
 
 
+def test_overwrite_refuses_the_data_dir_and_folders_data_prep_did_not_write(tmp_path):
+    src = _make_cases(tmp_path / "src")
+    for out in (src, tmp_path, src / "case1"):
+        with pytest.raises(DataError, match="one folder contains the other"):
+            _prepare(src, out, overwrite=True, **CASES)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("years of work")
+    with pytest.raises(DataError, match="mine: holds files that data_prep did not write"):
+        _prepare(src, tmp_path / "mine", overwrite=True, **CASES)
+    assert (tmp_path / "mine" / "thesis.tex").exists() and sorted(os.listdir(src)) == ["case1", "case2", "case3"]
+
+
 def test_named_val_and_test_cases(lesion_dir, tmp_path):
     kw = {"channels": "FLAIR*,T1*", "label": "lesions*"}
     m = _prepare(lesion_dir, tmp_path / "a", val_cases="case_0002", test_cases="case_0004, case_0005", **kw)
