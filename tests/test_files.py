@@ -3,6 +3,8 @@ JSON is strict."""
 
 import json
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -27,3 +29,55 @@ def test_write_json_turns_non_finite_numbers_into_null(tmp_path):
     write_json(path, {"loss": float("nan"), "dice": np.float32(0.5), "inf": [math.inf], "n": np.int64(3)})
     assert json.loads(path.read_text()) == {"loss": None, "dice": 0.5, "inf": [None], "n": 3}
     assert "NaN" not in path.read_text()
+
+
+def test_a_symlink_planted_at_the_temporary_name_is_not_followed(tmp_path):
+    """The temporary file is made afresh (O_EXCL): a link planted where a
+    predictable temporary name would be leaves its target untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    path = tmp_path / "metrics.csv"
+    for name in (f"metrics.tmp-{os.getpid()}.csv", "metrics.csv.tmp"):  # the old name and a likely one
+        (tmp_path / name).symlink_to(victim)
+    with atomic_write(path) as f:
+        f.write("new\n")
+    assert victim.read_text() == "precious\n"
+    assert path.read_text() == "new\n" and not path.is_symlink()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_the_written_file_has_the_mode_open_gives(tmp_path, umask):
+    """mkstemp makes 0600; the result honours the umask like a plain open(),
+    so outputs stay readable by the group as before."""
+    old = os.umask(umask)
+    try:
+        with atomic_write(tmp_path / "a.json") as f:
+            f.write("{}")
+        with open(tmp_path / "b.json", "w") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == stat.S_IMODE((tmp_path / "b.json").stat().st_mode)
+
+
+def test_binary_and_text_modes_with_their_options(tmp_path):
+    with atomic_write(tmp_path / "a.bin", "wb") as f:
+        f.write(b"\x00\xff")
+    with atomic_write(tmp_path / "a.txt", encoding="latin-1", newline="\r\n") as f:
+        f.write("é\n")
+    assert (tmp_path / "a.bin").read_bytes() == b"\x00\xff"
+    assert (tmp_path / "a.txt").read_bytes() == b"\xe9\r\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "a.txt"]
+
+
+def test_the_file_and_its_folder_are_synced_before_and_after_the_rename(tmp_path, monkeypatch):
+    """The data reaches the disk before the rename, and the rename itself is
+    synced through the folder, so a power cut leaves the old or the new file."""
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", None)), real_replace(a, b)))
+    with atomic_write(tmp_path / "m.json") as f:
+        f.write("{}")
+    assert calls == [("fsync", False), ("replace", None), ("fsync", True)]

@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -17,19 +18,50 @@ from typing import IO, Any
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
     """Opens a temporary file beside `path` and renames it onto `path` when the
     block ends without an error; on an error the temporary file is removed and
-    `path` is left as it was. The folder is created if needed."""
+    `path` is left as it was. The folder is created if needed.
+
+    The temporary file is created afresh under an unpredictable name (a link
+    planted beside `path` is never followed), and the data and the rename are
+    synced to the disk, so a power cut leaves the old file or the new one.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp-{os.getpid()}{ext}"  # keeps the extension: matplotlib picks the format by it
+    root, ext = os.path.splitext(os.path.basename(path))
+    # Keeps the extension: matplotlib picks the format by it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{root}.", suffix=f".tmp{ext}", dir=folder)
     try:
-        with open(tmp, mode, **open_kwargs) as f:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain open() would
+        with open(fd, mode, **open_kwargs) as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(folder)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: str) -> None:
+    """Syncs a rename inside `folder`; skipped where the platform cannot open or sync a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
