@@ -85,7 +85,7 @@ def scan(data_dir: str) -> tuple[dict[str, list[Slice]], list[common.Problem]]:
 def patient_files(folder: str) -> tuple[dict[int, str], dict[int, str], list[common.Problem]]:
     """The slice images and masks of one kaggle_3m patient folder, by slice
     number (`<folder name>_<n>.tif`, `<folder name>_<n>_mask.tif`), and the
-    files named otherwise."""
+    files named otherwise or naming a slice number a second time."""
     patient = os.path.basename(os.path.normpath(folder))
     pattern = re.compile(rf"^{re.escape(patient)}_(\d+)(_mask)?\.tiff?$")
     images: dict[int, str] = {}
@@ -100,7 +100,13 @@ def patient_files(folder: str) -> tuple[dict[int, str], dict[int, str], list[com
             problems.append(common.Problem(path, f"unexpected file name; expected {patient}_<n>.tif or "
                                                  f"{patient}_<n>_mask.tif"))
             continue
-        (masks if m.group(2) else images)[int(m.group(1))] = path
+        found = masks if m.group(2) else images
+        number = int(m.group(1))
+        if number in found:  # `_1.tif` beside `_01.tif` or `_1.tiff`: one slice, two files
+            problems.append(common.Problem(path, f"slice {number} again, beside {os.path.basename(found[number])}; "
+                                                 "remove one of the two files"))
+            continue
+        found[number] = path
     return images, masks, problems
 
 

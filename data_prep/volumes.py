@@ -157,6 +157,7 @@ def scan_decathlon(data_dir: str, unlabelled: bool) -> tuple[list[Case], list[co
     if not os.path.isdir(images):
         raise DataError(f"{images}: no such folder; the Decathlon layout needs imagesTr/ and labelsTr/")
     by_case: dict[str, dict[int, str]] = {}
+    doubled: set[str] = set()  # cases with a channel in two files: problems already, not cases
     problems = []
     for n in sorted(os.listdir(images)):
         path = os.path.join(images, n)
@@ -171,10 +172,18 @@ def scan_decathlon(data_dir: str, unlabelled: bool) -> tuple[list[Case], list[co
                                                      "or <case>.nii.gz with labelsTr/<case>.nii.gz"))
                 continue
             case, channel = stem, "0000"  # the Decathlon's own release: one image per case, named as its label
-        by_case.setdefault(case, {})[int(channel)] = path
+        files = by_case.setdefault(case, {})
+        if int(channel) in files:  # case_001_0000.nii beside case_001_0000.nii.gz
+            problems.append(common.Problem(path, f"case {case} channel {channel} again, beside "
+                                                 f"{os.path.basename(files[int(channel)])}; remove one of the two"))
+            doubled.add(case)
+            continue
+        files[int(channel)] = path
     cases = []
     width = max((len(c) for c in by_case.values()), default=0)
     for case, files in sorted(by_case.items()):
+        if case in doubled:
+            continue
         if sorted(files) != list(range(width)):
             problems.append(common.Problem(os.path.join(images, case), f"channels {sorted(files)}; every case "
                                                                        f"needs 0..{width - 1}"))

@@ -190,6 +190,17 @@ def test_bad_input_stops_with_one_line_or_is_skipped(phantom_dir, tmp_path, brea
     assert sum(s["num_slices"] for s in m["splits"].values()) == 6 * 12 - 1
 
 
+@pytest.mark.parametrize("copy", ["{p}_01.tif", "{p}_1.tiff"])
+def test_two_files_of_one_slice_are_named_not_one_silently_dropped(phantom_dir, tmp_path, copy):
+    src = tmp_path / "src"
+    shutil.copytree(phantom_dir, src)
+    patient, folder = _first(src)
+    shutil.copy(folder / f"{patient}_1.tif", folder / copy.format(p=patient))
+    with pytest.raises(DataError, match="slice 1 again, beside") as e:
+        _prepare(src, tmp_path / "out")
+    assert "\n" not in str(e.value) and f"{patient}_1.tif" in str(e.value) and copy.format(p=patient) in str(e.value)
+
+
 def test_empty_and_missing_folders(tmp_path):
     with pytest.raises(DataError, match="no such folder"):
         _prepare(tmp_path / "nope", tmp_path / "out")

@@ -184,6 +184,15 @@ def test_decathlon_release_names_images_as_their_labels(tmp_path):
     assert [s["file"] for s in m["skipped"]] == [str(src / "imagesTr" / "stray.nii.gz")]
 
 
+def test_decathlon_channel_in_two_formats_names_both_files(tmp_path):
+    src = _decathlon(tmp_path / "Task99")
+    _write(src / "imagesTr" / "caseB_0001.nii", _channel(7))  # beside caseB_0001.nii.gz: which one is meant?
+    with pytest.raises(DataError, match=r"imagesTr/caseB_0001.nii.gz: case caseB channel 0001 again, beside "
+                                        r"caseB_0001.nii;") as e:
+        _prepare(src, tmp_path / "out")
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("missing", ["imagesTr/caseB_0001.nii.gz", "labelsTr/caseB.nii.gz"])
 def test_decathlon_case_missing_a_channel_or_label(tmp_path, missing):
     src = _decathlon(tmp_path / "Task99")
