@@ -32,7 +32,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
     fd, tmp = tempfile.mkstemp(prefix=f".{root}.", suffix=f".tmp{ext}", dir=folder)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain open() would
-        with open(fd, mode, **open_kwargs) as f:
+        # The mkstemp descriptor under its path's name: writers that ask for f.name (tifffile) get a path.
+        with open(tmp, mode, opener=lambda *_: fd, **open_kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
