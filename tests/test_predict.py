@@ -5,21 +5,23 @@ resampling back, --overwrite, --skip_bad, scoring, ensembles of runs, the
 runs' post-processing, and the one-line errors."""
 
 import csv
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
 from run_configs import evaluate_split, tiny_config, volume_config
 
 from data_prep import lgg
-from unet_jax import evaluate, metrics, postprocessing, predict, train
+from unet_jax import evaluate, metrics, postprocessing, predict, tasks, train
 from unet_jax.config_checks import ConfigError
 from unet_jax.data import DataError, pipeline
-from unet_jax.data.medical_io import (Volume, read_image, read_volume, write_dicom_series, write_image,
+from unet_jax.data.medical_io import (Geometry, Volume, read_image, read_volume, write_dicom_series, write_image,
                                       write_volume)
 from unet_jax.data.tfrecord import decode_example
 from unet_jax.files import write_json
@@ -354,3 +356,95 @@ def test_an_external_cohort_is_prepared_into_one_split_and_evaluated(run_2d, pha
     config.data.data_dir = external
     with pytest.raises(ConfigError, match="has no training examples"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def _nifti(path, value=0.0):
+    write_volume(str(path), Volume(np.full((4, 4, 3), value, np.float32), Geometry.identity(3)))
+
+
+def test_two_scans_with_one_case_name_are_refused_naming_both(tmp_path):
+    volumes_ = tmp_path / "volumes"
+    volumes_.mkdir()
+    _nifti(volumes_ / "a.nii")
+    _nifti(volumes_ / "a.nii.gz")
+    with pytest.raises(DataError, match=r"a\.nii and .*a\.nii\.gz.*rename one") as error:
+        predict.find_scans(str(volumes_), {})
+    assert "\n" not in str(error.value)
+    pictures = tmp_path / "pictures"
+    write_image(str(pictures / "x.png"), np.zeros((8, 8), np.uint8))
+    write_image(str(pictures / "x.tif"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"x\.png and .*x\.tif"):
+        predict.find_scans(str(pictures), {})
+
+
+def _kaggle_outputs(tmp_path):
+    """A kaggle_3m scan of two 8x8 slices and its (empty) prediction, to write without a model."""
+    scan = predict.Scan("P1", "kaggle", (str(tmp_path / "P1"),), str(tmp_path / "P1"), "P1")
+    loaded = predict.LoadedScan(np.zeros((8, 8, 2, 3), np.uint8), None, slice_numbers=[1, 2])
+    prediction = predict.Prediction(np.zeros((8, 8, 2), np.uint8), np.zeros((8, 8, 2, 1), np.float32), [])
+    return scan, loaded, prediction
+
+
+def test_overwrite_replaces_only_folders_predict_wrote(tmp_path):
+    scan, loaded, prediction = _kaggle_outputs(tmp_path)
+    mask = tmp_path / "out" / "P1"
+    mask.mkdir(parents=True)
+    (mask / "notes.txt").write_text("a person's file")
+    write = functools.partial(predict.write_outputs, scan, loaded, prediction, {"mask": str(mask)}, num_classes=2,
+                              overwrite=True, save_probabilities=False)
+    with pytest.raises(DataError, match=r"P1: not written by unet_jax.predict \(no \.unet_jax_predict") as error:
+        write()
+    assert "\n" not in str(error.value) and (mask / "notes.txt").read_text() == "a person's file"
+    (mask / "notes.txt").unlink()
+    mask.rmdir()
+    write()
+    marker = json.loads((mask / predict.MARKER).read_text())
+    assert marker["written_by"] == "unet_jax.predict" and sorted(os.listdir(mask))[:2] == [".unet_jax_predict",
+                                                                                          "P1_1_mask.tif"]
+    write()  # predict's own folder is replaced
+    assert sorted(os.listdir(mask)) == [".unet_jax_predict", "P1_1_mask.tif", "P1_2_mask.tif"]
+
+
+def test_outputs_over_labels_or_around_inputs_are_refused_before_predicting(tmp_path):
+    no_model = types.SimpleNamespace(manifest={})  # refused before the model is needed
+    pictures = tmp_path / "pictures"
+    write_image(str(pictures / "x.png"), np.zeros((8, 8), np.uint8))
+    labels = tmp_path / "labels"
+    write_image(str(labels / "x_mask.png"), np.zeros((8, 8), np.uint8))
+    for options in ({}, {"overwrite": True}):
+        with pytest.raises(DataError, match=r"x_mask\.png: would overwrite an input \(.*labels"):
+            predict.predict_files(no_model, str(pictures), str(labels), labels=str(labels), progress=False,
+                                  **options)
+    assert read_image(str(labels / "x_mask.png")).shape == (8, 8, 1)
+    with pytest.raises(DataError, match=r"scores\.csv: would overwrite an input"):
+        predict.predict_files(no_model, str(pictures), str(tmp_path / "out"), labels=str(tmp_path / "out" /
+                                                                                         "scores.csv"))
+    # A DICOM output folder <case> that holds the case's own scans.
+    cases = tmp_path / "cases"
+    _nifti(cases / "case1" / "FLAIR.nii.gz")
+    manifest = {"source_layout": "folders", "channels": ["FLAIR*"]}
+    with pytest.raises(DataError, match=r"case1: would overwrite an input \(.*FLAIR\.nii\.gz"):
+        predict.predict_files(types.SimpleNamespace(manifest=manifest), str(cases), str(tmp_path),
+                              output_format="dicom", overwrite=True, overlays=False, progress=False)
+    assert os.path.exists(cases / "case1" / "FLAIR.nii.gz")
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_regression_pictures_keep_their_range_and_large_outputs_stay_finite(tmp_path, bits):
+    """Outputs above float16's 65504 stay finite and exact as float32; a 16-bit
+    picture's outputs are written as a 16-bit PNG, never clipped to 8 bits."""
+    finalized = tasks.Regression().finalize(np.array([[[70000.5]], [[-3.25]]], np.float32))
+    assert finalized.dtype == np.float32 and finalized.tolist() == [[70000.5], [-3.25]]
+    dtype = np.uint16 if bits == 16 else np.uint8
+    path = tmp_path / "x.png"
+    write_image(str(path), np.zeros((2, 3), dtype))
+    scan = predict.Scan("x", "image", (str(path),), str(tmp_path), "x")
+    outputs = np.array([[0.0, 254.6, 300.0], [1000.0, 40000.4, 70000.0]], np.float32)
+    prediction = predict.Prediction(outputs, outputs[..., None], [])
+    mask = str(tmp_path / "out" / "x_mask.png")
+    predict.write_outputs(scan, predict.LoadedScan(read_image(str(path)), None), prediction, {"mask": mask},
+                          num_classes=0, overwrite=False, save_probabilities=False)
+    written = read_image(mask)[..., 0]
+    assert written.dtype == dtype
+    expected = np.clip(np.round(outputs), 0, np.iinfo(dtype).max)
+    np.testing.assert_array_equal(written, expected)

@@ -396,8 +396,19 @@ def _is_dicom_folder(folder: str) -> bool:
 def find_scans(path: str, manifest: dict) -> tuple[list[Scan], list[common.Problem]]:
     """The cases under `path` (see the module doc), tried in this order:
     kaggle_3m patient folders, the run's per-case folders, Decathlon files,
-    volume files, DICOM series folders, pictures; DataError if none."""
-    path = os.path.abspath(path)
+    volume files, DICOM series folders, pictures; DataError if none, or if two
+    scans share a case name (a.nii and a.nii.gz, x.png and x.tif): their outputs
+    would land on one path, and neither is bad, so --skip_bad does not skip them."""
+    scans, problems = _find_scans(os.path.abspath(path), manifest)
+    first: dict[str, Scan] = {}
+    for scan in scans:
+        if (other := first.setdefault(scan.name, scan)) is not scan:
+            raise DataError(f"{other.paths[0]} and {scan.paths[0]}: two scans of case {scan.name!r} would write "
+                            "one output; rename one, or move it to another --input folder")
+    return scans, problems
+
+
+def _find_scans(path: str, manifest: dict) -> tuple[list[Scan], list[common.Problem]]:
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or folder; check --input")
     if os.path.isfile(path):
