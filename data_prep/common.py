@@ -12,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import hmac
+import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import sys
@@ -227,6 +230,75 @@ def _module_name() -> str:
 def write_manifest(out_dir: str, manifest: dict) -> None:
     """Writes manifest.json (temporary name, then rename)."""
     write_json(os.path.join(out_dir, MANIFEST), {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **manifest})
+
+
+OMITTED = "omitted (--anonymise)"
+
+
+class Pseudonyms:
+    """--anonymise: patient and case IDs replaced by keyed hashes (HMAC-SHA256
+    with a random secret key, 12 hex digits: `case_3f9a1c2b7e04`), so nothing
+    under --out_dir names a patient. The map back (pseudonym -> original ID and
+    source files) and the key live in one JSON file kept beside the source,
+    `<data_dir>.ids.json` by default, never inside --out_dir; preparing the same
+    data again reuses its key and so gives the same pseudonyms."""
+
+    def __init__(self, data_dir: str, out_dir: str, map_path: str = ""):
+        self.data_dir = os.path.abspath(data_dir)
+        self.path = os.path.abspath(map_path or self.data_dir.rstrip(os.sep) + ".ids.json")
+        if _contains(out_dir, self.path):
+            raise DataError(f"--anonymise_map={self.path}: inside --out_dir={os.path.abspath(out_dir)}, which would "
+                            "then name the patients it hides; keep the map beside the source")
+        self.ids: dict[str, dict] = {}
+        self.key = secrets.token_bytes(32)
+        if os.path.exists(self.path):
+            try:
+                with open(self.path) as f:
+                    saved = json.load(f)
+                self.key, self.ids = bytes.fromhex(saved["key"]), dict(saved["ids"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise DataError(f"{self.path}: not a readable ID map of --anonymise ({type(e).__name__}: {e}); "
+                                "restore it, or pass --anonymise_map=NEW_PATH for new pseudonyms") from None
+
+    def name(self, original: str, files: Sequence[str] = ()) -> str:
+        """The pseudonym of `original`, recorded in the map with its source `files`."""
+        pseudonym = "case_" + hmac.new(self.key, original.encode(), hashlib.sha256).hexdigest()[:12]
+        entry = self.ids.setdefault(pseudonym, {"id": original, "files": []})
+        if entry["id"] != original:
+            raise DataError(f"{self.path}: IDs {entry['id']} and {original} hash to one pseudonym; pass "
+                            "--anonymise_map=NEW_PATH for a new key")
+        entry["files"] = sorted(set(entry["files"]) | set(files))
+        return pseudonym
+
+    @staticmethod
+    def rename(split: dict[str, list[str]], names: dict[str, str]) -> dict[str, list[str]]:
+        """`split` (lists of original IDs) with the IDs replaced by `names[id]`."""
+        return {k: sorted(names[n] for n in members) for k, members in split.items()}
+
+    def scrub(self, text: str) -> str:
+        """Free text (a skipped file's path and reason) with the source folder
+        and every mapped ID replaced by `<data_dir>` and its pseudonym."""
+        text = text.replace(self.data_dir, "<data_dir>")
+        for pseudonym, entry in sorted(self.ids.items(), key=lambda kv: -len(kv[1]["id"])):
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(entry['id'])}(?![A-Za-z0-9])", pseudonym, text)
+        return text
+
+    def save(self) -> None:
+        """Writes the map (temporary name, then rename), readable by its owner only: it holds the key."""
+        write_json(self.path, {"data_dir": self.data_dir, "key": self.key.hex(), "ids": self.ids})
+        os.chmod(self.path, 0o600)
+
+    def manifest(self) -> dict:
+        """What a manifest says instead of the command line and source folder it leaves out."""
+        return {"ids": "HMAC-SHA256 of each ID with a secret key, 12 hex digits", "command": OMITTED,
+                "source": OMITTED, "map": "beside the source (--anonymise_map), never in this folder"}
+
+
+def pseudonyms(anonymise: bool, anonymise_map: str, data_dir: str, out_dir: str) -> Pseudonyms | None:
+    """The converters' --anonymise and --anonymise_map: a `Pseudonyms`, or None to keep the IDs."""
+    if anonymise_map and not anonymise:
+        raise DataError(f"--anonymise_map={anonymise_map} without --anonymise; add --anonymise, or drop the map")
+    return Pseudonyms(data_dir, out_dir, anonymise_map) if anonymise else None
 
 
 def intensity_stats(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

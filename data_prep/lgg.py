@@ -170,16 +170,19 @@ def volume_blocks(numbers: list[int], images: list[np.ndarray], masks: list[np.n
 def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fraction: float = 0.1,
             seed: int = 0, num_folds: int = 0, fold: int = 0, records_per_shard: int = 512,
             volume_depth: int = 0, size: int = 0, skip_bad: bool = False, overwrite: bool = False,
-            progress: bool = True, command: str | None = None) -> dict:
+            anonymise: bool = False, anonymise_map: str = "", progress: bool = True,
+            command: str | None = None) -> dict:
     """Validates `data_dir`, splits it by patient and writes shards plus manifest.json to `out_dir`.
 
     One record per slice, or with `volume_depth` one per block of that many
     slices; `size` shrinks slices in-plane (0 keeps them). Returns the
     manifest. Raises DataError on the first bad file unless `skip_bad`, in
-    which case bad slices are left out and listed in the manifest.
+    which case bad slices are left out and listed in the manifest. With
+    `anonymise`, patients are written under pseudonyms (common.Pseudonyms).
     """
     data_dir = os.path.abspath(data_dir)
     common.check_output_dir(out_dir, overwrite, data_dir=data_dir)
+    ids = common.pseudonyms(anonymise, anonymise_map, data_dir, out_dir)
     if records_per_shard < 1:
         raise DataError(f"--records_per_shard={records_per_shard}: must be at least 1")
     if volume_depth < 0 or size < 0:
@@ -190,6 +193,9 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
     split = common.split_patients(list(slices), val_fraction=val_fraction, test_fraction=test_fraction,
                                   seed=seed, num_folds=num_folds, fold=fold)
     all_files = [f for ss in slices.values() for s in ss for f in (s.image, s.mask)] + [p.file for p in problems]
+    if ids:
+        names = {p: ids.name(p, [f for s in ss for f in (s.image, s.mask)]) for p, ss in slices.items()}
+        split, slices = ids.rename(split, names), {names[p]: ss for p, ss in slices.items()}
     image_shape: tuple[int, ...] | None = None  # of the source slices
     record_shape: tuple[int, ...] | None = None  # of the records written
     splits: dict[str, dict] = {}
@@ -247,8 +253,9 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
                             "to see the first problem")
         manifest = {
             "dataset": "lgg_kaggle_3m",
-            "command": command or common.command_line(),
-            "source": data_dir,
+            "command": common.OMITTED if ids else command or common.command_line(),
+            "source": common.OMITTED if ids else data_dir,
+            **({"anonymised": ids.manifest()} if ids else {}),
             "source_files": len(all_files),
             "source_checksum": common.file_list_checksum(data_dir, all_files),
             "image_shape": list(record_shape),
@@ -261,8 +268,11 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
             "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
                       "num_folds": num_folds, "fold": fold},
             "splits": splits,
-            "skipped": [{"file": p.file, "reason": p.reason} for p in problems],
+            "skipped": [{"file": ids.scrub(p.file), "reason": ids.scrub(p.reason)} if ids else
+                        {"file": p.file, "reason": p.reason} for p in problems],
         }
+        if ids:
+            ids.save()
         common.write_manifest(tmp, manifest)
     return manifest
 
@@ -286,13 +296,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="shrink slices in-plane to size x size by block averaging (0: keep)")
     parser.add_argument("--skip_bad", action="store_true", help="skip bad slices and list them in the manifest")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
+    parser.add_argument("--anonymise", action="store_true",
+                        help="write patients under keyed pseudonyms; the map back stays beside --data_dir")
+    parser.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
+                                                            "(default: <data_dir>.ids.json)")
     args = parser.parse_args(argv)
     try:
         m = prepare(args.data_dir, args.out_dir, val_fraction=args.val_fraction,
                     test_fraction=args.test_fraction, seed=args.seed, num_folds=args.num_folds,
                     fold=args.fold, records_per_shard=args.records_per_shard,
                     volume_depth=args.volume_depth, size=args.size, skip_bad=args.skip_bad,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, anonymise=args.anonymise, anonymise_map=args.anonymise_map)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -235,6 +235,33 @@ def test_overwrite_never_replaces_the_data_dir_or_a_folder_around_it(phantom_dir
     assert "\n" not in str(e.value) and sorted(os.listdir(src)) == before
 
 
+def test_anonymise_leaves_no_id_or_source_path_under_out_dir(phantom_dir, tmp_path):
+    src = tmp_path / "Cohort_Quokka"
+    shutil.copytree(phantom_dir, src)
+    patients = sorted(os.listdir(src))
+    os.remove(src / patients[0] / f"{patients[0]}_2_mask.tif")  # a skipped slice names its file in the manifest
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "data_prep.lgg", f"--data_dir={src}", f"--out_dir={out}", "--anonymise",
+                    "--skip_bad", "--val_fraction=0.2", "--test_fraction=0.2"], cwd=ROOT, check=True,
+                   capture_output=True)
+    for folder, _, files in os.walk(out):
+        for name in files:
+            data = open(os.path.join(folder, name), "rb").read()
+            assert not [w for w in [*patients, "Cohort_Quokka"] if w.encode() in data], name
+    ids = json.load(open(tmp_path / "Cohort_Quokka.ids.json"))
+    assert sorted(e["id"] for e in ids["ids"].values()) == patients
+    manifest = json.load(open(out / "manifest.json"))
+    pseudonyms = {p["patient"] for s in manifest["splits"].values() for p in s["patients"]}
+    assert pseudonyms == set(ids["ids"]) and manifest["skipped"][0]["file"].startswith("<data_dir>/case_")
+    for split in common.SPLITS:  # one pseudonym per patient: the split stays by patient
+        written = {r["patient_id"].decode() for r in _records(out, split)}
+        assert written == {p["patient"] for p in manifest["splits"][split]["patients"]}
+    again = _prepare(src, tmp_path / "again", anonymise=True, skip_bad=True)  # the saved key: the same pseudonyms
+    assert {p["patient"] for s in again["splits"].values() for p in s["patients"]} == pseudonyms
+    with pytest.raises(DataError, match="inside --out_dir"):
+        _prepare(src, tmp_path / "x", anonymise=True, anonymise_map=str(tmp_path / "x" / "ids.json"))
+
+
 def test_cli_success_and_one_line_error(phantom_dir, tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "data_prep.lgg", f"--data_dir={phantom_dir}", f"--out_dir={out}",
