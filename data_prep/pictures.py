@@ -353,14 +353,17 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
             patient_regex: str = "", val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
             num_folds: int = 0, fold: int = 0, val_cases: str = "", test_cases: str = "",
             records_per_shard: int = 256, skip_bad: bool = False, overwrite: bool = False,
-            progress: bool = True, command: str | None = None) -> dict:
+            anonymise: bool = False, anonymise_map: str = "", progress: bool = True,
+            command: str | None = None) -> dict:
     """Checks the picture pairs under `data_dir`, splits them by patient and
     writes shards plus manifest.json to `out_dir`; returns the manifest.
     Raises DataError on the first bad file unless `skip_bad`, in which case
-    bad pairs are left out and listed in the manifest's `skipped`. String
-    arguments are the CLI's."""
+    bad pairs are left out and listed in the manifest's `skipped`. With
+    `anonymise`, patients and pictures are written under pseudonyms
+    (common.Pseudonyms). String arguments are the CLI's."""
     data_dir = os.path.abspath(data_dir)
     common.check_output_dir(out_dir, overwrite, data_dir=data_dir)
+    ids = common.pseudonyms(anonymise, anonymise_map, data_dir, out_dir)
     if task not in TASKS:
         raise DataError(f"--task={task!r}: choose one of {', '.join(TASKS)}")
     if channels not in CHANNELS:
@@ -419,6 +422,11 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
     split = common.assign_split(sorted(by_patient), common.comma_list(val_cases), common.comma_list(test_cases),
                                 "patient", val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                                 num_folds=num_folds, fold=fold)
+    public = {p.name: p.name for p in good} | {p: p for p in by_patient}  # the names written
+    if ids:
+        public = {p.name: ids.name(p.name, [p.image, p.target]) for p in good}
+        public |= {p: ids.name(p, [f for q in pairs for f in (q.image, q.target)]) for p, pairs in by_patient.items()}
+        split, by_patient = ids.rename(split, public), {public[p]: m for p, m in by_patient.items()}
 
     # Pass 2: convert and write, patient by patient.
     splits: dict[str, dict] = {}
@@ -444,14 +452,14 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
                         "image": image.tobytes(), "mask": target.tobytes(),
                         **({"mask_dtype": "float32"} if task == "regression" else {}),
                         "shape": image.shape, "patient_id": patient, "patient_index": patient_index,
-                        "slice": number, "picture": pair.name,
+                        "slice": number, "picture": public[pair.name],
                         **({"copy_of": copy_of} if copy_of is not None else {}),
                         "channel_mean": mean, "channel_std": std,
                         "tumor_pixels": count, "foreground_voxels": count}))
                 with_foreground = sum(int(np.any(t)) for _, t in converted)
                 per_patient.append({"patient": patient, "num_slices": len(records), "num_pictures": len(members),
                                     "num_foreground_slices": with_foreground,
-                                    "pictures": [p.name for p in members],
+                                    "pictures": [public[p.name] for p in members],
                                     "channel_mean": np.round(mean, 3).tolist(),
                                     "channel_std": np.round(std, 3).tolist()})
                 examples += len(records)
@@ -470,8 +478,9 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
         manifest = {
             "dataset": "pictures",
             "task": task,
-            "command": command or common.command_line(),
-            "source": data_dir,
+            "command": common.OMITTED if ids else command or common.command_line(),
+            "source": common.OMITTED if ids else data_dir,
+            **({"anonymised": ids.manifest()} if ids else {}),
             "source_files": len(all_files),
             "source_checksum": common.file_list_checksum(data_dir, all_files),
             "image_shape": record_shape,
@@ -489,11 +498,16 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
                          "double": {"rotation_deg": DOUBLE_ROTATION_DEG, "zoom": DOUBLE_ZOOM,
                                     "shift": DOUBLE_SHIFT, "seed": seed, "splits": ["train"]} if double else None},
             "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                      "num_folds": num_folds, "fold": fold, "val_cases": common.comma_list(val_cases),
-                      "test_cases": common.comma_list(test_cases), "patient_regex": patient_regex or None},
+                      "num_folds": num_folds, "fold": fold,
+                      "val_cases": [public[c] for c in common.comma_list(val_cases)],
+                      "test_cases": [public[c] for c in common.comma_list(test_cases)],
+                      "patient_regex": patient_regex or None},
             "splits": splits,
-            "skipped": [{"file": p.file, "reason": p.reason} for p in problems],
+            "skipped": [{"file": ids.scrub(p.file), "reason": ids.scrub(p.reason)} if ids else
+                        {"file": p.file, "reason": p.reason} for p in problems],
         }
+        if ids:
+            ids.save()
         common.write_manifest(tmp, manifest)
     return manifest
 
@@ -533,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records_per_shard", type=int, default=256)
     parser.add_argument("--skip_bad", action="store_true", help="skip bad pairs and list them in the manifest")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
+    parser.add_argument("--anonymise", action="store_true", help="write patients and pictures under keyed "
+                                                                 "pseudonyms; the map back stays beside --data_dir")
+    parser.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
+                                                            "(default: <data_dir>.ids.json)")
     args = vars(parser.parse_args(argv))
     data_dir, out_dir = args.pop("data_dir"), args.pop("out_dir")
     try:

@@ -382,6 +382,27 @@ def test_overwrite_never_replaces_the_data_dir(tmp_path):
     assert len(os.listdir(src / "images")) == 4
 
 
+def test_anonymise_leaves_no_id_or_source_path_under_out_dir(tmp_path):
+    names = [f"{p}_{i}" for p in ("Wombat", "Platypus", "Echidna", "Numbat") for i in (1, 2)]
+    src = _segmentation(tmp_path / "Cohort_Quokka", names)
+    os.remove(src / "masks" / "Numbat_2.png")  # skipped: the manifest names its file
+    out = tmp_path / "out"
+    m = _prepare(src, out, anonymise=True, skip_bad=True, patient_regex=r"^(\w+?)_\d+$", val_fraction=0,
+                 test_cases="Wombat")
+    for folder, _, files in os.walk(out):
+        for name in files:
+            data = open(os.path.join(folder, name), "rb").read()
+            assert not [w for w in ["Wombat", "Platypus", "Echidna", "Numbat", "Cohort_Quokka"] if w.encode() in data]
+    ids = json.load(open(tmp_path / "Cohort_Quokka.ids.json"))["ids"]
+    patients = {p["patient"]: p for s in m["splits"].values() for p in s["patients"]}
+    assert sorted(ids[p]["id"] for p in patients) == ["Echidna", "Numbat", "Platypus", "Wombat"]
+    assert [ids[p]["id"] for p in m["split"]["test_cases"]] == ["Wombat"]
+    assert [ids[c]["id"] for c in patients[m["split"]["test_cases"][0]]["pictures"]] == ["Wombat_1", "Wombat_2"]
+    for split in ("train", "test"):  # one pseudonym per patient: the split stays by patient
+        assert {r["patient_id"].decode() for r in _records(out, split, decoded=False)} == {
+            p["patient"] for p in m["splits"][split]["patients"]}
+
+
 def test_main_returns_2_with_one_error_line(tmp_path, capsys):
     src = _segmentation(tmp_path / "src", range(4))
     assert pictures.main([f"--data_dir={tmp_path / 'missing'}", f"--out_dir={tmp_path / 'out'}"]) == 2
