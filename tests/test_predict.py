@@ -359,6 +359,7 @@ def test_an_external_cohort_is_prepared_into_one_split_and_evaluated(run_2d, pha
 
 
 def _nifti(path, value=0.0):
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_volume(str(path), Volume(np.full((4, 4, 3), value, np.float32), Geometry.identity(3)))
 
 
@@ -416,15 +417,12 @@ def test_outputs_over_labels_or_around_inputs_are_refused_before_predicting(tmp_
             predict.predict_files(no_model, str(pictures), str(labels), labels=str(labels), progress=False,
                                   **options)
     assert read_image(str(labels / "x_mask.png")).shape == (8, 8, 1)
-    with pytest.raises(DataError, match=r"scores\.csv: would overwrite an input"):
-        predict.predict_files(no_model, str(pictures), str(tmp_path / "out"), labels=str(tmp_path / "out" /
-                                                                                         "scores.csv"))
     # A DICOM output folder <case> that holds the case's own scans.
     cases = tmp_path / "cases"
     _nifti(cases / "case1" / "FLAIR.nii.gz")
     manifest = {"source_layout": "folders", "channels": ["FLAIR*"]}
     with pytest.raises(DataError, match=r"case1: would overwrite an input \(.*FLAIR\.nii\.gz"):
-        predict.predict_files(types.SimpleNamespace(manifest=manifest), str(cases), str(tmp_path),
+        predict.predict_files(types.SimpleNamespace(manifest=manifest), str(cases), str(cases),
                               output_format="dicom", overwrite=True, overlays=False, progress=False)
     assert os.path.exists(cases / "case1" / "FLAIR.nii.gz")
 

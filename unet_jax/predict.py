@@ -80,6 +80,8 @@ PICTURES_DATASET = "pictures"  # of data_prep.pictures: 8-bit slices, normalised
 OUTPUT_FORMATS = (".nii.gz", ".nii", ".nrrd", ".mha", "dicom")
 # Detached headers are written as the single-file format of the same kind.
 _SINGLE_FILE = {".nhdr": ".nrrd", ".mhd": ".mha"}
+# Inside every case folder predict writes (kaggle_3m masks, DICOM series): --overwrite replaces only those.
+MARKER = ".unet_jax_predict"
 
 flags.DEFINE_string("input", None, "predict: a scan (file or DICOM folder) or a folder of scans.")
 flags.DEFINE_string("output", None, "predict: folder for the label maps, predictions.csv and overlays/.")
@@ -518,19 +520,34 @@ def output_paths(scan: Scan, out: str, output_format: str | None, save_probabili
     return paths
 
 
+def _check_replaceable(path: str, overwrite: bool) -> None:
+    """DataError unless `path` is free, or `overwrite` is given and `path` is a
+    file or a case folder predict wrote (one holding its MARKER): a folder of a
+    person's own files is never replaced."""
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        raise DataError(f"{path}: already exists; pass --overwrite or choose another --output")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, MARKER)):
+        raise DataError(f"{path}: not written by unet_jax.predict (no {MARKER} inside), so --overwrite leaves it; "
+                        "move it away or choose another --output")
+
+
 @contextlib.contextmanager
 def _new_folder(path: str, overwrite: bool):
     """A temporary folder renamed onto `path` when the block succeeds (the old
-    one, with `overwrite`, removed only then)."""
+    one, with `overwrite` and only if predict wrote it, removed only then);
+    the folder gets predict's MARKER."""
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
         yield tmp
+        write_json(os.path.join(tmp, MARKER), {"written_by": "unet_jax.predict", "pid": os.getpid(),
+                                                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         old = None
-        if os.path.exists(path):
-            if not overwrite:
-                raise DataError(f"{path}: already exists; pass --overwrite or choose another --output")
+        if os.path.lexists(path):
+            _check_replaceable(path, overwrite)
             old = f"{path}.old-{os.getpid()}"
             os.replace(path, old)
         os.replace(tmp, path)
@@ -625,6 +642,24 @@ def find_label(scan: Scan, labels: str) -> str:
     return hit
 
 
+def _label_files(scan: Scan, labels: str | None) -> list[str]:
+    """The label files --labels names for `scan` (a kaggle_3m patient's folder
+    of masks), to keep outputs off them; none where they cannot be found (the
+    case then fails when it is scored)."""
+    if labels is None:
+        return []
+    if scan.kind == "kaggle":
+        if not os.path.isdir(labels):
+            return []  # the masks beside the slices, inside the scan's own folder
+        folder = os.path.join(labels, scan.key)
+        return [folder] if os.path.isdir(folder) else \
+            [os.path.join(labels, n) for n in os.listdir(labels) if fnmatch.fnmatch(n, f"{scan.key}_*_mask.tif")]
+    try:
+        return [find_label(scan, labels)]
+    except DataError:
+        return []
+
+
 def load_target(scan: Scan, loaded: LoadedScan, labels: str, predictor: Predictor) -> np.ndarray:
     """The scan's reference labels on its own grid, as the run's classes; a
     regression's target image as float32, in its own units."""
@@ -709,12 +744,15 @@ def predict_files(predictor: Predictor, input_path: str, output: str, *, labels:
         raise DataError("--output_format=dicom: only volume scans can be written as DICOM series")
     planned = {s.name: output_paths(s, output, output_format, save_probabilities, overlays) for s in scans}
     tables = [os.path.join(output, n) for n in ("predictions.csv", "scores.csv", "scores_summary.json")]
-    inputs = {os.path.realpath(p) for s in scans for p in (*s.paths, s.folder)}
+    inputs = [os.path.realpath(p) for s in scans for p in (*s.paths, *_label_files(s, labels))]
     for path in [p for paths in planned.values() for p in paths.values()] + tables:
-        if os.path.realpath(path) in inputs:
-            raise DataError(f"{path}: would overwrite an input; choose an --output folder apart from the scans")
-        if os.path.exists(path) and not overwrite:
-            raise DataError(f"{path}: already exists; pass --overwrite or choose another --output")
+        real = os.path.realpath(path)
+        # An output on an input, inside one (a kaggle_3m folder) or around one (a case folder replaced by a series).
+        hit = next((i for i in inputs if os.path.commonpath([real, i]) in (real, i)), None)
+        if hit:
+            raise DataError(f"{path}: would overwrite an input ({hit}); choose an --output folder apart from the "
+                            "scans and labels")
+        _check_replaceable(path, overwrite)
     writes = jax.process_index() == 0  # every process predicts (windows are sharded), one writes
     if writes:
         os.makedirs(output, exist_ok=True)
