@@ -283,6 +283,15 @@ class Pseudonyms:
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(entry['id'])}(?![A-Za-z0-9])", pseudonym, text)
         return text
 
+    def skipped(self, problems: Sequence[Problem]) -> list[dict]:
+        """The manifest's list of skipped files: each file's name (up to its
+        first dot) gets a pseudonym too, since it may name a patient that no
+        case of the output holds; then paths and reasons are scrubbed."""
+        for p in problems:
+            if stem := os.path.basename(p.file).split(".")[0]:
+                self.name(stem, [p.file])
+        return [{"file": self.scrub(p.file), "reason": self.scrub(p.reason)} for p in problems]
+
     def save(self) -> None:
         """Writes the map (temporary name, then rename), readable by its owner only: it holds the key."""
         write_json(self.path, {"data_dir": self.data_dir, "key": self.key.hex(), "ids": self.ids})

@@ -268,8 +268,7 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
             "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
                       "num_folds": num_folds, "fold": fold},
             "splits": splits,
-            "skipped": [{"file": ids.scrub(p.file), "reason": ids.scrub(p.reason)} if ids else
-                        {"file": p.file, "reason": p.reason} for p in problems],
+            "skipped": ids.skipped(problems) if ids else [{"file": p.file, "reason": p.reason} for p in problems],
         }
         if ids:
             ids.save()

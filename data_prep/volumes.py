@@ -58,6 +58,7 @@ from data_prep import common
 from unet_jax.data import PLANS_FILE, DataError
 from unet_jax.data.medical_io import Geometry, Volume, is_volume_path, plane_axis, read_volume, resample
 from unet_jax.data.tfrecord import encode_example
+from unet_jax.files import write_json
 
 # Named Hounsfield windows (lower, upper): the usual width/level pairs of radiology.
 CT_WINDOWS = {"lung": (-1350.0, 150.0), "mediastinum": (-160.0, 240.0), "soft_tissue": (-160.0, 240.0),
@@ -436,7 +437,8 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
             unlabelled: bool = False, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
             num_folds: int = 0, fold: int = 0, val_cases: str = "", test_cases: str = "", cv_folds: int = 0,
             plans: str = "", records_per_shard: int = 64, skip_bad: bool = False, overwrite: bool = False,
-            progress: bool = True, command: str | None = None) -> dict:
+            anonymise: bool = False, anonymise_map: str = "", progress: bool = True,
+            command: str | None = None) -> dict:
     """Validates the cases under `data_dir`, splits them by case and writes
     shards plus manifest.json to `out_dir`; returns the manifest. Raises
     DataError on the first bad case unless `skip_bad` (bad cases are then
@@ -449,11 +451,13 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
     cross-validation folds over them (config.data.fold picks one). `plans`
     (data_prep.plan's plans.json) sets the spacing, intensity method and CT
     window that are not given, and is copied beside the manifest for
-    configs/auto_3d.py. String arguments are the CLI's."""
+    configs/auto_3d.py. With `anonymise`, cases are written under pseudonyms
+    (common.Pseudonyms). String arguments are the CLI's."""
     data_dir = os.path.abspath(data_dir)
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: no such folder; point --data_dir at a folder of cases")
     common.check_output_dir(out_dir, overwrite, data_dir=data_dir)
+    ids = common.pseudonyms(anonymise, anonymise_map, data_dir, out_dir)
     if layout == "auto":
         layout = "decathlon" if os.path.isdir(os.path.join(data_dir, "imagesTr")) else "folders"
     if layout == "decathlon":
@@ -509,6 +513,11 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                                  val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                                  num_folds=num_folds, fold=fold))
     folds = common.cv_folds(split["train"], cv_folds, seed) if cv_folds else None
+    public = {n: n for n in names}  # the names written
+    if ids:
+        public = {c.name: ids.name(c.name, [f for f in (*c.channels, c.label, c.mask) if f]) for c in cases}
+        split, folds = ids.rename(split, public), folds and [ids.rename(f, public) for f in folds]
+        cases = [dataclasses.replace(c, name=public[c.name]) for c in cases]
     by_name = {c.name: c for c in cases}
     all_files = [f for c in cases for f in (*c.channels, c.label, c.mask) if f and os.path.isfile(f)]
     splits, num_classes, num_bytes, start = {}, 2, 0, time.time()
@@ -537,9 +546,9 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                 num_bytes += sum(os.path.getsize(f) for f in (*case.channels, case.label) if f and os.path.isfile(f))
                 if not target:
                     num_classes = max(num_classes, int(labels.max()) + 1)
-                ids = {"patient_id": case.name, "patient_index": len(per_case)}
+                id_features = {"patient_id": case.name, "patient_index": len(per_case)}
                 records = 0
-                for record in _records(image, labels, geometry, settings, ids, case):
+                for record in _records(image, labels, geometry, settings, id_features, case):
                     writer.write(record)
                     records += 1
                 examples += records
@@ -554,15 +563,17 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
         seconds = time.time() - start
         manifest = {
             "dataset": "volumes",
-            "command": command or common.command_line(),
-            "source": data_dir,
+            "command": common.OMITTED if ids else command or common.command_line(),
+            "source": common.OMITTED if ids else data_dir,
+            **({"anonymised": ids.manifest()} if ids else {}),
             "source_layout": layout,
             "source_files": len(all_files),
             "source_checksum": common.file_list_checksum(data_dir, all_files),
             "layout": "slices" if settings.slices else "volumes",
             "image_shape": _common_shape(splits, settings),
             "num_channels": len(settings.intensity),
-            "channels": [os.path.basename(p) for p in cases[0].channels] if layout == "decathlon"
+            "channels": [(ids.scrub if ids else str)(os.path.basename(p)) for p in cases[0].channels]
+            if layout == "decathlon"
             else [p.strip() for p in channels.split(",")],
             "label_pattern": label or None, "mask_pattern": mask or None,  # prediction finds files as here
             "image_dtype": "float32",
@@ -581,19 +592,27 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                 "crop": ("mask" if mask else "nonzero") + " bounding box" if settings.crop else None,
                 "slices": settings.slices, "slice_size": list(settings.slice_size) if settings.slice_size else None},
             "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                      "num_folds": num_folds, "fold": fold, "val_cases": common.comma_list(val_cases),
-                      "test_cases": common.comma_list(test_cases), "cv_folds": cv_folds},
-            "plans": os.path.abspath(plans) if plans else None,
+                      "num_folds": num_folds, "fold": fold,
+                      "val_cases": [public[c] for c in common.comma_list(val_cases)],
+                      "test_cases": [public[c] for c in common.comma_list(test_cases)], "cv_folds": cv_folds},
+            "plans": (PLANS_FILE if ids else os.path.abspath(plans)) if plans else None,
             "splits": splits,
             "throughput": {"cases_per_second": round(len(cases) / seconds, 3),
                            "source_mb_per_second": round(num_bytes / 1e6 / seconds, 2)},
-            "skipped": [{"file": p.file, "reason": p.reason} for p in problems],
+            "skipped": ids.skipped(problems) if ids else [{"file": p.file, "reason": p.reason} for p in problems],
         }
         if folds:
             kept = {p["patient"] for p in splits["train"]["patients"]}  # --skip_bad may have dropped some
             common.write_splits(tmp, [{k: [c for c in f[k] if c in kept] for k in f} for f in folds], seed)
-        if plans:
+        if plans and ids:  # the plans name the raw folder, the command that planned it and the cases
+            fingerprint = {**planned["fingerprint"],
+                           "case_names": [ids.name(n) for n in planned["fingerprint"].get("case_names", [])]}
+            write_json(os.path.join(tmp, PLANS_FILE), {**planned, "source": common.OMITTED, "command": common.OMITTED,
+                                                       "fingerprint": fingerprint})
+        elif plans:
             shutil.copyfile(plans, os.path.join(tmp, PLANS_FILE))
+        if ids:
+            ids.save()
         common.write_manifest(tmp, manifest)
     return manifest
 
@@ -706,6 +725,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records_per_shard", type=int, default=64)
     parser.add_argument("--skip_bad", action="store_true", help="skip bad cases and list them in the manifest")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
+    parser.add_argument("--anonymise", action="store_true",
+                        help="write cases under keyed pseudonyms; the map back stays beside --data_dir")
+    parser.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
+                                                            "(default: <data_dir>.ids.json)")
     args = vars(parser.parse_args(argv))
     data_dir, out_dir = args.pop("data_dir"), args.pop("out_dir")
     try:

@@ -545,6 +545,29 @@ def test_overwrite_refuses_the_data_dir_and_folders_data_prep_did_not_write(tmp_
     assert (tmp_path / "mine" / "thesis.tex").exists() and sorted(os.listdir(src)) == ["case1", "case2", "case3"]
 
 
+def test_anonymise_leaves_no_id_or_source_path_under_out_dir(tmp_path):
+    from data_prep import plan
+
+    names = ["Wombat", "Platypus", "Echidna", "Numbat", "Bilby"]
+    src = _decathlon(tmp_path / "Cohort_Quokka", names)
+    plan.plan_dataset(str(src), tmp_path / "Cohort_Quokka_plans.json", progress=False)
+    os.remove(src / "labelsTr" / "Bilby.nii.gz")  # skipped: the manifest names its file
+    out = tmp_path / "out"
+    m = _prepare(src, out, anonymise=True, skip_bad=True, test_cases="Wombat", cv_folds=2,
+                 plans=str(tmp_path / "Cohort_Quokka_plans.json"))
+    assert {"manifest.json", "plans.json", "splits.json"} <= set(os.listdir(out))
+    for folder, _, files in os.walk(out):
+        for name in files:
+            data = open(os.path.join(folder, name), "rb").read()
+            assert not [w for w in [*names, "Cohort_Quokka"] if w.encode() in data], name
+    ids = json.load(open(tmp_path / "Cohort_Quokka.ids.json"))["ids"]
+    assert sorted(ids[p]["id"] for p in _patients(m)) == ["Echidna", "Numbat", "Platypus", "Wombat"]
+    assert [ids[p]["id"] for p in m["split"]["test_cases"]] == ["Wombat"]
+    folds = json.load(open(out / "splits.json"))["folds"]
+    assert sorted(c for f in folds for c in f["val"]) == sorted(p["patient"] for p in m["splits"]["train"]["patients"])
+    assert {r["patient_id"].decode() for _, r in _records(out, "test")} == set(m["split"]["test_cases"])
+
+
 def test_named_val_and_test_cases(lesion_dir, tmp_path):
     kw = {"channels": "FLAIR*,T1*", "label": "lesions*"}
     m = _prepare(lesion_dir, tmp_path / "a", val_cases="case_0002", test_cases="case_0004, case_0005", **kw)
