@@ -115,4 +115,4 @@ def test_picture_pairs_train_and_predict_8_bit_contrast_maps(tmp_path):
                           out, progress=False)
     written = read_image(os.path.join(out, "p06_mask.png"))[..., 0]
     assert written.dtype == np.uint8
-    assert np.abs(written.astype(np.float32) - expected).max() <= 1  # float16 evaluation outputs round either way
+    assert np.abs(written.astype(np.float32) - expected).max() <= 1  # outputs at .5 round either way

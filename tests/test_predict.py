@@ -446,3 +446,7 @@ def test_regression_pictures_keep_their_range_and_large_outputs_stay_finite(tmp_
     assert written.dtype == dtype
     expected = np.clip(np.round(outputs), 0, np.iinfo(dtype).max)
     np.testing.assert_array_equal(written, expected)
+    # An 8-bit input to a run trained on 16-bit targets: its outputs are in 16-bit units too.
+    predict.write_outputs(scan, predict.LoadedScan(np.zeros((2, 3, 1), np.uint8), None), prediction, {"mask": mask},
+                          num_classes=0, overwrite=True, save_probabilities=False, sixteen_bit=True)
+    np.testing.assert_array_equal(read_image(mask)[..., 0], np.clip(np.round(outputs), 0, 65535))

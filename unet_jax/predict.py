@@ -557,19 +557,23 @@ def _new_folder(path: str, overwrite: bool):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _as_mask_image(labels: np.ndarray, num_classes: int, path: str = "") -> np.ndarray:
+def _as_mask_image(labels: np.ndarray, num_classes: int, path: str = "", sixteen_bit: bool = False) -> np.ndarray:
     """Binary labels as 0/255 (as kaggle_3m masks are), several classes as their
-    numbers; a regression's outputs as float32, or as 8 bits for a PNG `path`."""
-    if labels.dtype.kind == "f" and path.endswith(".png"):  # a regression's 8-bit picture: rounded, clipped
-        return np.clip(np.round(labels), 0, 255).astype(np.uint8)
+    numbers; a regression's outputs as float32, or for a PNG `path` rounded and
+    clipped to 8 bits (16 with `sixteen_bit`: a 16-bit input or target)."""
+    if labels.dtype.kind == "f" and path.endswith(".png"):
+        dtype = np.uint16 if sixteen_bit else np.uint8
+        return np.clip(np.round(labels), 0, np.iinfo(dtype).max).astype(dtype)
     if labels.dtype.kind == "f":
         return labels.astype(np.float32)
     return (labels * 255).astype(np.uint8) if num_classes <= 2 else labels.astype(np.uint8)
 
 
 def write_outputs(scan: Scan, loaded: LoadedScan, prediction: Prediction, paths: dict[str, str], *,
-                  num_classes: int, overwrite: bool, save_probabilities: bool) -> None:
-    """The label map (and probabilities) of `scan` in its own format and geometry."""
+                  num_classes: int, overwrite: bool, save_probabilities: bool, sixteen_bit: bool = False) -> None:
+    """The label map (and probabilities) of `scan` in its own format and
+    geometry; a regression's PNG in 16 bits when the picture, or with
+    `sixteen_bit` the run's targets, were 16-bit."""
     labels = prediction.labels.astype(np.float32 if prediction.labels.dtype.kind == "f" else np.uint8)
     probabilities = prediction.probabilities
     foreground_probability = probabilities[..., -1] if probabilities.shape[-1] <= 2 else probabilities
@@ -585,7 +589,7 @@ def write_outputs(scan: Scan, loaded: LoadedScan, prediction: Prediction, paths:
                                 foreground_probability[:, :, s].astype(np.float32))
         return
     if scan.kind == "image":
-        write_image(mask, _as_mask_image(labels, num_classes, mask))
+        write_image(mask, _as_mask_image(labels, num_classes, mask, sixteen_bit or loaded.image.dtype == np.uint16))
         if save_probabilities:
             write_image(paths["probabilities"], foreground_probability.astype(np.float32))
         return
@@ -758,6 +762,8 @@ def predict_files(predictor: Predictor, input_path: str, output: str, *, labels:
         os.makedirs(output, exist_ok=True)
     rows, score_rows, skipped = [], [], [(p.file, p.reason) for p in problems]
     num_classes = getattr(predictor.task, "num_classes", 0)
+    # data_prep.pictures divided 16-bit targets by 65535: their predictions are written in 16 bits.
+    sixteen_bit = predictor.manifest.get("target", {}).get("divisor") == pictures.TARGET_DIVISORS[np.dtype(np.uint16)]
     # The classes cut to their largest component, recorded with every case.
     kept = " ".join(map(str, postprocessing_lib.classes_of(predictor.postprocess)))
     for scan in tqdm(scans, desc="cases", unit="case", disable=not progress):
@@ -770,7 +776,7 @@ def predict_files(predictor: Predictor, input_path: str, output: str, *, labels:
                                            name=scan.paths[0])
             if writes:
                 write_outputs(scan, loaded, prediction, paths, num_classes=num_classes, overwrite=overwrite,
-                              save_probabilities=save_probabilities)
+                              save_probabilities=save_probabilities, sixteen_bit=sixteen_bit)
         except DataError as e:
             if not skip_bad:
                 raise
