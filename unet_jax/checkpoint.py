@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import json
 import math
 import os
 import shutil
@@ -21,12 +22,15 @@ from orbax.checkpoint import checkpoint_managers
 STATE, DATA_ITER, HISTORY = "state", "data_iter", "history"
 
 
-def make_manager(directory: str, *, best_metric: str, best_mode: str = "max") -> ocp.CheckpointManager:
+def make_manager(directory: str, *, best_metric: str, best_mode: str = "max",
+                 training: bool = False) -> ocp.CheckpointManager:
     """Keeps the latest checkpoint and the best one by `best_metric`.
 
     Checkpoints saved without metrics (an interrupted epoch) are kept only
     while they are the latest. Saving is synchronous, so the iterator state
-    written is the one at the call.
+    written is the one at the call. With `training`, the temporary folders of
+    a save cut short by a kill (`<step>.orbax-checkpoint-tmp*`) are removed;
+    a reader (evaluate, predict) leaves them, since a run may be saving there.
     """
     if best_mode not in ("max", "min"):
         raise ValueError(f"best_mode={best_mode!r}: choose 'max' or 'min'")
@@ -42,7 +46,8 @@ def make_manager(directory: str, *, best_metric: str, best_mode: str = "max") ->
                                   keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=best_fn, best_mode=best_mode,
-                                           enable_async_checkpointing=False, create=True)
+                                           enable_async_checkpointing=False, create=True,
+                                           cleanup_tmp_directories=training)
     handlers = {STATE: ocp.StandardCheckpointHandler(), DATA_ITER: grain.checkpoint.CheckpointHandler(),
                 HISTORY: ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
@@ -104,3 +109,49 @@ def restore(manager: ocp.CheckpointManager, step: int, state: Any,
         items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored[STATE], restored[HISTORY]["rows"]
+
+
+class Damaged(Exception):
+    """A checkpoint whose files cannot be decoded: cut short by a kill during
+    its write, truncated or edited. Its message is the first line of the reason."""
+
+
+# The tensorstore codes of a file that was read but cannot be decoded (or is missing) ...
+_DECODE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION")
+# ... and the operating system's failures to read it, which say nothing about the file itself.
+READ_FAILURES = (errno.EIO, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ESTALE,
+                 errno.ETIMEDOUT, errno.EMFILE)
+
+
+def read_failure(e: BaseException) -> str | None:
+    """The operating system's words when `e` is a failure to read (EIO, EACCES,
+    a stale NFS handle...) rather than a damaged file; None otherwise.
+    tensorstore reports them as ValueErrors carrying the words."""
+    if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, NotADirectoryError)):
+        return e.strerror or str(e)
+    text = str(e)
+    return next((os.strerror(code) for code in READ_FAILURES if os.strerror(code) in text), None)
+
+
+def is_damage(e: BaseException) -> bool:
+    """Whether `e`, raised while restoring, says the checkpoint's files are
+    damaged: undecodable JSON or bytes, a missing file or item inside the step
+    folder. Anything else (a failing disk, a bug) is not a reason to set it aside."""
+    if read_failure(e) is not None:
+        return False
+    if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError, KeyError, FileNotFoundError, NotADirectoryError)):
+        return True
+    return isinstance(e, ValueError) and str(e).startswith(_DECODE_CODES)
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+    """Renames a damaged step folder to `<step>.damaged` (`.damaged-2`, ... if
+    taken), which orbax does not take for a step, so the user can inspect it;
+    returns the new path. Call on process 0 only, then `manager.reload()`."""
+    folder = os.path.join(str(manager.directory), str(step))
+    target, n = f"{folder}.damaged", 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{folder}.damaged-{n}"
+    os.rename(folder, target)
+    return target

@@ -12,10 +12,12 @@ stopped.
 from __future__ import annotations
 
 import csv
+import fcntl
 import functools
 import json
 import os
 import signal
+import socket
 import tempfile
 import time
 from typing import Any
@@ -24,8 +26,10 @@ import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
+from jax.experimental import multihost_utils
 
 from unet_jax import auto_config, checkpoint, evaluate, parallel, postprocessing, report, steps, tasks
 from unet_jax.config_checks import (ConfigError, best_metric, device_augment, input_shape, model_from_config,
@@ -119,9 +123,15 @@ def train_iterator(config, mesh) -> grain.DatasetIterator:
         num_workers=config.data.num_workers, prefetch_buffer_size=config.data.prefetch_buffer_size))
 
 
+# The workdirs this process locked, with their open .lock files: a lock lasts
+# as long as its file is open, so for the rest of the process.
+_workdir_locks: dict[str, Any] = {}
+
+
 def make_workdir(workdir: str) -> str:
-    """The workdir as an absolute path, with its figures/ folder; ConfigError
-    naming the folder when it cannot be written."""
+    """The workdir as an absolute path, with its figures/ folder, locked by
+    process 0 so that two runs never write one workdir; ConfigError naming
+    the folder when it cannot be written or another run holds it."""
     workdir = os.path.abspath(workdir)
     try:
         os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
@@ -130,7 +140,31 @@ def make_workdir(workdir: str) -> str:
     except OSError as e:
         raise ConfigError(f"--workdir={workdir}: cannot write there ({e.strerror}); choose a folder you can "
                           "write to") from None
+    if jax.process_index() == 0 and workdir not in _workdir_locks:  # every process of a run shares the workdir
+        _workdir_locks[workdir] = _lock_workdir(workdir)
     return workdir
+
+
+def _lock_workdir(workdir: str):
+    """`<workdir>/.lock`, open and under an exclusive flock that names its
+    holder inside. The kernel drops the lock when the process ends, however
+    it ends (kill -9 too), so a lock is never stale."""
+    lock = open(os.path.join(workdir, ".lock"), "a+")  # not "w": that would erase the holder's name
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip()
+        lock.close()
+        raise ConfigError(f"{workdir}: another run ({holder or 'its process is starting'}) is using this workdir; "
+                          "wait for it or choose another --workdir") from None
+    except OSError as e:  # a filesystem without flock (some NFS and Lustre mounts)
+        logging.warning("%s: cannot lock the workdir (%s); make sure that no other run uses it.", workdir, e.strerror)
+        return lock
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+    lock.flush()
+    return lock
 
 
 class StopRequest:
@@ -201,37 +235,83 @@ def check_finite(state: steps.TrainState, step: int, reported: int, config, mana
 
 def restore(manager, step: int, template, data_iter=None):
     """`checkpoint.restore`, with a checkpoint of another model (another config,
-    or module names of an older unet_jax) refused in one line."""
+    or module names of an older unet_jax) and a failing disk refused in one
+    line; `checkpoint.Damaged` when the step's files cannot be decoded."""
+    folder = os.path.join(str(manager.directory), str(step))
     try:
         return checkpoint.restore(manager, step, template, data_iter)
-    except ValueError as e:
-        if "do not match" not in str(e):  # orbax's words for a tree of another structure
-            raise
-        raise ConfigError(f"{manager.directory}: the checkpoint of step {step} holds another model than this config "
-                          "builds (another config, or an older unet_jax); use a new --workdir") from None
+    except Exception as e:  # noqa: BLE001  (orbax, tensorstore and JSON each raise their own errors)
+        if isinstance(e, ValueError) and "do not match" in str(e):  # orbax's words for a tree of another structure
+            raise ConfigError(f"{manager.directory}: the checkpoint of step {step} holds another model than this "
+                              "config builds (another config, or an older unet_jax); use a new --workdir") from None
+        if (words := checkpoint.read_failure(e)) is not None:
+            raise ConfigError(f"{folder}: cannot read the checkpoint ({words}); nothing was changed: fix the disk or "
+                              "permissions, then run the same command") from None
+        if checkpoint.is_damage(e):
+            raise checkpoint.Damaged((str(e).strip().splitlines() or [type(e).__name__])[0][:200]) from e
+        raise
+
+
+def _restore_best(manager, best: int, template):
+    """`restore` of the best step, whose damage is a ConfigError: testing,
+    evaluate and predict need that very checkpoint."""
+    try:
+        return restore(manager, best, template)
+    except checkpoint.Damaged as e:
+        raise ConfigError(f"{os.path.join(str(manager.directory), str(best))}: the best checkpoint is damaged ({e}); "
+                          "testing, --mode=evaluate and predict need it: move that folder away to use the best of the "
+                          "checkpoints left, or train again in a new --workdir") from None
+
+
+# How each process fared restoring a step; all processes go on from the worst.
+_RESTORED, _DAMAGED, _FAILED = 0, 1, 2
+
+
+def _worst(outcome: int) -> int:
+    """The worst outcome over all processes, so that they all resume from one step."""
+    if jax.process_count() == 1:
+        return outcome
+    return int(multihost_utils.process_allgather(np.int32(outcome)).max())
 
 
 def resume(manager, template, data_iter) -> tuple[Any, list[dict]]:
-    """Restores the newest readable checkpoint, and the iterator in place: one
-    cut short (a kill during its write, a truncated or edited file) is named
-    in one line and the one before it used (the damaged one is then deleted),
-    so a run never crashes on it or starts again from zero. ConfigError, with
-    nothing deleted, when none can be read."""
+    """Restores the newest readable checkpoint, and the iterator in place.
+
+    One whose files cannot be decoded (a kill during its write, a truncated or
+    edited file) is named in one line, set aside as `<step>.damaged` for the
+    user to inspect, and the one before it used, so a run never crashes on it
+    or starts again from zero. A failing disk (EIO, EACCES, ...) is a
+    ConfigError with nothing renamed: the checkpoint may well be whole. All
+    processes resume from the same step. ConfigError when none can be read.
+    """
     steps, damaged = sorted(manager.all_steps(), reverse=True), []
     for i, step in enumerate(steps):
+        restored, problem = None, None
         try:
             restored = restore(manager, step, template, data_iter)
-        except ConfigError:
-            raise
-        except Exception as e:  # noqa: BLE001  (orbax, tensorstore and JSON each raise their own errors)
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        except (checkpoint.Damaged, ConfigError) as e:
+            problem = e
+        outcome = _worst(_RESTORED if problem is None else _DAMAGED if isinstance(problem, checkpoint.Damaged)
+                         else _FAILED)
+        if outcome == _FAILED:
+            if isinstance(problem, ConfigError):
+                raise problem
+            raise ConfigError(f"{manager.directory}: another process could not read the checkpoint of step {step} "
+                              "(see its error); nothing was changed")
+        if outcome == _DAMAGED:
+            reason = str(problem) if problem is not None else "unreadable on another process"
             older = f"resuming from step {steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint is left"
             logging.warning("%s: the checkpoint of step %d is unreadable (%s); %s.", manager.directory, step, reason,
                             older)
             damaged.append(step)
             continue
-        for bad in damaged:  # training passes these steps again and saves them anew
-            manager.delete(bad)
+        if damaged:  # training passes these steps again and saves them anew
+            if jax.process_index() == 0:
+                for bad in damaged:
+                    logging.warning("Set the damaged checkpoint aside as %s.", checkpoint.set_aside(manager, bad))
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("damaged checkpoints set aside")
+            manager.reload()
         return restored
     raise ConfigError(f"{manager.directory}: no checkpoint here can be read (see the warnings above); move the "
                       "folder away to train from the start")
@@ -349,7 +429,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     validator = make_evaluator(config, task, compiled, mesh, config.data.data_dir, "val", fold)
     folder = os.path.join(workdir, "checkpoints")
     try:
-        manager = checkpoint.make_manager(folder, best_metric=metric, best_mode=mode)
+        manager = checkpoint.make_manager(folder, best_metric=metric, best_mode=mode, training=True)
     except json.JSONDecodeError as e:  # orbax reads every checkpoint's metadata up front
         raise ConfigError(f"{folder}: a checkpoint's metadata is unreadable ({e}); delete the damaged step folder "
                           "(the one named in the log above) to resume from another") from None
@@ -410,7 +490,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
 
     # ---- test the best epoch
     best = manager.best_step()
-    (state, _), _ = restore(manager, best, (state, empty_metrics))
+    (state, _), _ = _restore_best(manager, best, (state, empty_metrics))
     if jax.process_index() == 0:
         report.plot_learning_curves(history, os.path.join(workdir, "figures", "learning_curves.png"),
                                     best_epoch=best // steps_per_epoch)
@@ -464,7 +544,7 @@ def restore_best(config: ml_collections.ConfigDict, workdir: str, mesh, image_sh
         raise ConfigError(f"{folder}: no checkpoint with validation metrics (no epoch finished); train first with "
                           "--mode=train")
     template = initial_state(config, build_model(config), mesh, image_shape, 1)
-    (state, _), history = restore(manager, best, (template, task.empty_metrics()))
+    (state, _), history = _restore_best(manager, best, (template, task.empty_metrics()))
     return state, next((row["epoch"] for row in history if row["step"] == best), None)
 
 
