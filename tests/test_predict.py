@@ -13,6 +13,7 @@ import subprocess
 import sys
 import types
 
+import jax
 import numpy as np
 import pytest
 from run_configs import evaluate_split, tiny_config, volume_config
@@ -450,3 +451,19 @@ def test_regression_pictures_keep_their_range_and_large_outputs_stay_finite(tmp_
     predict.write_outputs(scan, predict.LoadedScan(np.zeros((2, 3, 1), np.uint8), None), prediction, {"mask": mask},
                           num_classes=0, overwrite=True, save_probabilities=False, sixteen_bit=True)
     np.testing.assert_array_equal(read_image(mask)[..., 0], np.clip(np.round(outputs), 0, 65535))
+
+
+def test_nan_outputs_of_damaged_weights_are_refused_and_not_written(run_2d, phantom_dir, tmp_path):
+    predictor = predict.Predictor.from_workdir(run_2d)
+    predictor.states = [s.replace(params=jax.tree.map(lambda p: p * np.nan, s.params)) for s in predictor.states]
+    patients = tmp_path / "patients"
+    for name in sorted(os.listdir(phantom_dir))[:2]:
+        shutil.copytree(os.path.join(phantom_dir, name), patients / name)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=rf"NaN or infinite outputs.*{run_2d}.*retrain") as error:
+        predict.predict_files(predictor, str(patients), str(out), progress=False)
+    assert "\n" not in str(error.value)
+    assert not os.path.exists(out / sorted(os.listdir(patients))[0])
+    result = predict.predict_files(predictor, str(patients), str(out), skip_bad=True, progress=False)
+    assert [r["status"] for r in result["cases"]] == ["skipped", "skipped"]
+    assert sorted(os.listdir(out)) == ["predictions.csv"]

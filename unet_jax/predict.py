@@ -238,6 +238,10 @@ class Predictor:
         else:
             x, restore, axis = self._prepare_volume(image, geometry, foreground, name, notes)
         blend = self._infer(x, axis, name, notes)
+        if not np.isfinite(blend).all():  # damaged weights: never write such a case as if it were a prediction
+            raise DataError(f"{name}: the model gave {int((~np.isfinite(blend)).sum())} NaN or infinite outputs; "
+                            f"the weights of {self.workdir or 'the run'} are damaged: retrain, or restore another "
+                            "checkpoint")
         probabilities = restore(blend)
         labels = postprocessing_lib.apply(np.asarray(self.task.finalize(probabilities)), self.postprocess)
         return Prediction(labels, probabilities, notes)
