@@ -93,6 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 10
     config.num_preview_images = 4
     config.halt_after_steps = 0  # stop with a checkpoint after this many steps (0: never)
+    # Resuming a workdir with a config that differs from its config.json (a
+    # longer num_epochs changes the schedule, say) is refused, listing the
+    # changes; True goes on with the new config and says what changed.
+    config.allow_changed_config = False
     # A step whose loss or gradients are not finite (NaN input, a diverging
     # learning rate) is skipped; this many in a row stop the run with one line.
     config.max_nonfinite_steps = 10

@@ -2,11 +2,14 @@
 one line naming the key; main.py turns it into `error: ...` and exit 2."""
 
 import copy
+import json
+import os
 
 import pytest
 
 from configs import default, lgg_3d, lgg_transunet
-from unet_jax.config_checks import ConfigError, best_metric, validate_config
+from test_configs import CONFIGS, load_config
+from unet_jax.config_checks import ConfigError, best_metric, check_run_config, config_changes, validate_config
 from unet_jax.data import DataError
 
 MANIFEST = {"image_shape": [32, 32, 3], "num_classes": 2, "intensity_stats": "per patient",
@@ -115,3 +118,43 @@ def test_best_metric_defaults_to_the_task_and_mode_to_its_direction():
     config.best_metric = "val_mae_3d"
     assert best_metric(config) == ("val_mae_3d", "min")
 
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_as_a_run_writes_it_is_a_run_config(path):
+    """Each config file, plan-decided fields filled and saved as config.json
+    saves it, passes the check that evaluate and predict make."""
+    config = load_config(path)
+    check_run_config(json.loads(json.dumps(config.to_dict())), "w/config.json")
+
+
+@pytest.mark.parametrize("values,message", [
+    ({}, "no key batch_size"),
+    ([1, 2], "holds a JSON list, not a config"),
+    ({**default.get_config().to_dict(), "epochs": 3}, "unknown key epochs"),
+    ({**default.get_config().to_dict(), "model": 4}, "no key model"),
+])
+def test_a_foreign_config_json_is_one_line(values, message):
+    with pytest.raises(ConfigError) as raised:
+        check_run_config(values, "w/config.json")
+    text = str(raised.value)
+    assert text.startswith("w/config.json: ") and message in text and "\n" not in text
+    assert text.endswith("this is not a unet_jax workdir or it was written by another version; point --workdir at "
+                         "a run folder")
+
+
+def test_an_older_run_without_the_keys_read_with_a_default_passes():
+    values = default.get_config().to_dict()
+    for key in ("optimizer", "momentum", "allow_changed_config"):
+        del values[key]
+    del values["data"]["augment_on"]
+    check_run_config(values, "w/config.json")
+
+
+def test_config_changes_lists_what_changed_but_not_where_the_run_stops():
+    before = json.loads(json.dumps(default.get_config().to_dict()))  # as config.json holds it: lists for tuples
+    config = default.get_config()
+    config.halt_after_steps, config.log_every_steps = 8, 1
+    assert config_changes(before, config.to_dict()) == []
+    config.num_epochs, config.model.depth = 20, 3
+    assert config_changes(before, config.to_dict()) == ["model.depth: 4 -> 3", "num_epochs: 100 -> 20"]

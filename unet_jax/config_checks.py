@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
+import os
 from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 
@@ -28,6 +31,72 @@ AUGMENT_ON = ("host", "device")
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and the fix."""
+
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+# Keys a run's config.json may lack: the code reads them with a default, for runs written before they existed.
+OPTIONAL_KEYS = frozenset({"optimizer", "momentum", "plans", "allow_changed_config", "model.deep_supervision",
+                           "data.augment_on", "data.pathology", "data.eval_pathology", "data.fold"})
+# Keys whose change on a resume keeps the run's meaning: where it stops, how often it logs, how many
+# preview images its figures show, and the switch itself.
+RESUME_IGNORES = frozenset({"halt_after_steps", "log_every_steps", "num_preview_images", "allow_changed_config"})
+NOT_A_RUN = ("this is not a unet_jax workdir or it was written by another version; point --workdir at a run "
+             "folder")
+
+
+@functools.cache
+def _default_config() -> dict:
+    spec = importlib.util.spec_from_file_location("_unet_jax_default_config", DEFAULT_CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config().to_dict()
+
+
+def check_run_config(values: Any, source: str) -> None:
+    """ConfigError in one line naming `source` unless `values` (a run's
+    config.json) holds the keys of configs/default.py, at the top and in its
+    model and data sections, and no others (a model may set any U-Net field;
+    nested option dicts such as data.augment are checked where they are used)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: holds a JSON {type(values).__name__}, not a config; {NOT_A_RUN}")
+    reference = _default_config()
+    unet_fields = {f.name for f in dataclasses.fields(UNet)} - {"parent", "name"}
+    missing, unknown = [], []
+    for section, extra in (("", {"plans"}), ("model", unet_fields), ("data", set())):
+        expected, found = (reference, values) if not section else (reference[section], values.get(section))
+        prefix = f"{section}." if section else ""
+        if not isinstance(found, dict):
+            missing.append(section)
+            continue
+        missing += [prefix + k for k in expected if k not in found and prefix + k not in OPTIONAL_KEYS]
+        unknown += [prefix + k for k in found if k not in expected and k not in extra]
+    problems = [f"{what} {', '.join(keys[:4])}{f' and {len(keys) - 4} more' if len(keys) > 4 else ''}"
+                for what, keys in (("no key", missing), ("unknown key", unknown)) if keys]
+    if problems:
+        raise ConfigError(f"{source}: {'; '.join(problems)}: {NOT_A_RUN}")
+
+
+def config_changes(before: dict, after: dict) -> list[str]:
+    """The keys (dotted) whose values differ between two configs as plain
+    dicts, as "key: old -> new", leaving out RESUME_IGNORES."""
+    old, new = _flat(before), _flat(after)
+    return [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}" for key in sorted(old.keys() | new.keys())
+            if key not in RESUME_IGNORES and old.get(key, "(unset)") != new.get(key, "(unset)")]
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys; lists and tuples alike as tuples (JSON keeps tuples as lists)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = _as_tuples(v)
+    return out
+
+
+def _as_tuples(v: Any) -> Any:
+    return tuple(_as_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
 def _require(ok: bool, message: str) -> None:
