@@ -28,7 +28,8 @@ fi
 port=${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
 # The coordinator binds to loopback: JAX's default listens on every interface.
-export JAX_COORDINATOR_ADDRESS="127.0.0.1:${port}" JAX_COORDINATOR_BIND_ADDRESS="127.0.0.1:${port}" JAX_NUM_PROCESSES="$n"
+export JAX_COORDINATOR_ADDRESS="127.0.0.1:${port}" JAX_COORDINATOR_BIND_ADDRESS="127.0.0.1:${port}"
+export JAX_NUM_PROCESSES="$n"
 export JAX_PLATFORMS=cpu JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo
 # A device count already in XLA_FLAGS goes: given twice, processes of several
 # devices hang in their collectives (seen with jax 0.10.2).

@@ -3,11 +3,12 @@ train_and_evaluate on tiny_config, recording as JSON what this process read
 (the ids of each training batch) and renamed into place (every atomic write
 and checkpoint ends in a rename), and whether it stopped early.
 
-  python tests/process_driver.py DATA_DIR WORKDIR RECORD [--sigterm_at_batch=N]
+  python tests/process_driver.py DATA_DIR WORKDIR RECORD [--sigterm_at_batch=N] [--sigint_twice_at_batch=N]
 
 With --sigterm_at_batch, process 1 (or the only one) sends itself SIGTERM as
 it fetches training batch N of this run (0-based): a real signal, at a
-moment the test knows.
+moment the test knows. With --sigint_twice_at_batch, two SIGINTs (Ctrl-C
+pressed twice) instead.
 """
 
 import argparse
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("workdir")
     parser.add_argument("record")
     parser.add_argument("--sigterm_at_batch", type=int, default=-1)
+    parser.add_argument("--sigint_twice_at_batch", type=int, default=-1)
     args = parser.parse_args()
     parallel.initialize_distributed()
     import jax
@@ -54,6 +56,9 @@ def main() -> None:
             def __next__(self):
                 if len(record["batches"]) == args.sigterm_at_batch and signaller:
                     os.kill(os.getpid(), signal.SIGTERM)
+                if len(record["batches"]) == args.sigint_twice_at_batch and signaller:
+                    os.kill(os.getpid(), signal.SIGINT)  # os.kill runs the handler before it returns
+                    os.kill(os.getpid(), signal.SIGINT)
                 batch = super().__next__()
                 record["batches"].append(np.stack([batch["patient_index"], batch["slice"]], 1).tolist())
                 return batch

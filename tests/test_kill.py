@@ -1,16 +1,24 @@
 """A real `kill -9` in the middle of a checkpoint save: the same command then
 resumes from the checkpoint before it and ends with exactly the metrics of an
-uninterrupted run (launch/kill_soak.sh does this at random moments, many times)."""
+uninterrupted run (launch/kill_soak.sh does this at random moments, many times).
+A workdir's lock: a second run on it fails in one line, and a kill -9 leaves
+no stale lock. Ctrl-C pressed twice exits at once, keeping the last checkpoint."""
 
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 
 import jax
 import pytest
 
+from unet_jax import train
 from unet_jax.benchmarks import kill_soak
+from unet_jax.config_checks import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # unet_jax.main, with orbax's handler of the `state` item wrapped: on save number
 # KILL_AT_SAVE it writes the TrainState's arrays into the checkpoint's temporary
@@ -107,3 +115,48 @@ def test_compare_runs_names_the_metric_that_differs(tmp_path):
     assert close.differences == [] and not close.identical and 0 < close.max_abs_diff < 1e-6
     assert kill_soak.compare_runs(a, run("e", 0.5, 0.25 + 1e-9, 3.0)).differences == [
         "metrics.csv epoch 1 train_loss: A=0.25 B=0.250000001"]
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_locked_workdir_fails_in_one_line_and_kill_9_frees_it(prepared_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from unet_jax import train
+train.make_workdir({workdir!r})
+print("locked", flush=True)
+time.sleep(600)
+"""], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        held = (f"{workdir}: another run (pid {holder.pid} on host {socket.gethostname()}) is using this workdir; "
+                "wait for it or choose another --workdir")
+        with pytest.raises(ConfigError) as raised:
+            train.make_workdir(workdir)
+        assert str(raised.value) == held
+        done = subprocess.run([sys.executable, "-m", "unet_jax.main", *_flags(prepared_dir), f"--workdir={workdir}"],
+                              cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                              timeout=300)
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == f"error: {held}"
+        assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+    finally:
+        holder.kill()  # SIGKILL: no chance to unlock, the kernel releases the lock
+        holder.wait()
+    assert train.make_workdir(workdir) == workdir
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_exits_at_once_keeping_the_last_checkpoint(prepared_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    # The driver presses Ctrl-C twice as it fetches batch 10 (0-based): step 11, inside epoch 2 of 6 steps.
+    done = subprocess.run([os.path.join(ROOT, "launch", "cpu_devices.sh"), "4", sys.executable,
+                           os.path.join(ROOT, "tests", "process_driver.py"), prepared_dir, workdir,
+                           str(tmp_path / "record.json"), "--sigint_twice_at_batch=10"],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
+                          timeout=300)
+    assert done.returncode == 128 + signal.SIGINT, done.stderr[-3000:]
+    assert done.stderr.count("Received SIGINT: saving a checkpoint and stopping.") == 1
+    assert "second Ctrl-C: exiting without saving; the checkpoint of step 6 is kept" in done.stderr
+    assert not os.path.exists(tmp_path / "record.json")  # train_and_evaluate never returned
+    folder = os.path.join(workdir, "checkpoints")
+    assert sorted(int(s) for s in os.listdir(folder) if s.isdigit()) == [6]

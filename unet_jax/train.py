@@ -170,11 +170,13 @@ def _lock_workdir(workdir: str):
 class StopRequest:
     """Turns SIGTERM and Ctrl-C into a flag that the loop checks after each
     step, so the run saves a checkpoint before it exits; with several
-    processes, a signal to any one of them stops them all at the same step."""
+    processes, a signal to any one of them stops them all at the same step.
+    A second Ctrl-C exits at once without saving, naming the newest checkpoint
+    in `checkpoints` (the folder), which a resume starts from."""
 
-    def __init__(self, mesh):
+    def __init__(self, mesh, checkpoints: str | None = None):
         self.signal: int | None = None
-        self._pending, self._previous = None, {}
+        self._checkpoints, self._pending, self._previous = checkpoints, None, {}
         # Both possible inputs made once: building one every step would put a transfer on the hot path.
         self._flags = {flag: parallel.device_flags(flag, mesh) for flag in (False, True)}
 
@@ -184,8 +186,21 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signal is not None:
+            newest = self._newest_checkpoint()
+            kept = "no checkpoint was written yet" if newest is None else f"the checkpoint of step {newest} is kept"
+            logging.warning("second Ctrl-C: exiting without saving; %s", kept)
+            os._exit(128 + signal.SIGINT)  # the shell's code for a Ctrl-C; no cleanup that could wait on the devices
         logging.warning("Received %s: saving a checkpoint and stopping.", signal.Signals(signum).name)
         self.signal = signum
+
+    def _newest_checkpoint(self) -> int | None:
+        """The newest step in the checkpoint folder. Listed rather than asked of
+        orbax, which may hold a lock in the save this signal interrupted; a step's
+        folder gets its number only once it is written whole."""
+        if not self._checkpoints or not os.path.isdir(self._checkpoints):
+            return None
+        return max((int(name) for name in os.listdir(self._checkpoints) if name.isdigit()), default=None)
 
     def flags(self) -> jax.Array:
         """This process's flag, per device, for the train step to agree on."""
@@ -452,7 +467,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     halt_at = start_step + config.halt_after_steps if config.halt_after_steps else None
     epoch_start, input_wait = time.time(), 0.0
 
-    with StopRequest(mesh) as stop:
+    with StopRequest(mesh, folder) as stop:
         for step in range(start_step, total_steps):
             epoch, k = divmod(step, steps_per_epoch)
             fetch_start = time.time()
