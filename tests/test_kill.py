@@ -14,7 +14,7 @@ import sys
 import jax
 import pytest
 
-from unet_jax import train
+from unet_jax import parallel, train
 from unet_jax.benchmarks import kill_soak
 from unet_jax.config_checks import ConfigError
 
@@ -122,7 +122,7 @@ def test_a_second_run_on_a_locked_workdir_fails_in_one_line_and_kill_9_frees_it(
     workdir = str(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import time
-from unet_jax import train
+from unet_jax import parallel, train
 train.make_workdir({workdir!r})
 print("locked", flush=True)
 time.sleep(600)
@@ -160,3 +160,20 @@ def test_ctrl_c_twice_exits_at_once_keeping_the_last_checkpoint(prepared_dir, tm
     assert not os.path.exists(tmp_path / "record.json")  # train_and_evaluate never returned
     folder = os.path.join(workdir, "checkpoints")
     assert sorted(int(s) for s in os.listdir(folder) if s.isdigit()) == [6]
+
+
+def test_a_hang_up_saves_and_stops_like_sigterm():
+    # Closing the terminal or ssh session of a run sends SIGHUP, whose default ends the process without saving.
+    unhandled = []
+
+    def record(*args):
+        unhandled.append(args)
+
+    previous = signal.signal(signal.SIGHUP, record)
+    try:
+        with train.StopRequest(parallel.make_mesh()) as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert stop.signal == signal.SIGHUP and not unhandled
+        assert signal.getsignal(signal.SIGHUP) is record  # restored on leaving
+    finally:
+        signal.signal(signal.SIGHUP, previous)

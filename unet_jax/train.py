@@ -168,11 +168,12 @@ def _lock_workdir(workdir: str):
 
 
 class StopRequest:
-    """Turns SIGTERM and Ctrl-C into a flag that the loop checks after each
-    step, so the run saves a checkpoint before it exits; with several
-    processes, a signal to any one of them stops them all at the same step.
-    A second Ctrl-C exits at once without saving, naming the newest checkpoint
-    in `checkpoints` (the folder), which a resume starts from."""
+    """Turns SIGTERM, a hang-up (SIGHUP: the terminal or ssh session closed)
+    and Ctrl-C into a flag that the loop checks after each step, so the run
+    saves a checkpoint before it exits; with several processes, a signal to
+    any one of them stops them all at the same step. A second Ctrl-C exits
+    at once without saving, naming the newest checkpoint in `checkpoints`
+    (the folder), which a resume starts from."""
 
     def __init__(self, mesh, checkpoints: str | None = None):
         self.signal: int | None = None
@@ -181,7 +182,7 @@ class StopRequest:
         self._flags = {flag: parallel.device_flags(flag, mesh) for flag in (False, True)}
 
     def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
