@@ -14,7 +14,7 @@ from configs import contrast_res_attention
 from data_prep import pictures, synthetic, volumes
 from unet_jax import predict, train
 from unet_jax.data import pipeline
-from unet_jax.data.medical_io import read_image, read_volume
+from unet_jax.data.medical_io import read_image, read_volume, write_image
 
 
 def contrast_config(data_dir):
@@ -94,25 +94,32 @@ def test_predictions_of_a_new_scan_are_scaled_back_to_the_target_units(contrast_
 
 
 @pytest.mark.slow
-def test_picture_pairs_train_and_predict_8_bit_contrast_maps(tmp_path):
+@pytest.mark.parametrize("bits", [8, 16])
+def test_picture_pairs_train_and_predict_contrast_maps_in_the_targets_bits(tmp_path, bits):
     """Document 000's layout: PNG pairs prepared with doubling, a run of the
-    contrast config, and predictions written as 8-bit PNGs in the target's units
-    that equal the evaluator's outputs times 255."""
+    contrast config, and predictions written as PNGs of the targets' bits in
+    their units that equal the evaluator's outputs times 255 (65535): 16-bit
+    targets keep their range."""
     synthetic.write_pair_phantoms(tmp_path / "pairs", num_pairs=6, size=32, seed=0, progress=False)
+    if bits == 16:
+        for target in (tmp_path / "pairs" / "targets").iterdir():
+            write_image(str(target), read_image(str(target)).astype(np.uint16) * 257)
     data_dir = str(tmp_path / "prepared")
     m = pictures.prepare(str(tmp_path / "pairs"), data_dir, task="regression", double=True, val_cases="p06",
                          test_cases="p05", progress=False)
-    assert m["splits"]["train"]["num_examples"] == 8 and m["target"]["divisor"] == 255.0  # 4 pairs, doubled
+    top = 2**bits - 1
+    assert m["splits"]["train"]["num_examples"] == 8 and m["target"]["divisor"] == top  # 4 pairs, doubled
     config = contrast_config(data_dir)
     config.data.normalization = "patient_zscore"
     config.batch_size = 4
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config, workdir)
     evaluation, _ = evaluate_split(workdir, "val")
-    expected = np.clip(np.round(evaluation.volumes[0][0][0].astype(np.float32) * 255), 0, 255)
+    expected = np.clip(np.round(evaluation.volumes[0][0][0].astype(np.float32) * top), 0, top)
     out = str(tmp_path / "out")
     predict.predict_files(predict.Predictor.from_workdir(workdir), str(tmp_path / "pairs" / "inputs" / "p06.png"),
                           out, progress=False)
     written = read_image(os.path.join(out, "p06_mask.png"))[..., 0]
-    assert written.dtype == np.uint8
-    assert np.abs(written.astype(np.float32) - expected).max() <= 1  # outputs at .5 round either way
+    assert written.dtype == (np.uint8 if bits == 8 else np.uint16)
+    assert expected.max() > 255 or bits == 8
+    assert np.abs(written.astype(np.float32) - expected).max() <= 1 + top * 1e-6  # window and evaluator round apart
