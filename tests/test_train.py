@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -432,7 +433,7 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(prepared_dir
             for root, _, names in os.walk(os.path.join(folder, step, "state")):
                 for name in names:
                     os.truncate(os.path.join(root, name), 0)
-    config.num_epochs = 3
+    config.num_epochs, config.allow_changed_config = 3, True
     with pytest.raises(train.ConfigError, match="no checkpoint here can be read"):
         train.train_and_evaluate(config, workdir)
     for step in os.listdir(folder):  # every file cut, the metrics orbax reads up front too: one line as well
@@ -509,6 +510,76 @@ def test_a_save_cut_short_leaves_no_temporary_folder_to_a_resumed_run(tmp_path):
     checkpoint.save(manager, 3, state, data_iter, [], {"val_dice": 0.6})
     assert not tmp.exists() and manager.all_steps() == [3]
     assert sorted(os.listdir(folder)) == ["3"]
+
+
+@pytest.mark.slow
+def test_resuming_with_a_changed_config_is_refused_unless_allowed(prepared_dir, tmp_path, caplog):
+    """A longer num_epochs changes the schedule of a half-done run: refused in
+    one line listing it, config.json left; allowed, a warning and the new
+    config.json. Where the run stops (halt_after_steps) is no change."""
+    config = tiny_config(prepared_dir)
+    config.num_epochs, config.halt_after_steps = 2, 2
+    workdir = str(tmp_path / "run")
+    assert train.train_and_evaluate(config, workdir) is None
+    config.num_epochs, config.halt_after_steps = 3, 4
+    with pytest.raises(ConfigError) as raised:
+        train.train_and_evaluate(config, workdir)
+    assert "(num_epochs: 2 -> 3)" in str(raised.value) and "--config.allow_changed_config=True" in str(raised.value)
+    assert "\n" not in str(raised.value)
+    assert json.load(open(os.path.join(workdir, "config.json")))["num_epochs"] == 2
+    config.allow_changed_config = True
+    with caplog.at_level(logging.WARNING):
+        assert train.train_and_evaluate(config, workdir) is None
+    assert "resuming with a changed config (num_epochs: 2 -> 3)" in caplog.text
+    assert json.load(open(os.path.join(workdir, "config.json")))["num_epochs"] == 3
+
+
+@pytest.fixture
+def damaged_copy(trained, tmp_path):
+    """A copy of the trained run, to damage."""
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(trained[0], workdir, ignore=shutil.ignore_patterns(".lock"))
+    return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage,message", [
+    ("{}", "config.json: no key batch_size"),
+    ('{"learning_rate": 0.1, "epochs": 3', "config.json: not valid JSON"),
+    (None, "no config.json and train_manifest.json"),
+], ids=["empty_object", "not_json", "missing"])
+def test_predict_on_a_workdir_without_a_good_config_is_one_line(damaged_copy, prepared_dir, tmp_path, damage, message):
+    path = os.path.join(damaged_copy, "config.json")
+    if damage is None:
+        os.remove(path)
+    else:
+        with open(path, "w") as f:
+            f.write(damage)
+    with pytest.raises(ConfigError, match=message):
+        train.read_run(damaged_copy)
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(b"")
+    result = subprocess.run([sys.executable, "-m", "unet_jax.main", "--mode=predict", f"--workdir={damaged_copy}",
+                             f"--input={scan}", f"--output={tmp_path / 'out'}"], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+@pytest.mark.slow
+def test_a_cut_best_checkpoint_is_one_line_for_evaluate(damaged_copy):
+    folder = os.path.join(damaged_copy, "checkpoints")
+    config, manifest = train.read_run(damaged_copy)
+    best = checkpoint.make_manager(folder, best_metric="val_dice").best_step()
+    for root, _, names in os.walk(os.path.join(folder, str(best), "state")):
+        for name in names:
+            os.truncate(os.path.join(root, name), os.path.getsize(os.path.join(root, name)) // 2)
+    with pytest.raises(ConfigError) as raised:
+        train.restore_best(config, damaged_copy, parallel.make_mesh(), train.input_shape(config, manifest))
+    assert str(raised.value).startswith(f"{os.path.join(folder, str(best))}: the best checkpoint is damaged (")
+    assert "\n" not in str(raised.value) and "--mode=evaluate and predict need it" in str(raised.value)
+    assert os.path.isdir(os.path.join(folder, str(best)))  # a reader sets nothing aside
 
 
 def _poisoned(steps_to_poison):

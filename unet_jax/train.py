@@ -32,8 +32,9 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from unet_jax import auto_config, checkpoint, evaluate, parallel, postprocessing, report, steps, tasks
-from unet_jax.config_checks import (ConfigError, best_metric, device_augment, input_shape, model_from_config,
-                                    pathology_options, patch_options, validate_config, window_options)
+from unet_jax.config_checks import (ConfigError, best_metric, check_run_config, config_changes, device_augment,
+                                    input_shape, model_from_config, pathology_options, patch_options, validate_config,
+                                    window_options)
 from unet_jax.data import DataError, pipeline
 from unet_jax.data.augment import AugmentOptions
 from unet_jax.files import atomic_write, write_json
@@ -452,6 +453,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     empty_metrics = jax.device_put(task.empty_metrics(), parallel.replicated(mesh))  # like the step's outputs
     train_metrics, window, history = empty_metrics, empty_metrics, []
     if manager.latest_step() is not None:
+        check_resumed_config(config, workdir)
         (state, train_metrics), history = resume(manager, (state, train_metrics), train_iter)
         logging.info("Resumed at step %d of %d (epoch %d of %d).", int(state.step), total_steps,
                      min(int(state.step) // steps_per_epoch + 1, config.num_epochs), config.num_epochs)
@@ -523,6 +525,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     return summary
 
 
+def check_resumed_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses in one line to resume `workdir` with a config other than the
+    one in its config.json (the changed keys listed), unless
+    `config.allow_changed_config`, which warns with the same list; the run
+    then writes the new config.json."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            changes = config_changes(json.load(f), config.to_dict())
+    except ValueError as e:  # not JSON, or not UTF-8
+        changes = [f"the old one is unreadable ({str(e).splitlines()[0]})"]
+    if not changes:
+        return
+    listed = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+    if config.get("allow_changed_config"):
+        logging.warning("%s: resuming with a changed config (%s), as config.allow_changed_config allows.", path,
+                        listed)
+        return
+    raise ConfigError(f"{path}: this run's config differs from the one it started with ({listed}); run the same "
+                      "command as before, choose a new --workdir, or pass --config.allow_changed_config=True to "
+                      "resume with the new config")
+
+
 def _tuples(value):
     """JSON lists back to the tuples a config holds (sizes, ranges)."""
     if isinstance(value, dict):
@@ -532,17 +559,20 @@ def _tuples(value):
 
 def read_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
     """A run's config (config.json) and the manifest of the data it trained on,
-    as the workdir keeps them; ConfigError in one line when they are absent."""
+    as the workdir keeps them; ConfigError in one line when they are absent,
+    or the config is not one that unet_jax wrote."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path) or not os.path.exists(os.path.join(workdir, TRAIN_MANIFEST)):
         raise ConfigError(f"{workdir}: no config.json and {TRAIN_MANIFEST}; point --workdir at the folder of a run "
                           "that unet_jax.main --mode=train wrote")
     try:
         with open(path) as f:
-            config = ml_collections.ConfigDict(_tuples(json.load(f)))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e}); restore it from the run's config file") from None
-    return config, pipeline.read_manifest(workdir, TRAIN_MANIFEST)
+            values = json.load(f)
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise ConfigError(f"{path}: not valid JSON ({str(e).splitlines()[0]}); restore it from the run's config "
+                          "file") from None
+    check_run_config(values, path)
+    return ml_collections.ConfigDict(_tuples(values)), pipeline.read_manifest(workdir, TRAIN_MANIFEST)
 
 
 def restore_best(config: ml_collections.ConfigDict, workdir: str, mesh, image_shape) -> tuple[steps.TrainState, int | None]:
