@@ -158,3 +158,12 @@ def test_config_changes_lists_what_changed_but_not_where_the_run_stops():
     assert config_changes(before, config.to_dict()) == []
     config.num_epochs, config.model.depth = 20, 3
     assert config_changes(before, config.to_dict()) == ["model.depth: 4 -> 3", "num_epochs: 100 -> 20"]
+
+
+def test_plan_filled_fields_are_no_change_on_a_resume():
+    """configs/auto_3d.py's fields that plans.json decides, filled the same
+    way on both starts of a run, compare equal to what config.json kept."""
+    path = [p for p in CONFIGS if p.endswith("auto_3d.py")][0]
+    started = json.loads(json.dumps(load_config(path).to_dict()))  # the config.json of the first start
+    assert started["model"]["kernel_size"] and started["batch_size"]
+    assert config_changes(started, load_config(path).to_dict()) == []
