@@ -29,11 +29,16 @@ turns that off, `--lcc` applies it to every class.
   - PNG/TIFF pictures.
 Outputs in `--output`: the label map of each case in its own format and
 geometry (<case>.nii.gz, a DICOM series folder, <patient>/<patient>_<n>_mask.tif
-with 0/255, <name>_mask.png), with --save_probabilities the softmax or sigmoid
-maps as float volumes, overlays/<case>.png, predictions.csv (volume in ml,
+with 0/255, <name>_mask.png; a regression's outputs as float32 volumes and TIFFs,
+or PNGs in 16 bits where the picture or the run's targets were 16-bit), with
+--save_probabilities the softmax or sigmoid maps as float volumes, overlays/<case>.png, predictions.csv (volume in ml,
 connected lesions, largest lesion, mean probability, the classes cut to their
 largest component, seconds per case), and
 with --labels scores.csv and scores_summary.json (the training metrics per case).
+No output may land on, inside or around a scan or a --labels file; --overwrite
+replaces files and only the case folders predict wrote (they hold a
+.unet_jax_predict file). Two scans of one case name (a.nii and a.nii.gz) are
+refused: one would overwrite the other's outputs.
 
 `Predictor` is the same in a notebook:
 
@@ -91,7 +96,7 @@ flags.DEFINE_enum("postprocessing", "auto", ["auto", "none"],
                   "predict: auto applies the run's postprocessing.json (an ensemble: the classes most runs "
                   "chose); none keeps every component.")
 flags.DEFINE_bool("save_probabilities", False, "predict: also write the softmax/sigmoid maps as float volumes.")
-flags.DEFINE_bool("overwrite", False, "predict: replace existing output files.")
+flags.DEFINE_bool("overwrite", False, "predict: replace existing output files, and case folders predict wrote.")
 flags.DEFINE_bool("skip_bad", False, "predict: skip unreadable or mismatched cases, list them at the end.")
 flags.DEFINE_string("labels", None, "predict: score against labels: a file, a folder of <case>.<ext>, or a glob "
                                     "in each case's folder ('GOLD_STANDARD*'; {case} allowed); for kaggle_3m "
