@@ -56,6 +56,7 @@ import fnmatch
 import functools
 import math
 import os
+import pathlib
 import shutil
 import sys
 import time
@@ -757,11 +758,12 @@ def predict_files(predictor: Predictor, input_path: str, output: str, *, labels:
         raise DataError("--output_format=dicom: only volume scans can be written as DICOM series")
     planned = {s.name: output_paths(s, output, output_format, save_probabilities, overlays) for s in scans}
     tables = [os.path.join(output, n) for n in ("predictions.csv", "scores.csv", "scores_summary.json")]
-    inputs = [os.path.realpath(p) for s in scans for p in (*s.paths, *_label_files(s, labels))]
+    inputs = {pathlib.Path(os.path.realpath(p)) for s in scans for p in (*s.paths, *_label_files(s, labels))}
+    around = {folder: i for i in inputs for folder in i.parents}  # the folders that hold an input
     for path in [p for paths in planned.values() for p in paths.values()] + tables:
-        real = os.path.realpath(path)
+        real = pathlib.Path(os.path.realpath(path))
         # An output on an input, inside one (a kaggle_3m folder) or around one (a case folder replaced by a series).
-        hit = next((i for i in inputs if os.path.commonpath([real, i]) in (real, i)), None)
+        hit = next((p for p in (real, *real.parents) if p in inputs), None) or around.get(real)
         if hit:
             raise DataError(f"{path}: would overwrite an input ({hit}); choose an --output folder apart from the "
                             "scans and labels")
