@@ -37,7 +37,7 @@ import tifffile
 from tqdm import tqdm
 
 from data_prep import common
-from unet_jax.data import DataError
+from unet_jax.data import DataError, medical_io
 from unet_jax.data.tfrecord import encode_example
 
 _PATIENT = re.compile(r"^TCGA_[A-Za-z0-9]+_[A-Za-z0-9]+_\d+$")
@@ -110,19 +110,25 @@ def patient_files(folder: str) -> tuple[dict[int, str], dict[int, str], list[com
     return images, masks, problems
 
 
-def read_tiff(path: str) -> np.ndarray:
-    """A kaggle_3m TIFF as tifffile reads it (prediction reads slices through here too)."""
+def read_tiff(path: str, max_voxels: int = medical_io.MAX_VOXELS) -> np.ndarray:
+    """A kaggle_3m TIFF as tifffile reads it (prediction reads slices through here too); one whose
+    header promises more than `max_voxels` values is refused before its pixels are decoded."""
     try:
-        return tifffile.imread(path)
+        with tifffile.TiffFile(path) as tiff:
+            medical_io.check_voxels(tiff.series[0].shape, path, max_voxels)
+            return tiff.asarray()
+    except DataError:
+        raise
     except Exception as e:  # tifffile raises many types for damaged files
         raise DataError(f"{path}: unreadable or truncated TIFF ({type(e).__name__}: {e}); "
                         "replace the file or pass --skip_bad") from None
 
 
-def load_slice(s: Slice, image_shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+def load_slice(s: Slice, image_shape: tuple[int, ...] | None, max_voxels: int = medical_io.MAX_VOXELS
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Reads and validates one image/mask pair; the mask comes back as 0/1 uint8."""
-    image = read_tiff(s.image)
-    mask = read_tiff(s.mask)
+    image = read_tiff(s.image, max_voxels)
+    mask = read_tiff(s.mask, max_voxels)
     if image.dtype != np.uint8 or image.ndim != 3:
         raise DataError(f"{s.image}: expected an HxWxC uint8 image, got shape {image.shape} dtype {image.dtype}")
     if image_shape is not None and image.shape != image_shape:
@@ -170,8 +176,8 @@ def volume_blocks(numbers: list[int], images: list[np.ndarray], masks: list[np.n
 def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fraction: float = 0.1,
             seed: int = 0, num_folds: int = 0, fold: int = 0, records_per_shard: int = 512,
             volume_depth: int = 0, size: int = 0, skip_bad: bool = False, overwrite: bool = False,
-            anonymise: bool = False, anonymise_map: str = "", progress: bool = True,
-            command: str | None = None) -> dict:
+            anonymise: bool = False, anonymise_map: str = "", max_voxels: int = medical_io.MAX_VOXELS,
+            progress: bool = True, command: str | None = None) -> dict:
     """Validates `data_dir`, splits it by patient and writes shards plus manifest.json to `out_dir`.
 
     One record per slice, or with `volume_depth` one per block of that many
@@ -179,6 +185,7 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
     manifest. Raises DataError on the first bad file unless `skip_bad`, in
     which case bad slices are left out and listed in the manifest. With
     `anonymise`, patients are written under pseudonyms (common.Pseudonyms).
+    A TIFF over `max_voxels` values is refused before it is decoded.
     """
     data_dir = os.path.abspath(data_dir)
     common.check_output_dir(out_dir, overwrite, data_dir=data_dir)
@@ -211,7 +218,7 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
                 for s in slices[patient]:
                     bar.update()
                     try:
-                        image, mask = load_slice(s, image_shape)
+                        image, mask = load_slice(s, image_shape, max_voxels)
                     except DataError as e:
                         if not skip_bad:
                             raise
@@ -299,13 +306,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="write patients under keyed pseudonyms; the map back stays beside --data_dir")
     parser.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
                                                             "(default: <data_dir>.ids.json)")
+    parser.add_argument("--max_voxels", type=int, default=medical_io.MAX_VOXELS,
+                        help="refuse a TIFF of more values than this (a hostile header)")
     args = parser.parse_args(argv)
     try:
         m = prepare(args.data_dir, args.out_dir, val_fraction=args.val_fraction,
                     test_fraction=args.test_fraction, seed=args.seed, num_folds=args.num_folds,
                     fold=args.fold, records_per_shard=args.records_per_shard,
                     volume_depth=args.volume_depth, size=args.size, skip_bad=args.skip_bad,
-                    overwrite=args.overwrite, anonymise=args.anonymise, anonymise_map=args.anonymise_map)
+                    overwrite=args.overwrite, anonymise=args.anonymise, anonymise_map=args.anonymise_map,
+                    max_voxels=args.max_voxels)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

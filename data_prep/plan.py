@@ -105,6 +105,7 @@ from tqdm import tqdm
 
 from data_prep import common, volumes
 from unet_jax.data import DataError
+from unet_jax.data.medical_io import MAX_VOXELS
 from unet_jax.files import write_json
 
 VERSION = 1
@@ -190,7 +191,7 @@ def parse_modalities(text: str | list[str] | None, num_channels: int) -> list[st
 
 
 def fingerprint(cases: list[volumes.Case], modalities: list[str] | None = None, progress: bool = False,
-                declared_labels: set[int] | None = None) -> dict:
+                declared_labels: set[int] | None = None, max_voxels: int = MAX_VOXELS) -> dict:
     """The dataset's fingerprint (see the module docstring): spacings, shapes
     cropped as data_prep.volumes crops, labels and their voxel fractions, and
     per-channel foreground intensity statistics. `modalities` ('MR'/'CT' per
@@ -211,7 +212,7 @@ def fingerprint(cases: list[volumes.Case], modalities: list[str] | None = None, 
     spacings, shapes, foreground, whole, counts, present = [], [], [], [], {}, {}
     total_voxels = 0
     for index, case in enumerate(tqdm(cases, desc="fingerprint", unit="case", disable=not progress)):
-        channels, labels, mask = volumes.read_case(case, {})
+        channels, labels, mask = volumes.read_case(case, {}, max_voxels=max_voxels)
         spacings.append(_check_spacing(channels[0].geometry.spacing, case.channels[0]))
         image = np.stack([v.array for v in channels], axis=-1)
         rng = np.random.default_rng([SEED, index])
@@ -554,7 +555,7 @@ def read_dataset_json(data_dir: str, num_channels: int) -> tuple[list[str] | Non
 
 def plan_dataset(data_dir, out, *, layout: str = "auto", channels: str = "", label: str = "", mask: str = "",
                  modality: str = "auto", memory_gb: float = 8.0, features: int = 32, progress: bool = True,
-                 max_cases: int = 0, command: str | None = None) -> dict:
+                 max_cases: int = 0, max_voxels: int = MAX_VOXELS, command: str | None = None) -> dict:
     """Fingerprints the cases under `data_dir` (found as data_prep.volumes finds
     them; with `max_cases`, that many spread evenly over them), plans, and
     writes `out` atomically (a temporary name in the same folder, then
@@ -570,7 +571,7 @@ def plan_dataset(data_dir, out, *, layout: str = "auto", channels: str = "", lab
     given = parse_modalities(modality, num_channels)
     from_json, label_names = read_dataset_json(data_dir, num_channels)
     declared = {0, *(int(k) for k in label_names)} if label_names else None
-    fp = fingerprint(cases, given or from_json, progress=progress, declared_labels=declared)
+    fp = fingerprint(cases, given or from_json, progress=progress, declared_labels=declared, max_voxels=max_voxels)
     if given is None and from_json is not None:
         fp["modality_source"] = "dataset.json"
     fp["label_names"] = label_names
@@ -632,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=int, default=32, help="channels at full resolution, doubling per level")
     parser.add_argument("--max_cases", type=int, default=0,
                         help="fingerprint this many cases, spread evenly (0: all)")
+    parser.add_argument("--max_voxels", type=int, default=MAX_VOXELS,
+                        help="refuse a volume of more voxels than this (a hostile header)")
     args = vars(parser.parse_args(argv))
     data_dir, out = args.pop("data_dir"), args.pop("out")
     try:

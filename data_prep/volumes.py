@@ -56,7 +56,8 @@ from tqdm import tqdm
 
 from data_prep import common
 from unet_jax.data import PLANS_FILE, DataError
-from unet_jax.data.medical_io import Geometry, Volume, is_volume_path, plane_axis, read_volume, resample
+from unet_jax.data.medical_io import (MAX_VOXELS, Geometry, Volume, is_volume_path, plane_axis, read_volume,
+                                     resample)
 from unet_jax.data.tfrecord import encode_example
 from unet_jax.files import write_json
 
@@ -227,10 +228,11 @@ def check_finite(volume: Volume, path: str) -> None:
                         "or pass --skip_bad")
 
 
-def load_label(path: str, grid: Volume, grid_path: str, label_map: dict[int, int]) -> np.ndarray:
+def load_label(path: str, grid: Volume, grid_path: str, label_map: dict[int, int], *,
+               max_voxels: int = MAX_VOXELS) -> np.ndarray:
     """The label volume as uint8 labels on the grid of `grid`; float-stored
     integral labels are accepted, anything else refused."""
-    volume = read_volume(path)
+    volume = read_volume(path, max_voxels=max_voxels)
     check_same_grid(volume, path, grid, grid_path)
     labels = volume.array
     if labels.dtype.kind == "f":
@@ -252,9 +254,9 @@ def load_label(path: str, grid: Volume, grid_path: str, label_map: dict[int, int
     return labels
 
 
-def load_target(path: str, grid: Volume, grid_path: str) -> np.ndarray:
+def load_target(path: str, grid: Volume, grid_path: str, *, max_voxels: int = MAX_VOXELS) -> np.ndarray:
     """A regression target (e.g. the post-contrast scan) as float32 on the grid of `grid`."""
-    volume = read_volume(path)
+    volume = read_volume(path, max_voxels=max_voxels)
     if volume.array.ndim != 3:
         raise DataError(f"{path}: a {volume.array.ndim}-D target of shape {volume.array.shape}; give one 3-D volume")
     check_same_grid(volume, path, grid, grid_path)
@@ -321,15 +323,16 @@ def normalize_channel(x: np.ndarray, method: str, foreground: np.ndarray, window
     return x, {}
 
 
-def read_case(case: Case, label_map: dict[int, int], target: bool = False
+def read_case(case: Case, label_map: dict[int, int], target: bool = False, *, max_voxels: int = MAX_VOXELS
               ) -> tuple[list[Volume], np.ndarray | None, np.ndarray | None]:
     """Reads and checks one case's files: the channel volumes (3-D, finite, on
     one grid), its labels (uint8 on that grid, remapped; with `target` the
     label file is a regression target, float32) or None, and its foreground
-    mask or None."""
+    mask or None. A file whose header promises more than `max_voxels` voxels
+    is refused before it is decoded."""
     channels = []
     for path in case.channels:
-        volume = read_volume(path)
+        volume = read_volume(path, max_voxels=max_voxels)
         if volume.array.ndim != 3:
             raise DataError(f"{path}: a {volume.array.ndim}-D volume of shape {volume.array.shape}; each channel "
                             "must be one 3-D file (split 4-D series into one file per channel)")
@@ -340,26 +343,28 @@ def read_case(case: Case, label_map: dict[int, int], target: bool = False
     if case.label is None:
         labels = None
     elif target:
-        labels = load_target(case.label, channels[0], case.channels[0])
+        labels = load_target(case.label, channels[0], case.channels[0], max_voxels=max_voxels)
     else:
-        labels = load_label(case.label, channels[0], case.channels[0], label_map)
+        labels = load_label(case.label, channels[0], case.channels[0], label_map, max_voxels=max_voxels)
     foreground = None
     if case.mask is not None:
-        mask_volume = read_volume(case.mask)
+        mask_volume = read_volume(case.mask, max_voxels=max_voxels)
         check_same_grid(mask_volume, case.mask, channels[0], case.channels[0])
         foreground = mask_volume.array > 0
     return channels, labels, foreground
 
 
 def preprocess(channels: list[Volume], labels: np.ndarray | None, foreground: np.ndarray | None,
-               settings: Settings, name: str) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+               settings: Settings, name: str, *, max_voxels: int = MAX_VOXELS
+               ) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """Channels on one grid -> the record's image float32 [*spatial, C], labels
     uint8 (zeros without `labels`; a regression's float32 target, scaled as
     `settings.target` says), geometry and per-channel statistics (with the
     target's scale): resampled to `settings.spacing`, cropped to the
     foreground's bounding box, intensities normalised. Prediction calls it
     too, so new scans get exactly the training preprocessing; `name` (a file)
-    heads its errors."""
+    heads its errors. A resampled grid over `max_voxels` is refused before it
+    is allocated."""
     first = channels[0]
     regression = settings.target is not None
     if labels is None:
@@ -369,10 +374,11 @@ def preprocess(channels: list[Volume], labels: np.ndarray | None, foreground: np
     if settings.spacing is not None:
         if len(settings.spacing) != source.ndim:
             raise DataError(f"--spacing={settings.spacing}: give {source.ndim} values for {name}")
-        channels = [resample(v, settings.spacing, label=False) for v in channels]
-        labels = resample(Volume(labels, source), settings.spacing, label=not regression).array
+        channels = [resample(v, settings.spacing, label=False, max_voxels=max_voxels) for v in channels]
+        labels = resample(Volume(labels, source), settings.spacing, label=not regression, max_voxels=max_voxels).array
         if foreground is not None:
-            foreground = resample(Volume(foreground.astype(np.uint8), source), settings.spacing, label=True).array > 0
+            foreground = resample(Volume(foreground.astype(np.uint8), source), settings.spacing, label=True,
+                                  max_voxels=max_voxels).array > 0
     spacing = tuple(channels[0].geometry.spacing)
     image = np.stack([v.array for v in channels], axis=-1).astype(np.float32)
     geometry["resampled_shape"] = list(image.shape[:-1])
@@ -397,10 +403,12 @@ def preprocess(channels: list[Volume], labels: np.ndarray | None, foreground: np
     return image, labels, {"spacing": list(spacing), **geometry}, {"channels": stats, **extra}
 
 
-def load_case(case: Case, settings: Settings) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+def load_case(case: Case, settings: Settings, *, max_voxels: int = MAX_VOXELS
+              ) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """Reads, checks and converts one case: `read_case`, then `preprocess`."""
-    channels, labels, foreground = read_case(case, settings.label_map, target=settings.target is not None)
-    return preprocess(channels, labels, foreground, settings, case.channels[0])
+    channels, labels, foreground = read_case(case, settings.label_map, target=settings.target is not None,
+                                             max_voxels=max_voxels)
+    return preprocess(channels, labels, foreground, settings, case.channels[0], max_voxels=max_voxels)
 
 
 def settings_from_manifest(manifest: dict) -> Settings:
@@ -437,8 +445,8 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
             unlabelled: bool = False, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
             num_folds: int = 0, fold: int = 0, val_cases: str = "", test_cases: str = "", cv_folds: int = 0,
             plans: str = "", records_per_shard: int = 64, skip_bad: bool = False, overwrite: bool = False,
-            anonymise: bool = False, anonymise_map: str = "", progress: bool = True,
-            command: str | None = None) -> dict:
+            anonymise: bool = False, anonymise_map: str = "", max_voxels: int = MAX_VOXELS,
+            progress: bool = True, command: str | None = None) -> dict:
     """Validates the cases under `data_dir`, splits them by case and writes
     shards plus manifest.json to `out_dir`; returns the manifest. Raises
     DataError on the first bad case unless `skip_bad` (bad cases are then
@@ -452,7 +460,8 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
     (data_prep.plan's plans.json) sets the spacing, intensity method and CT
     window that are not given, and is copied beside the manifest for
     configs/auto_3d.py. With `anonymise`, cases are written under pseudonyms
-    (common.Pseudonyms). String arguments are the CLI's."""
+    (common.Pseudonyms). Images and resampled grids over `max_voxels` are
+    refused before they are allocated. String arguments are the CLI's."""
     data_dir = os.path.abspath(data_dir)
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: no such folder; point --data_dir at a folder of cases")
@@ -529,7 +538,7 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
             for case_name in members:
                 case = by_name[case_name]
                 try:
-                    image, labels, geometry, stats = load_case(case, settings)
+                    image, labels, geometry, stats = load_case(case, settings, max_voxels=max_voxels)
                     if planned_labels and not target and (stray := sorted(set(np.unique(labels).tolist())
                                                                           - planned_labels)):
                         raise DataError(f"{case.label}: label {stray[0]} is not among the labels "
@@ -727,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
     parser.add_argument("--anonymise", action="store_true",
                         help="write cases under keyed pseudonyms; the map back stays beside --data_dir")
+    parser.add_argument("--max_voxels", type=int, default=MAX_VOXELS,
+                        help="refuse a volume, or a resampled grid, of more voxels than this (a hostile header)")
     parser.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
                                                             "(default: <data_dir>.ids.json)")
     args = vars(parser.parse_args(argv))

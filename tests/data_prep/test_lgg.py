@@ -201,6 +201,15 @@ def test_two_files_of_one_slice_are_named_not_one_silently_dropped(phantom_dir, 
     assert "\n" not in str(e.value) and f"{patient}_1.tif" in str(e.value) and copy.format(p=patient) in str(e.value)
 
 
+def test_a_tiff_over_max_voxels_is_refused_from_its_header(phantom_dir, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(phantom_dir, src)
+    with pytest.raises(DataError, match=r"_1.tif: .*max_voxels") as e:  # 32x32x3 = 3072 values per slice
+        _prepare(src, tmp_path / "out", max_voxels=3000)
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+    assert _prepare(src, tmp_path / "out", max_voxels=3072)["splits"]["train"]["num_slices"] > 0
+
+
 def test_empty_and_missing_folders(tmp_path):
     with pytest.raises(DataError, match="no such folder"):
         _prepare(tmp_path / "nope", tmp_path / "out")

@@ -235,8 +235,8 @@ def test_bad_cases_give_one_line_errors_naming_the_case(tmp_path, monkeypatch):
     # A spacing that is zero or not finite, named with its file.
     read = volumes.read_case
 
-    def bad_spacing(case, label_map):
-        channels, labels, mask = read(case, label_map)
+    def bad_spacing(case, label_map, **kw):
+        channels, labels, mask = read(case, label_map, **kw)
         return [Volume(v.array, Geometry((1.0, 0.0, 1.0), v.geometry.origin, v.geometry.direction))
                 for v in channels], labels, mask
 
@@ -268,6 +268,15 @@ def test_main_writes_plans_and_reports_errors_in_one_line(tmp_path, capsys):
     # --max_cases fingerprints a subset but sizes the batch cap by every case found.
     sub = plan.plan_dataset(str(src), str(tmp_path / "sub.json"), max_cases=2, progress=False)
     assert sub["fingerprint"]["num_cases"] == 2 and sub["fingerprint"]["cases_found"] == 3
+
+
+def test_max_voxels_reaches_the_volumes_the_planner_reads(tmp_path, capsys):
+    box, lesion = (slice(1, 19), slice(1, 19), slice(1, 11)), (slice(5, 10), slice(5, 10), slice(3, 6))
+    src = _decathlon(tmp_path / "raw", [_box_case((20, 20, 12), box, lesion, s, (1, 1, 1)) for s in range(2)])
+    assert plan.main([f"--data_dir={src}", f"--out={tmp_path / 'plans.json'}", "--max_voxels=4000"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # 20x20x12 = 4800 voxels; above it, the progress bar
+    assert err.startswith("error: ") and "case_000_0000.nii.gz" in err and "max_voxels" in err
+    assert not (tmp_path / "plans.json").exists()
 
 
 def test_read_plans_refuses_absent_or_invalid_files(tmp_path):

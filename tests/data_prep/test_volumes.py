@@ -474,6 +474,21 @@ def test_spacing_resamples_and_keeps_labels(tmp_path):
         _prepare(src, tmp_path / "bad", **{**kw, "spacing": "1,1"})
 
 
+def test_a_hostile_header_spacing_is_refused_before_resampling(tmp_path):
+    """A 10x12x6 case whose header claims 1000 mm voxels: at --spacing=1 its
+    grid would be 10000x12000x6000 voxels (about 2.9 TB of float32)."""
+    src = tmp_path / "src"
+    _write(src / "big" / "flair.nii.gz", _channel(1), spacing=(1000.0, 1000.0, 1000.0))
+    _write(src / "big" / "seg.nii.gz", _label(), spacing=(1000.0, 1000.0, 1000.0))
+    with pytest.raises(DataError, match="max_voxels") as e:
+        _prepare(src, tmp_path / "out", channels="flair*", label="seg*", spacing="1,1,1", val_fraction=0,
+                 test_fraction=0)
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match="max_voxels"):  # a lower cap refuses the file itself, before decoding
+        _prepare(src, tmp_path / "out", channels="flair*", label="seg*", max_voxels=100, val_fraction=0,
+                 test_fraction=0)
+
+
 def test_axial_slices(lesion_dir, lesion_prepared, tmp_path):
     out = tmp_path / "slices"
     m = _prepare(lesion_dir, out, channels="FLAIR*,T1*", label="lesions*", slices="axial", slice_size="32,32")
