@@ -374,7 +374,10 @@ def preprocess(channels: list[Volume], labels: np.ndarray | None, foreground: np
     if settings.spacing is not None:
         if len(settings.spacing) != source.ndim:
             raise DataError(f"--spacing={settings.spacing}: give {source.ndim} values for {name}")
-        channels = [resample(v, settings.spacing, label=False, max_voxels=max_voxels) for v in channels]
+        try:
+            channels = [resample(v, settings.spacing, label=False, max_voxels=max_voxels) for v in channels]
+        except DataError as e:  # a grid too large: resample knows no file name
+            raise DataError(f"{name}: {e}") from None
         labels = resample(Volume(labels, source), settings.spacing, label=not regression, max_voxels=max_voxels).array
         if foreground is not None:
             foreground = resample(Volume(foreground.astype(np.uint8), source), settings.spacing, label=True,

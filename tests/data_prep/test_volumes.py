@@ -483,7 +483,8 @@ def test_a_hostile_header_spacing_is_refused_before_resampling(tmp_path):
     with pytest.raises(DataError, match="max_voxels") as e:
         _prepare(src, tmp_path / "out", channels="flair*", label="seg*", spacing="1,1,1", val_fraction=0,
                  test_fraction=0)
-    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+    assert str(e.value).startswith(f"{src / 'big' / 'flair.nii.gz'}: ") and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
     with pytest.raises(DataError, match="max_voxels"):  # a lower cap refuses the file itself, before decoding
         _prepare(src, tmp_path / "out", channels="flair*", label="seg*", max_voxels=100, val_fraction=0,
                  test_fraction=0)
