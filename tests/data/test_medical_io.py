@@ -6,9 +6,12 @@ back onto a scan's grid, and 2-D pictures (PNG, JPEG, BMP, TIFF)."""
 import glob
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -715,3 +718,186 @@ def test_write_image_replaces_atomically(tmp_path, monkeypatch):
         write_image(path, GREY8)
     np.testing.assert_array_equal(read_image(path)[..., 0], 255 - GREY8)  # the old file, whole
     assert os.listdir(tmp_path) == ["out.tif"]  # and no temporary file
+
+
+# --- hostile headers: sizes and spacings checked before any voxel is read or allocated ----------------------------
+
+def _nifti_header(dims, pixdim=(1.0, 1.0, 1.0)) -> bytes:
+    """A NIfTI-1 int16 header (vox_offset 352) of `dims` voxels and `pixdim` spacing."""
+    header = bytearray(352)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, len(dims), *dims, *(1,) * (7 - len(dims)))
+    struct.pack_into("<2h", header, 70, 4, 16)  # datatype int16, bitpix
+    struct.pack_into("<8f", header, 76, 1.0, *pixdim, *(1.0,) * (7 - len(pixdim)))
+    struct.pack_into("<f", header, 108, 352.0)
+    header[344:348] = b"n+1\0"
+    return bytes(header)
+
+
+def _gzip_of_zeros(path: Path, header: bytes, zeros: int) -> None:
+    """`header` then `zeros` zero bytes, gzipped: a few KB on disk for many MB decompressed."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+    path.write_bytes(compressor.compress(header) + compressor.compress(bytes(zeros)) + compressor.flush())
+
+
+def _read_peak_bytes(path: Path, **kwargs) -> tuple[Exception | None, int]:
+    """What read_volume raises (None when it reads) and the peak of Python's allocations while it runs."""
+    tracemalloc.start()
+    try:
+        read_volume(str(path), **kwargs)
+        error = None
+    except DataError as e:
+        error = e
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return error, peak
+
+
+def test_nifti_gzip_bomb_is_read_only_as_far_as_its_header_promises(tmp_path):
+    # A 32x32x32 int16 volume (64 KiB) followed by 32 MiB more zeros: the check once held all of them.
+    path = tmp_path / "bomb.nii.gz"
+    _gzip_of_zeros(path, _nifti_header((32, 32, 32)), 32 << 20)
+    error, peak = _read_peak_bytes(path)
+    assert error is None
+    assert peak < 4 << 20, peak
+
+
+def test_nifti_header_over_the_voxel_cap_is_refused_before_decompressing(tmp_path):
+    # The header claims 2000^3 voxels; the stream holds 8 MiB of zeros, 4x the cap of 10**6 int16 voxels.
+    path = tmp_path / "bomb.nii.gz"
+    _gzip_of_zeros(path, _nifti_header((2000, 2000, 2000)), 8 << 20)
+    error, peak = _read_peak_bytes(path, max_voxels=10**6)
+    assert isinstance(error, DataError) and "\n" not in str(error), error
+    assert "bomb.nii.gz: 2000 x 2000 x 2000 = 8000000000 voxels, over the cap of 1000000" in str(error)
+    assert "--max_voxels" in str(error)
+    assert peak < 1 << 20, peak
+
+
+def test_nifti_dims_whose_product_overflows_int64(tmp_path):
+    path = tmp_path / "five_d.nii.gz"  # 30000^5 voxels: int64 wraps, ITK reads at most 5-D
+    _gzip_of_zeros(path, _nifti_header((30000,) * 5), 1024)
+    with pytest.raises(DataError) as excinfo:
+        read_volume(str(path))
+    _assert_one_line_error(excinfo, path, "--max_voxels")
+    assert f"= {30000**5} voxels" in str(excinfo.value)
+
+
+def test_plain_nifti_shorter_than_its_header_is_still_truncated(tmp_path):
+    path = tmp_path / "short.nii"  # a size the file cannot hold is truncation, whatever the cap
+    path.write_bytes(_nifti_header((2000, 2000, 2000)) + bytes(1024))
+    with pytest.raises(DataError, match="short.nii: unusable NIfTI file \\(1376 bytes where its header promises"):
+        read_volume(str(path), max_voxels=10**6)
+
+
+def _nrrd(path: Path, sizes: str, spacings: str = "1 1 1") -> Path:
+    path.write_bytes(f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {sizes}\nspacings: {spacings}\nencoding: raw\n\n"
+                     .encode() + bytes(64))
+    return path
+
+
+def _mha(path: Path, sizes: str, spacings: str = "1 1 1") -> Path:
+    path.write_bytes(f"ObjectType = Image\nNDims = 3\nDimSize = {sizes}\nElementSpacing = {spacings}\n"
+                     "ElementType = MET_UCHAR\nElementDataFile = LOCAL\n".encode() + bytes(64))
+    return path
+
+
+@pytest.mark.parametrize("write", [_nrrd, _mha])
+def test_nrrd_and_mha_headers_over_the_voxel_cap(tmp_path, write):
+    suffix = ".nrrd" if write is _nrrd else ".mha"
+    small = write(tmp_path / f"small{suffix}", "200 100 100")  # 2 MB claimed, 64 bytes held
+    with pytest.raises(DataError) as excinfo:
+        read_volume(str(small), max_voxels=10**6)
+    _assert_one_line_error(excinfo, small, "pass --max_voxels=N if the image is really that large")
+    assert "200 x 100 x 100 = 2000000 voxels, over the cap of 1000000" in str(excinfo.value)
+    huge = write(tmp_path / f"huge{suffix}", "100000 100000 100000")
+    with pytest.raises(DataError) as excinfo:
+        read_volume(str(huge))
+    _assert_one_line_error(excinfo, huge, "--max_voxels")
+
+
+@pytest.mark.parametrize("name, write, spacings", [("negative.nrrd", _nrrd, "-1 1 1"), ("zero.mha", _mha, "0 1 1"),
+                                                   ("nan.mha", _mha, "nan 1 1")])
+def test_bad_spacing_in_a_header(tmp_path, name, write, spacings):
+    # (ITK reads NRRD's NaN and NIfTI's NaN or 0 as 1 mm, MetaImage's NaN as 0.)
+    path = write(tmp_path / name, "4 4 4", spacings)
+    with pytest.raises(DataError) as excinfo:
+        read_volume(str(path))
+    _assert_one_line_error(excinfo, path, "fix the spacing in the header")
+
+
+def test_negative_nifti_pixdim(tmp_path):
+    path = tmp_path / "negative.nii.gz"
+    _gzip_of_zeros(path, _nifti_header((4, 4, 4), pixdim=(-2.0, 1.0, 1.0)), 128)
+    with pytest.raises(DataError) as excinfo:
+        read_volume(str(path))
+    _assert_one_line_error(excinfo, path, "fix the spacing in the header")
+
+
+def test_dicom_series_over_the_voxel_cap(tmp_path):
+    files = write_dicom_series(str(tmp_path / "series"), _synthetic(np.int16, EYE))  # 12 x 10 x 6
+    assert read_volume(str(tmp_path / "series"), max_voxels=720).array.shape == (12, 10, 6)
+    with pytest.raises(DataError) as excinfo:
+        read_volume(str(tmp_path / "series"), max_voxels=719)
+    _assert_one_line_error(excinfo, os.path.dirname(files[0]), "--max_voxels")
+    assert "12 x 10 x 1 x 6 = 720 voxels" in str(excinfo.value)
+
+
+def test_resample_refuses_a_huge_grid_or_a_bad_spacing_before_allocating():
+    coarse = Volume(np.zeros((16, 16, 16), np.int16), Geometry.identity(3, (1000.0,) * 3))  # 1000 mm voxels
+    with pytest.raises(DataError, match="16000 x 16000 x 16000 = 4096000000000 voxels, .*fix the spacing") as excinfo:
+        resample(coarse, (1.0, 1.0, 1.0), label=False)
+    assert "\n" not in str(excinfo.value)
+    assert resample(coarse, (1000.0, 2000.0, 4000.0), label=True, max_voxels=512).array.shape == (16, 8, 4)
+    with pytest.raises(DataError, match="16 x 8 x 4 = 512 voxels, over the cap of 511"):
+        resample(coarse, (1000.0, 2000.0, 4000.0), label=True, max_voxels=511)
+    for spacing in [(0.0, 1.0, 1.0), (float("nan"), 1.0, 1.0), (-1.0, 1.0, 1.0), (float("inf"), 1.0, 1.0)]:
+        with pytest.raises(DataError, match="is not positive and finite; fix the spacing"):
+            resample(coarse, spacing, label=False)
+    with pytest.raises(DataError, match="is not positive and finite"):
+        resample(Volume(coarse.array, Geometry.identity(3, (0.0, 1.0, 1.0))), (1.0, 1.0, 1.0), label=False)
+    with pytest.raises(DataError, match="100000 x 100000 x 100000 x 2 = .* over the cap of 2147483648"):
+        resample_to(Volume(np.zeros((4, 4, 4, 2), np.float32), Geometry.identity(3)), Geometry.identity(3),
+                    (100000,) * 3, label=False)
+
+
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A 4x4 grey PNG whose IHDR claims `width` x `height` (its CRC fixed to match)."""
+    write_image(str(path), np.zeros((4, 4), np.uint8))
+    data = bytearray(path.read_bytes())
+    struct.pack_into(">II", data, 16, width, height)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _tiff_claiming(path: Path, width: int, height: int) -> Path:
+    """A 4x4 grey TIFF whose ImageWidth and ImageLength tags claim `width` x `height`."""
+    write_image(str(path), np.zeros((4, 4), np.uint8))
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(str(path)) as tif:
+        for code, value in ((256, width), (257, height)):
+            tag = tif.pages[0].tags[code]
+            struct.pack_into("<I" if tag.dtype == 4 else "<H", data, tag.valueoffset, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("make, name", [(_png_claiming, "huge.png"), (_tiff_claiming, "huge.tif")])
+def test_image_headers_over_the_voxel_cap(tmp_path, make, name):
+    path = make(tmp_path / name, 60000, 50000)
+    with pytest.raises(DataError) as excinfo:
+        read_image(str(path))
+    _assert_one_line_error(excinfo, path, "pass --max_voxels=N if the image is really that large")
+    assert "50000 x 60000" in str(excinfo.value) and "over the cap of 2147483648" in str(excinfo.value)
+    with pytest.raises(DataError, match="2000 x 3000 .* over the cap of 1000000"):
+        read_image(str(make(tmp_path / f"small_{name}", 3000, 2000)), max_voxels=10**6)
+
+
+def test_pillow_decompression_bomb_limit_follows_max_voxels(tmp_path):
+    # 20000^2 pixels is past twice Pillow's default limit (an error there); under the cap it is a truncated file.
+    path = _png_claiming(tmp_path / "big.png", 20000, 20000)
+    with pytest.raises(DataError, match="big.png: unreadable or truncated image") as excinfo:
+        read_image(str(path))
+    assert "DecompressionBomb" not in str(excinfo.value)
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # Pillow's own limit is left as it was

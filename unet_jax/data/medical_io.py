@@ -21,8 +21,10 @@ import dataclasses
 import datetime
 import gzip
 import locale
+import math
 import os
 import shutil
+import threading
 import zlib
 from collections.abc import Sequence
 
@@ -43,6 +45,26 @@ ANATOMICAL_PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}  # the world axis 
 # File endings of 2-D pictures; TIFF goes through tifffile, the rest through Pillow.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _TIFF_SUFFIXES = (".tif", ".tiff")
+# The default cap on the voxels (spatial sizes times channels) of one image read or one resampled grid: a
+# header is untrusted, and a few bytes can claim terabytes (8 GiB of float32 at the cap).
+MAX_VOXELS = 2**31
+_VOXELS_FIX = "pass --max_voxels=N if the image is really that large, or replace the file"
+
+
+def check_voxels(shape: Sequence[int], path: str, max_voxels: int = MAX_VOXELS, *, fix: str = _VOXELS_FIX) -> None:
+    """DataError naming `path` and the `fix` unless an image of `shape` (spatial sizes and channels) has at
+    most `max_voxels` voxels; multiplied as Python ints, which do not overflow as int64 does."""
+    voxels = math.prod(int(s) for s in shape)
+    if voxels > max_voxels:
+        raise DataError(f"{path}: {' x '.join(str(int(s)) for s in shape)} = {voxels} voxels, over the cap of "
+                        f"{max_voxels}; {fix}")
+
+
+def check_spacing(spacing: Sequence[float], path: str) -> None:
+    """DataError naming `path` unless every voxel spacing is finite and positive."""
+    if not all(math.isfinite(s) and s > 0 for s in map(float, spacing)):
+        raise DataError(f"{path}: voxel spacing {[float(s) for s in spacing]} is not positive and finite; fix the "
+                        "spacing in the header (pixdim in NIfTI) or replace the file")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,54 +183,82 @@ def dicom_series_files(folder: str) -> list[str]:
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
 
-def _nifti_problem(path: str, reader: sitk.ImageFileReader) -> str | None:
+# Bytes of a NIfTI file's voxel data read at a time: a whole multiple of every voxel size.
+_NIFTI_CHUNK = 1 << 24
+
+
+def _nifti_problem(path: str, reader: sitk.ImageFileReader, max_voxels: int) -> str | None:
     """Why a NIfTI file cannot be trusted, or None. ITK reads a truncated NIfTI
     without complaint, zero-filling the rest, and reads NaN and infinite
-    voxels as 0 (fixed in later ITKs), so both are checked on the raw bytes."""
+    voxels as 0 (fixed in later ITKs), so both are checked on the raw bytes,
+    streamed chunk by chunk up to the size the header promises (never the
+    rest of a gzip bomb). DataError when the header claims over `max_voxels`."""
     keys = ("dim[0]", "vox_offset", "bitpix", "datatype")
     if not all(reader.HasMetaDataKey(k) for k in keys):
         return None
     dims = [int(reader.GetMetaData(f"dim[{i}]")) for i in range(1, int(reader.GetMetaData("dim[0]")) + 1)]
     offset = int(float(reader.GetMetaData("vox_offset")))
-    expected = offset + int(np.prod(dims, dtype=np.int64)) * int(reader.GetMetaData("bitpix")) // 8
+    expected = offset + math.prod(dims) * int(reader.GetMetaData("bitpix")) // 8
     with open(path, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"  # niftilib also reads a plain file named .nii.gz
+    if not gzipped and os.path.getsize(path) < expected:
+        return f"{os.path.getsize(path)} bytes where its header promises {expected}"
+    check_voxels(dims, path, max_voxels)  # a gzip stream's length is unknown until it is decompressed
+    kind = _NIFTI_FLOATS.get(int(reader.GetMetaData("datatype")))
+    read, bad = 0, 0
     try:
         with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
-            data = f.read()
+            header = f.read(offset)
+            read = len(header)
+            # sizeof_hdr (348 for NIfTI-1, 540 for NIfTI-2) tells the byte order.
+            dtype = np.dtype(("<" if int.from_bytes(header[:4], "little") in (348, 540) else ">") + (kind or "u1"))
+            while read < expected and (chunk := f.read(min(_NIFTI_CHUNK, expected - read))):
+                read += len(chunk)
+                if kind is not None:
+                    bad += np.count_nonzero(~np.isfinite(np.frombuffer(chunk, dtype, len(chunk) // dtype.itemsize)))
     except (EOFError, OSError, zlib.error) as e:
         return f"compressed data unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-    if len(data) < expected:
-        return f"{len(data)} bytes where its header promises {expected}"
-    kind = _NIFTI_FLOATS.get(int(reader.GetMetaData("datatype")))
-    if kind is not None:
-        # sizeof_hdr (348 for NIfTI-1, 540 for NIfTI-2) tells the byte order.
-        order = "<" if int.from_bytes(data[:4], "little") in (348, 540) else ">"
-        bad = np.count_nonzero(~np.isfinite(np.frombuffer(data, order + kind, offset=offset,
-                                                          count=(expected - offset) // int(kind[1]))))
-        if bad:
-            return f"{bad} NaN or infinite voxels"
-    return None
+    if read < expected:
+        return f"{read} bytes where its header promises {expected}"
+    return f"{bad} NaN or infinite voxels" if bad else None
 
 
-def read_volume(path: str) -> Volume:
+def _check_header(reader: sitk.ImageFileReader, path: str, max_voxels: int, slices: int | None = None) -> None:
+    """The size and spacing in a header read by `ReadImageInformation`, checked before its voxels are:
+    `slices` files of that size for a DICOM series."""
+    components = reader.GetNumberOfComponents()
+    shape = (*reader.GetSize(), *((slices,) if slices else ()), *((components,) if components > 1 else ()))
+    check_voxels(shape, path, max_voxels)
+    check_spacing(reader.GetSpacing(), path)
+
+
+def read_volume(path: str, *, max_voxels: int = MAX_VOXELS) -> Volume:
     """A NIfTI/NRRD/MHA/MHD file, or a folder holding one DICOM series, as a
-    `Volume`; DataError naming the file when it cannot be read."""
+    `Volume`; DataError naming the file when it cannot be read, or when its
+    header claims over `max_voxels` voxels or a spacing not finite and positive
+    (checked before the voxels are read)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or folder; check the path")
     try:
         if os.path.isdir(path):
+            files = dicom_series_files(path)
+            first = sitk.ImageFileReader()
+            first.SetFileName(files[0])
+            first.ReadImageInformation()
+            _check_header(first, path, max_voxels, slices=len(files))
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(dicom_series_files(path))
+            reader.SetFileNames(files)
             image = reader.Execute()
+            check_spacing(image.GetSpacing(), path)  # the slice spacing, from the slices' positions
         else:
             reader = sitk.ImageFileReader()
             reader.SetFileName(path)
             reader.ReadImageInformation()
-            if path.lower().endswith((".nii", ".nii.gz")) and (problem := _nifti_problem(path, reader)):
+            if path.lower().endswith((".nii", ".nii.gz")) and (problem := _nifti_problem(path, reader, max_voxels)):
                 raise DataError(f"{path}: unusable NIfTI file ({problem}); fix or replace the file, "
                                 "or pass --skip_bad")
+            _check_header(reader, path, max_voxels)
             image = reader.Execute()
     except RuntimeError as e:  # SimpleITK's one exception type; its message spans many lines
         reason = next((line.strip() for line in str(e).splitlines() if "rror" in line or "annot" in line),
@@ -307,26 +357,37 @@ def plane_axis(geometry: Geometry, plane: str) -> int:
     return int(np.argmax(np.abs(geometry.matrix()[ANATOMICAL_PLANES[plane]])))
 
 
-def resample(volume: Volume, spacing: Sequence[float], *, label: bool) -> Volume:
+def resample(volume: Volume, spacing: Sequence[float], *, label: bool, max_voxels: int = MAX_VOXELS) -> Volume:
     """`volume` on a grid of voxel size `spacing` over the same physical extent
     (same origin and direction): linear interpolation for images, nearest
     neighbour for labels. Voxels past the last input voxel centre (the last
-    slices when upsampling) take the nearest input value, not zero."""
+    slices when upsampling) take the nearest input value, not zero. DataError
+    for a spacing (either) not finite and positive, or a grid over `max_voxels`
+    (a header's 1000 mm voxels resampled to 1 mm), before anything is allocated."""
     g = volume.geometry
-    size = np.maximum(1, np.round(np.asarray(volume.array.shape[:g.ndim]) * np.asarray(g.spacing)
-                                  / np.asarray(spacing))).astype(int)
-    return resample_to(volume, Geometry(tuple(float(s) for s in spacing), g.origin, g.direction), size, label=label)
+    check_spacing(g.spacing, "the volume to resample")
+    check_spacing(spacing, "the resampling target")
+    # Python floats, not an int64 array that a huge ratio would overflow.
+    size = [max(1, round(n * s / t)) for n, s, t in zip(volume.array.shape[:g.ndim], g.spacing, map(float, spacing))]
+    return resample_to(volume, Geometry(tuple(float(s) for s in spacing), g.origin, g.direction), size, label=label,
+                       max_voxels=max_voxels)
 
 
-def resample_to(volume: Volume, geometry: Geometry, shape: Sequence[int], *, label: bool) -> Volume:
+def resample_to(volume: Volume, geometry: Geometry, shape: Sequence[int], *, label: bool,
+                max_voxels: int = MAX_VOXELS) -> Volume:
     """`volume` on the grid of `shape` voxels that `geometry` places, as a
     prediction made on a `resample`d grid goes back onto its scan's grid:
     linear interpolation to float32 for images, nearest neighbour keeping the
     dtype for labels. Points outside the input's extent take the nearest input
-    value, not zero. A K-component volume stays one."""
+    value, not zero. A K-component volume stays one. DataError for a grid over
+    `max_voxels` or a spacing not finite and positive, before it is allocated."""
     if len(shape) != geometry.ndim or geometry.ndim != volume.geometry.ndim:
         raise ValueError(f"a {volume.geometry.ndim}-D volume onto a grid of shape {tuple(shape)} and "
                          f"{geometry.ndim}-D geometry")
+    grid = f"resampling from spacing {list(volume.geometry.spacing)} mm to {list(geometry.spacing)} mm"
+    check_spacing(geometry.spacing, grid)
+    check_voxels((*shape, *volume.array.shape[geometry.ndim:]), grid, max_voxels,
+                 fix="fix the spacing in the scan's header, or pass --max_voxels=N if the grid really is that large")
     image = _to_image(volume)
     vector = volume.array.ndim > volume.geometry.ndim  # [X, Y, Z, K], K = 1 included
     pixel = image.GetPixelID() if label else (sitk.sitkVectorFloat32 if vector else sitk.sitkFloat32)
@@ -345,14 +406,15 @@ _PILLOW_KEPT = ("L", "LA", "RGB", "RGBA", "I;16")
 _PILLOW_WRITES = {(".png", "uint8"): (1, 2, 3, 4), (".png", "uint16"): (1,), (".bmp", "uint8"): (1, 3)}
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str, *, max_voxels: int = MAX_VOXELS) -> np.ndarray:
     """A 2-D picture as [H, W, C] (grey as C=1) in its own dtype: uint8,
     uint16 for a 16-bit PNG, float TIFF as stored. Palette pictures become
     RGB; an alpha channel is dropped where it is fully opaque. DataError
-    naming the file when it cannot be read or is not one picture."""
+    naming the file when it cannot be read, is not one picture, or its header
+    claims over `max_voxels` values (checked before decoding)."""
     path = os.fspath(path)
     try:
-        array, alpha = (_read_tiff if path.lower().endswith(_TIFF_SUFFIXES) else _read_pillow)(path)
+        array, alpha = (_read_tiff if path.lower().endswith(_TIFF_SUFFIXES) else _read_pillow)(path, max_voxels)
     except DataError:
         raise
     except Exception as e:  # Pillow and tifffile raise many types for missing or damaged files
@@ -367,9 +429,24 @@ def read_image(path: str) -> np.ndarray:
     return array
 
 
-def _read_pillow(path: str) -> tuple[np.ndarray, bool]:
+# Pillow's decompression-bomb limit is one global read when a file is opened; opened under this lock with the
+# limit off, since `max_voxels` caps the size instead.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def _open_pillow(path: str) -> Image.Image:
+    with _PILLOW_LIMIT_LOCK:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(path, formats=("PNG", "JPEG", "BMP"))
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
+def _read_pillow(path: str, max_voxels: int) -> tuple[np.ndarray, bool]:
     """A PNG, JPEG or BMP picture as [H, W] or [H, W, C], and whether its last channel is alpha."""
-    with Image.open(path, formats=("PNG", "JPEG", "BMP")) as image:
+    with _open_pillow(path) as image:
+        check_voxels((image.height, image.width, len(image.getbands())), path, max_voxels)
         image.load()  # decodes now: a truncated file fails here
         if image.format == "PNG" and image.mode == "I":  # older Pillows open a 16-bit grey PNG as int32
             return np.array(image).astype(np.uint16), False
@@ -390,10 +467,11 @@ def _png_bit_depth(path: str) -> int:
         return f.read(25)[24]  # IHDR follows the 8-byte signature: length, type, width, height, bit depth
 
 
-def _read_tiff(path: str) -> tuple[np.ndarray, bool]:
+def _read_tiff(path: str, max_voxels: int) -> tuple[np.ndarray, bool]:
     """The first series of a TIFF as [H, W] or [H, W, C], and whether its last channel is alpha."""
     with tifffile.TiffFile(path) as tif:
         series, extras = tif.series[0], tif.pages[0].extrasamples
+        check_voxels(series.shape, path, max_voxels)
         array, axes = series.asarray(), series.axes
     single = tuple(i for i, a in enumerate(axes) if a not in "YX" and array.shape[i] == 1)
     array, axes = array.squeeze(single), "".join(a for i, a in enumerate(axes) if i not in single)
