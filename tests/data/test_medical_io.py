@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import tifffile
 from PIL import Image
 
-from unet_jax.data import DataError
+from unet_jax.data import DataError, medical_io
 from unet_jax.data.medical_io import (Geometry, Volume, is_image_path, plane_axis, read_image, read_volume, resample,
                                       resample_to, write_dicom_series, write_image, write_volume)
 
@@ -901,3 +901,14 @@ def test_pillow_decompression_bomb_limit_follows_max_voxels(tmp_path):
         read_image(str(path))
     assert "DecompressionBomb" not in str(excinfo.value)
     assert Image.MAX_IMAGE_PIXELS == 89478485  # Pillow's own limit is left as it was
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_nifti_nan_and_inf_are_counted_across_chunks(tmp_path, monkeypatch, suffix):
+    monkeypatch.setattr(medical_io, "_NIFTI_CHUNK", 64)  # 16 float32 voxels a chunk: the bad ones in three
+    volume = _synthetic(np.float32, shape=(12, 10, 6))
+    volume.array.flat[[0, 100, 719]] = [np.nan, np.inf, -np.inf]
+    path = tmp_path / f"bad{suffix}"
+    write_volume(str(path), volume)
+    with pytest.raises(DataError, match=f"bad{suffix}: unusable NIfTI file \\(3 NaN or infinite voxels\\)"):
+        read_volume(str(path))

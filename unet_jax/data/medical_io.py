@@ -211,10 +211,11 @@ def _nifti_problem(path: str, reader: sitk.ImageFileReader, max_voxels: int) -> 
             header = f.read(offset)
             read = len(header)
             # sizeof_hdr (348 for NIfTI-1, 540 for NIfTI-2) tells the byte order.
-            dtype = np.dtype(("<" if int.from_bytes(header[:4], "little") in (348, 540) else ">") + (kind or "u1"))
+            order = "<" if int.from_bytes(header[:4], "little") in (348, 540) else ">"
+            dtype = np.dtype(order + kind) if kind else None
             while read < expected and (chunk := f.read(min(_NIFTI_CHUNK, expected - read))):
                 read += len(chunk)
-                if kind is not None:
+                if dtype is not None:
                     bad += np.count_nonzero(~np.isfinite(np.frombuffer(chunk, dtype, len(chunk) // dtype.itemsize)))
     except (EOFError, OSError, zlib.error) as e:
         return f"compressed data unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
@@ -250,7 +251,6 @@ def read_volume(path: str, *, max_voxels: int = MAX_VOXELS) -> Volume:
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)
             image = reader.Execute()
-            check_spacing(image.GetSpacing(), path)  # the slice spacing, from the slices' positions
         else:
             reader = sitk.ImageFileReader()
             reader.SetFileName(path)
