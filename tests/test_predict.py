@@ -467,3 +467,16 @@ def test_nan_outputs_of_damaged_weights_are_refused_and_not_written(run_2d, phan
     result = predict.predict_files(predictor, str(patients), str(out), skip_bad=True, progress=False)
     assert [r["status"] for r in result["cases"]] == ["skipped", "skipped"]
     assert sorted(os.listdir(out)) == ["predictions.csv"]
+
+
+def test_a_scan_larger_than_max_voxels_is_one_line_naming_the_file(run_2d, phantom_dir, tmp_path):
+    predictor = predict.Predictor.from_workdir(run_2d, max_voxels=1000)  # a slice holds 32x32x3
+    folder = os.path.join(phantom_dir, sorted(os.listdir(phantom_dir))[0])
+    picture = tmp_path / "pictures" / "x.png"
+    write_image(str(picture), read_image(os.path.join(folder, os.path.basename(folder) + "_6.tif")))
+    with pytest.raises(DataError, match=rf"{picture}.*--max_voxels") as error:
+        predict.predict_files(predictor, str(picture.parent), str(tmp_path / "out"), progress=False)
+    assert "\n" not in str(error.value)
+    predictor.max_voxels = 32 * 32 * 3
+    result = predict.predict_files(predictor, str(picture.parent), str(tmp_path / "out"), progress=False)
+    assert [r["status"] for r in result["cases"]] == ["ok"]

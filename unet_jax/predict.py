@@ -71,8 +71,8 @@ from unet_jax import inference, metrics, parallel, report, tasks, train
 from unet_jax import postprocessing as postprocessing_lib
 from unet_jax.config_checks import ConfigError, input_shape
 from unet_jax.data import DataError, pipeline
-from unet_jax.data.medical_io import (VOLUME_SUFFIXES, Geometry, Volume, dicom_series_files, is_image_path,
-                                      is_volume_path, plane_axis, read_image, resample_to,
+from unet_jax.data.medical_io import (MAX_VOXELS, VOLUME_SUFFIXES, Geometry, Volume, dicom_series_files,
+                                      is_image_path, is_volume_path, plane_axis, read_image, resample_to,
                                       write_dicom_series, write_image, write_volume)
 from unet_jax.evaluate import as_slices
 from unet_jax.files import atomic_write, write_json
@@ -106,6 +106,8 @@ flags.DEFINE_enum("output_format", None, list(OUTPUT_FORMATS), "predict: write v
                                                                "than the input's.")
 flags.DEFINE_integer("batch_size", None, "predict: windows per device batch (default: the run's eval_batch_size).")
 flags.DEFINE_bool("overlays", True, "predict: write overlays/<case>.png.")
+flags.DEFINE_integer("max_voxels", MAX_VOXELS, "predict: refuse a scan, or a grid it is resampled to, of more voxels "
+                                               "(times channels) than this: raise it for a really large scan.")
 
 
 # --- the model ----------------------------------------------------------------------
@@ -136,12 +138,14 @@ class Predictor:
     """
 
     def __init__(self, config, manifest: dict, state, mesh, *, tta: bool = False, lcc: bool = False,
-                 postprocess: dict | None = None, batch_size: int | None = None, workdir: str | None = None):
+                 postprocess: dict | None = None, batch_size: int | None = None, workdir: str | None = None,
+                 max_voxels: int = MAX_VOXELS):
         """`state` is a TrainState of `config`'s model, or a list of them (an
         ensemble, windowed as `config` says); `postprocess` is a
         `postprocessing.choose` result to apply to the labels, `lcc` applies
-        it to every class."""
-        self.config, self.manifest, self.mesh = config, manifest, mesh
+        it to every class; `max_voxels` caps the scans read and the grids
+        resampled (a hostile header must not exhaust the memory)."""
+        self.config, self.manifest, self.mesh, self.max_voxels = config, manifest, mesh, max_voxels
         self.states = list(state) if isinstance(state, (list, tuple)) else [state]
         self.workdir = workdir  # where the run(s) came from (comma-separated), for the record
         self.task = tasks.get_task(config)
@@ -169,7 +173,8 @@ class Predictor:
 
     @classmethod
     def from_workdirs(cls, workdirs: Sequence[str], *, tta: bool = False, lcc: bool = False,
-                      postprocessing: str = "auto", batch_size: int | None = None, mesh=None) -> Predictor:
+                      postprocessing: str = "auto", batch_size: int | None = None, mesh=None,
+                      max_voxels: int = MAX_VOXELS) -> Predictor:
         """The best checkpoints of the runs in `workdirs` (one: that run, more:
         an ensemble), on `mesh` (default: every device). `postprocessing`
         "auto" applies the runs' postprocessing.json (an ensemble: the classes
@@ -197,7 +202,7 @@ class Predictor:
             logging.info("Post-processing from %s: %s.", ", ".join(os.path.join(w, postprocessing_lib.FILE)
                                                                    for w in workdirs), describe(choice))
         return cls(*runs[0], states, mesh, tta=tta, lcc=lcc, postprocess=choice, batch_size=batch_size,
-                   workdir=",".join(workdirs))
+                   workdir=",".join(workdirs), max_voxels=max_voxels)
 
     def __call__(self, image: np.ndarray, spacing=None) -> tuple[np.ndarray, np.ndarray]:
         """(labels [*spatial], probabilities [*spatial, K]) of a raw image;
@@ -310,7 +315,8 @@ class Predictor:
             full[crop] = blend * scale if scale != 1 else blend
             if settings.spacing is None:
                 return full
-            return resample_to(Volume(full, resampled), geometry, info["source"]["shape"], label=False).array
+            return resample_to(Volume(full, resampled), geometry, info["source"]["shape"], label=False,
+                               max_voxels=self.max_voxels).array
         return x, restore, axis
 
     def _infer(self, x: np.ndarray, axis: int | None, name: str, notes: list[str]) -> np.ndarray:
@@ -480,7 +486,9 @@ class LoadedScan:
     slice_numbers: list[int] | None = None
 
 
-def load_scan(scan: Scan) -> LoadedScan:
+def load_scan(scan: Scan, max_voxels: int = MAX_VOXELS) -> LoadedScan:
+    """The scan's image and geometry as the files hold them; DataError for a
+    file of more than `max_voxels` voxels (times channels)."""
     if scan.kind == "kaggle":
         images, _, _ = lgg.patient_files(scan.paths[0])
         numbers = sorted(images)
@@ -490,7 +498,7 @@ def load_scan(scan: Scan) -> LoadedScan:
             raise DataError(f"{scan.paths[0]}: slices of shapes {sorted(shapes)}; every slice must be HxWxC alike")
         return LoadedScan(np.stack(slices, axis=2), None, slice_numbers=numbers)
     if scan.kind == "image":
-        return LoadedScan(read_image(scan.paths[0]), None)
+        return LoadedScan(read_image(scan.paths[0], max_voxels=max_voxels), None)
     channels, _, foreground = volumes.read_case(volumes.Case(scan.name, scan.paths, None, scan.mask), {})
     image = np.stack([v.array for v in channels], axis=-1)
     return LoadedScan(image, channels[0].geometry, foreground)
@@ -683,7 +691,7 @@ def load_target(scan: Scan, loaded: LoadedScan, labels: str, predictor: Predicto
         raise DataError(f"{scan.paths[0]}: kaggle_3m folders hold masks, not regression targets; give the targets "
                         "as pictures or volumes")
     if regression and scan.kind == "image":
-        picture = read_image(find_label(scan, labels))
+        picture = read_image(find_label(scan, labels), max_voxels=predictor.max_voxels)
         target = (picture[..., 0] if picture.ndim == 3 else picture).astype(np.float32)
     elif regression:
         target = volumes.load_target(find_label(scan, labels), Volume(loaded.image[..., 0], loaded.geometry),
@@ -700,7 +708,7 @@ def load_target(scan: Scan, loaded: LoadedScan, labels: str, predictor: Predicto
                             "add it or pass --skip_bad")
         target = np.stack([_binary_picture(lgg.read_tiff(masks[n]), classes) for n in loaded.slice_numbers], axis=2)
     elif scan.kind == "image":
-        target = _binary_picture(read_image(find_label(scan, labels)), classes)
+        target = _binary_picture(read_image(find_label(scan, labels), max_voxels=predictor.max_voxels), classes)
     else:
         path = find_label(scan, labels)
         label_map = {int(k): v for k, v in predictor.manifest.get("preprocessing", {}).get("label_map", {}).items()}
@@ -781,7 +789,7 @@ def predict_files(predictor: Predictor, input_path: str, output: str, *, labels:
         start = time.time()
         paths = planned[scan.name]
         try:
-            loaded = load_scan(scan)
+            loaded = load_scan(scan, predictor.max_voxels)
             target = None if labels is None else load_target(scan, loaded, labels, predictor)
             prediction = predictor.predict(loaded.image, geometry=loaded.geometry, foreground=loaded.foreground,
                                            name=scan.paths[0])
@@ -874,7 +882,8 @@ def run(workdir: str, input_path: str, output: str, **options) -> dict:
     predictor = Predictor.from_workdirs([w.strip() for w in workdir.split(",") if w.strip()],
                                         tta=options.pop("tta", False), lcc=options.pop("lcc", False),
                                         postprocessing=options.pop("postprocessing", "auto"),
-                                        batch_size=options.pop("batch_size", None))
+                                        batch_size=options.pop("batch_size", None),
+                                        max_voxels=options.pop("max_voxels", MAX_VOXELS))
     result = predict_files(predictor, input_path, output, **options)
     done = [r for r in result["cases"] if r["status"] == "ok"]
     seconds = sum(r["seconds"] for r in done)
@@ -894,7 +903,7 @@ def run_from_flags(workdir: str) -> dict:
     return run(workdir, f.input, f.output, tta=f.tta, lcc=f.lcc, postprocessing=f.postprocessing,
                batch_size=f.batch_size, labels=f.labels,
                save_probabilities=f.save_probabilities, overwrite=f.overwrite, skip_bad=f.skip_bad,
-               output_format=f.output_format, overlays=f.overlays)
+               output_format=f.output_format, overlays=f.overlays, max_voxels=f.max_voxels)
 
 
 def main(argv) -> None:
