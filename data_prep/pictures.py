@@ -80,7 +80,7 @@ from tqdm import tqdm
 
 from data_prep import common
 from unet_jax.data import DataError
-from unet_jax.data.medical_io import is_image_path, read_image
+from unet_jax.data.medical_io import MAX_VOXELS, is_image_path, read_image
 from unet_jax.data.tfrecord import encode_example
 
 TASKS = ("segmentation", "regression")
@@ -203,18 +203,19 @@ def scan(data_dir: str, image_dir: str, target_dir: str, *, task: str = "segment
 
 # --- reading and converting one pair ------------------------------------------------------
 
-def read_pair(pair: Pair, task: str) -> tuple[np.ndarray, np.ndarray]:
+def read_pair(pair: Pair, task: str, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, np.ndarray]:
     """Reads and checks one pair: the image as uint8 [H, W, 1 or 3] and the
-    mask or target as one channel [H, W] in its own dtype."""
+    mask or target as one channel [H, W] in its own dtype; a picture over
+    `max_voxels` pixels times channels is refused before it is decoded."""
     image_word, target_word = _WORDS[task]
-    image = read_image(pair.image)
+    image = read_image(pair.image, max_voxels=max_voxels)
     if image.dtype != np.uint8:
         raise DataError(f"{pair.image}: a {image.dtype} picture; only 8-bit {image_word}s are stored (the "
                         "pipeline's normalization=scale divides by 255): convert it to 8 bits, or pass --skip_bad")
     if image.shape[-1] not in (1, 3):
         raise DataError(f"{pair.image}: {image.shape[-1]} channels (transparency?); save it as grey or RGB, "
                         "or pass --skip_bad")
-    target = read_image(pair.target)
+    target = read_image(pair.target, max_voxels=max_voxels)
     if target.shape[:2] != image.shape[:2]:
         raise DataError(f"{pair.target}: {target_word} of {target.shape[0]}x{target.shape[1]} pixels, but its "
                         f"{image_word} {pair.image} has {image.shape[0]}x{image.shape[1]}; make them the same "
@@ -353,14 +354,15 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
             patient_regex: str = "", val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
             num_folds: int = 0, fold: int = 0, val_cases: str = "", test_cases: str = "",
             records_per_shard: int = 256, skip_bad: bool = False, overwrite: bool = False,
-            anonymise: bool = False, anonymise_map: str = "", progress: bool = True,
-            command: str | None = None) -> dict:
+            anonymise: bool = False, anonymise_map: str = "", max_voxels: int = MAX_VOXELS,
+            progress: bool = True, command: str | None = None) -> dict:
     """Checks the picture pairs under `data_dir`, splits them by patient and
     writes shards plus manifest.json to `out_dir`; returns the manifest.
     Raises DataError on the first bad file unless `skip_bad`, in which case
     bad pairs are left out and listed in the manifest's `skipped`. With
     `anonymise`, patients and pictures are written under pseudonyms
-    (common.Pseudonyms). String arguments are the CLI's."""
+    (common.Pseudonyms). A picture over `max_voxels` is refused before it is
+    decoded. String arguments are the CLI's."""
     data_dir = os.path.abspath(data_dir)
     common.check_output_dir(out_dir, overwrite, data_dir=data_dir)
     ids = common.pseudonyms(anonymise, anonymise_map, data_dir, out_dir)
@@ -386,7 +388,7 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
     shapes, grey, divisors = {}, {}, {}
     for pair in tqdm(pairs, desc="checking", unit="pair", disable=not progress):
         try:
-            image, target = read_pair(pair, task)
+            image, target = read_pair(pair, task, max_voxels)
         except DataError as e:
             if not skip_bad:
                 raise
@@ -437,7 +439,7 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
             per_patient, examples, pictures, copies, foreground = [], 0, 0, 0, 0
             for patient_index, patient in enumerate(split[name]):
                 members = by_patient[patient]
-                converted = [convert(*read_pair(pair, task), settings) for pair in members]
+                converted = [convert(*read_pair(pair, task, max_voxels), settings) for pair in members]
                 bar.update(len(members))
                 mean, std = common.intensity_stats([image for image, _ in converted])
                 records = [(number, pair, image, target, None)
@@ -550,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "pseudonyms; the map back stays beside --data_dir")
     parser.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
                                                             "(default: <data_dir>.ids.json)")
+    parser.add_argument("--max_voxels", type=int, default=MAX_VOXELS,
+                        help="refuse a picture of more pixels times channels than this (a hostile header)")
     args = vars(parser.parse_args(argv))
     data_dir, out_dir = args.pop("data_dir"), args.pop("out_dir")
     try:

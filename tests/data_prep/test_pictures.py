@@ -403,6 +403,13 @@ def test_anonymise_leaves_no_id_or_source_path_under_out_dir(tmp_path):
             p["patient"] for p in m["splits"][split]["patients"]}
 
 
+def test_a_picture_over_max_voxels_is_refused(tmp_path):
+    src = _segmentation(tmp_path / "src", ["a", "b", "c", "d"])  # 32x32 RGB: 3072 values
+    with pytest.raises(DataError, match=r"a.png: .*max_voxels") as e:
+        _prepare(src, tmp_path / "out", max_voxels=3000)
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
 def test_main_returns_2_with_one_error_line(tmp_path, capsys):
     src = _segmentation(tmp_path / "src", range(4))
     assert pictures.main([f"--data_dir={tmp_path / 'missing'}", f"--out_dir={tmp_path / 'out'}"]) == 2
