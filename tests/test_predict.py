@@ -21,7 +21,7 @@ from run_configs import evaluate_split, tiny_config, volume_config
 from data_prep import lgg
 from unet_jax import evaluate, metrics, postprocessing, predict, tasks, train
 from unet_jax.config_checks import ConfigError
-from unet_jax.data import DataError, pipeline
+from unet_jax.data import DataError, medical_io, pipeline
 from unet_jax.data.medical_io import (Geometry, Volume, read_image, read_volume, write_dicom_series, write_image,
                                       write_volume)
 from unet_jax.data.tfrecord import decode_example
@@ -477,6 +477,20 @@ def test_a_scan_larger_than_max_voxels_is_one_line_naming_the_file(run_2d, phant
     with pytest.raises(DataError, match=rf"{picture}.*--max_voxels") as error:
         predict.predict_files(predictor, str(picture.parent), str(tmp_path / "out"), progress=False)
     assert "\n" not in str(error.value)
+    with pytest.raises(DataError, match=rf"{folder}.*\.tif.*--max_voxels"):  # kaggle_3m slices
+        predict.predict_files(predictor, folder, str(tmp_path / "out"), progress=False)
     predictor.max_voxels = 32 * 32 * 3
     result = predict.predict_files(predictor, str(picture.parent), str(tmp_path / "out"), progress=False)
     assert [r["status"] for r in result["cases"]] == ["ok"]
+
+
+def test_a_volume_larger_than_max_voxels_is_one_line_naming_the_file(predictor_3d, lesion_volume_dir, tmp_path):
+    case = sorted(os.listdir(_source_cases(lesion_volume_dir)))[0]
+    shutil.copytree(os.path.join(_source_cases(lesion_volume_dir), case), tmp_path / case)
+    predictor_3d.max_voxels = 1000  # a channel is 32x32x12
+    try:
+        with pytest.raises(DataError, match=rf"{tmp_path / case}.*--max_voxels") as error:
+            predict.predict_files(predictor_3d, str(tmp_path / case), str(tmp_path / "out"), progress=False)
+    finally:
+        predictor_3d.max_voxels = medical_io.MAX_VOXELS
+    assert "\n" not in str(error.value)

@@ -298,7 +298,7 @@ class Predictor:
                          "at its own pixel size")
             settings = dataclasses.replace(settings, spacing=None)
         channels = [Volume(image[..., c], geometry) for c in range(image.shape[-1])]
-        x, _, info, stats = volumes.preprocess(channels, None, foreground, settings, name)
+        x, _, info, stats = volumes.preprocess(channels, None, foreground, settings, name, max_voxels=self.max_voxels)
         # A regression's outputs go back to the target's units: the scale data_prep
         # divided the target by, computed from this scan's own input.
         scale = np.float32(stats.get("target", {}).get("scale", 1.0))
@@ -492,14 +492,15 @@ def load_scan(scan: Scan, max_voxels: int = MAX_VOXELS) -> LoadedScan:
     if scan.kind == "kaggle":
         images, _, _ = lgg.patient_files(scan.paths[0])
         numbers = sorted(images)
-        slices = [lgg.read_tiff(images[n]) for n in numbers]  # as data_prep.lgg read the training slices
+        slices = [lgg.read_tiff(images[n], max_voxels) for n in numbers]  # as data_prep.lgg read the training slices
         shapes = {s.shape for s in slices}
         if len(shapes) > 1 or slices[0].ndim != 3:
             raise DataError(f"{scan.paths[0]}: slices of shapes {sorted(shapes)}; every slice must be HxWxC alike")
         return LoadedScan(np.stack(slices, axis=2), None, slice_numbers=numbers)
     if scan.kind == "image":
         return LoadedScan(read_image(scan.paths[0], max_voxels=max_voxels), None)
-    channels, _, foreground = volumes.read_case(volumes.Case(scan.name, scan.paths, None, scan.mask), {})
+    channels, _, foreground = volumes.read_case(volumes.Case(scan.name, scan.paths, None, scan.mask), {},
+                                                max_voxels=max_voxels)
     image = np.stack([v.array for v in channels], axis=-1)
     return LoadedScan(image, channels[0].geometry, foreground)
 
@@ -695,7 +696,7 @@ def load_target(scan: Scan, loaded: LoadedScan, labels: str, predictor: Predicto
         target = (picture[..., 0] if picture.ndim == 3 else picture).astype(np.float32)
     elif regression:
         target = volumes.load_target(find_label(scan, labels), Volume(loaded.image[..., 0], loaded.geometry),
-                                     scan.paths[0])
+                                     scan.paths[0], max_voxels=predictor.max_voxels)
     elif scan.kind == "kaggle":
         if os.path.isdir(labels):
             folder = os.path.join(labels, scan.key) if os.path.isdir(os.path.join(labels, scan.key)) else labels
@@ -706,13 +707,15 @@ def load_target(scan: Scan, loaded: LoadedScan, labels: str, predictor: Predicto
         if missing:
             raise DataError(f"{scan.paths[0]}: no mask for slice {missing[0]} ({scan.key}_{missing[0]}_mask.tif); "
                             "add it or pass --skip_bad")
-        target = np.stack([_binary_picture(lgg.read_tiff(masks[n]), classes) for n in loaded.slice_numbers], axis=2)
+        target = np.stack([_binary_picture(lgg.read_tiff(masks[n], predictor.max_voxels), classes)
+                           for n in loaded.slice_numbers], axis=2)
     elif scan.kind == "image":
         target = _binary_picture(read_image(find_label(scan, labels), max_voxels=predictor.max_voxels), classes)
     else:
         path = find_label(scan, labels)
         label_map = {int(k): v for k, v in predictor.manifest.get("preprocessing", {}).get("label_map", {}).items()}
-        target = volumes.load_label(path, Volume(loaded.image[..., 0], loaded.geometry), scan.paths[0], label_map)
+        target = volumes.load_label(path, Volume(loaded.image[..., 0], loaded.geometry), scan.paths[0], label_map,
+                                    max_voxels=predictor.max_voxels)
     expected = loaded.image.shape[:-1]
     if target.shape != expected:
         raise DataError(f"{scan.paths[0]}: its labels have shape {list(target.shape)}, the scan {list(expected)}; "
