@@ -304,7 +304,8 @@ def test_runs_that_disagree_do_not_make_an_ensemble(tmp_path):
 
 def _masks(out, patient):
     """A kaggle_3m prediction's masks [H, W, S] as 0/1."""
-    files = sorted(os.listdir(os.path.join(out, patient)), key=lambda n: int(n.split("_")[-2]))
+    files = sorted((n for n in os.listdir(os.path.join(out, patient)) if n.endswith("_mask.tif")),
+                   key=lambda n: int(n.split("_")[-2]))
     return np.stack([read_image(os.path.join(out, patient, n))[..., 0] // 255 for n in files], axis=2)
 
 
