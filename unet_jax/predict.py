@@ -31,14 +31,18 @@ Outputs in `--output`: the label map of each case in its own format and
 geometry (<case>.nii.gz, a DICOM series folder, <patient>/<patient>_<n>_mask.tif
 with 0/255, <name>_mask.png; a regression's outputs as float32 volumes and TIFFs,
 or PNGs in 16 bits where the picture or the run's targets were 16-bit), with
---save_probabilities the softmax or sigmoid maps as float volumes, overlays/<case>.png, predictions.csv (volume in ml,
-connected lesions, largest lesion, mean probability, the classes cut to their
-largest component, seconds per case), and
-with --labels scores.csv and scores_summary.json (the training metrics per case).
-No output may land on, inside or around a scan or a --labels file; --overwrite
-replaces files and only the case folders predict wrote (they hold a
-.unet_jax_predict file). Two scans of one case name (a.nii and a.nii.gz) are
-refused: one would overwrite the other's outputs.
+--save_probabilities the softmax or sigmoid maps as float volumes,
+overlays/<case>.png, predictions.csv (volume in ml, connected lesions, largest
+lesion, mean probability, the classes cut to their largest component, seconds
+per case), and with --labels scores.csv and scores_summary.json (the training
+metrics per case).
+
+What is refused, in one line: an output on, inside or around a scan or a
+--labels file; with --overwrite, a case folder predict did not write (those
+it writes hold a .unet_jax_predict file); two scans of one case name (a.nii
+and a.nii.gz: one would overwrite the other's outputs); a scan, or a grid it
+is resampled to, of more than --max_voxels voxels; a model whose outputs are
+NaN (damaged weights). --skip_bad skips unreadable cases and reports them.
 
 `Predictor` is the same in a notebook:
 
