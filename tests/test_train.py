@@ -580,6 +580,11 @@ def test_a_cut_best_checkpoint_is_one_line_for_evaluate(damaged_copy):
     assert str(raised.value).startswith(f"{os.path.join(folder, str(best))}: the best checkpoint is damaged (")
     assert "\n" not in str(raised.value) and "--mode=evaluate and predict need it" in str(raised.value)
     assert os.path.isdir(os.path.join(folder, str(best)))  # a reader sets nothing aside
+    for root, _, names in os.walk(folder):  # every file cut, the metadata orbax reads up front too
+        for name in names:
+            os.truncate(os.path.join(root, name), 0)
+    with pytest.raises(ConfigError, match="a checkpoint's metadata is unreadable"):
+        train.restore_best(config, damaged_copy, parallel.make_mesh(), train.input_shape(config, manifest))
 
 
 def _poisoned(steps_to_poison):

@@ -269,6 +269,16 @@ def restore(manager, step: int, template, data_iter=None):
         raise
 
 
+def open_checkpoints(folder: str, metric: str, mode: str, training: bool = False):
+    """`checkpoint.make_manager`, with a step's unreadable metadata (which orbax
+    reads up front) refused in one line."""
+    try:
+        return checkpoint.make_manager(folder, best_metric=metric, best_mode=mode, training=training)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{folder}: a checkpoint's metadata is unreadable ({e}); move the damaged step folder "
+                          "(the one named in the log above) away to use another") from None
+
+
 def _restore_best(manager, best: int, template):
     """`restore` of the best step, whose damage is a ConfigError: testing,
     evaluate and predict need that very checkpoint."""
@@ -445,11 +455,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     train_step = compiled[0]
     validator = make_evaluator(config, task, compiled, mesh, config.data.data_dir, "val", fold)
     folder = os.path.join(workdir, "checkpoints")
-    try:
-        manager = checkpoint.make_manager(folder, best_metric=metric, best_mode=mode, training=True)
-    except json.JSONDecodeError as e:  # orbax reads every checkpoint's metadata up front
-        raise ConfigError(f"{folder}: a checkpoint's metadata is unreadable ({e}); delete the damaged step folder "
-                          "(the one named in the log above) to resume from another") from None
+    manager = open_checkpoints(folder, metric, mode, training=True)
     empty_metrics = jax.device_put(task.empty_metrics(), parallel.replicated(mesh))  # like the step's outputs
     train_metrics, window, history = empty_metrics, empty_metrics, []
     if manager.latest_step() is not None:
@@ -584,7 +590,7 @@ def restore_best(config: ml_collections.ConfigDict, workdir: str, mesh, image_sh
     if not os.path.isdir(folder):
         raise ConfigError(f"{folder}: no checkpoints; is {workdir} the --workdir of a run? Train first with "
                           "--mode=train")
-    manager = checkpoint.make_manager(folder, best_metric=metric, best_mode=mode)
+    manager = open_checkpoints(folder, metric, mode)
     best = manager.best_step()
     if best is None:
         raise ConfigError(f"{folder}: no checkpoint with validation metrics (no epoch finished); train first with "
