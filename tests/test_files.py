@@ -81,3 +81,10 @@ def test_the_file_and_its_folder_are_synced_before_and_after_the_rename(tmp_path
     with atomic_write(tmp_path / "m.json") as f:
         f.write("{}")
     assert calls == [("fsync", False), ("replace", None), ("fsync", True)]
+
+
+def test_a_bad_encoding_leaves_nothing_behind(tmp_path):
+    with pytest.raises(LookupError):
+        with atomic_write(tmp_path / "a.txt", encoding="no-such-codec"):
+            pass
+    assert list(tmp_path.iterdir()) == []
