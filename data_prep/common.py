@@ -27,7 +27,7 @@ import numpy as np
 
 from unet_jax.data import MANIFEST, SPLITS_FILE, DataError
 from unet_jax.data.tfrecord import TFRecordWriter, index_path
-from unet_jax.files import write_json
+from unet_jax.files import temporary_folder, write_json
 
 SPLITS = ("train", "val", "test")
 
@@ -160,9 +160,7 @@ def atomic_output_dir(out_dir: str, overwrite: bool, *, data_dir: str | None = N
     check_output_dir(out_dir, overwrite, data_dir=data_dir, own_files=own_files)
     out_dir = os.path.abspath(out_dir)
     os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    tmp = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    tmp = temporary_folder(out_dir)
     try:
         yield tmp
     except BaseException:
@@ -170,7 +168,7 @@ def atomic_output_dir(out_dir: str, overwrite: bool, *, data_dir: str | None = N
         raise
     old = None
     if os.path.exists(out_dir):
-        old = f"{out_dir}.old-{os.getpid()}"
+        old = temporary_folder(out_dir)  # an empty folder: the old one renames over it
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     if old:
@@ -293,9 +291,8 @@ class Pseudonyms:
         return [{"file": self.scrub(p.file), "reason": self.scrub(p.reason)} for p in problems]
 
     def save(self) -> None:
-        """Writes the map (temporary name, then rename), readable by its owner only: it holds the key."""
-        write_json(self.path, {"data_dir": self.data_dir, "key": self.key.hex(), "ids": self.ids})
-        os.chmod(self.path, 0o600)
+        """Writes the map (temporary name, then rename), readable by its owner only from the start: it holds the key."""
+        write_json(self.path, {"data_dir": self.data_dir, "key": self.key.hex(), "ids": self.ids}, permissions=0o600)
 
     def manifest(self) -> dict:
         """What a manifest says instead of the command line and source folder it leaves out."""

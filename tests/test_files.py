@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from unet_jax.files import atomic_write, write_json
+from unet_jax.files import atomic_write, temporary_file, temporary_folder, write_json
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_nothing_behind(tmp_path):
@@ -60,6 +60,21 @@ def test_the_written_file_has_the_mode_open_gives(tmp_path, umask):
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == stat.S_IMODE((tmp_path / "b.json").stat().st_mode)
 
 
+def test_a_secret_is_never_readable_by_others(tmp_path):
+    """permissions=0o600 holds from the temporary file on, whatever the umask."""
+    modes = []
+    old = os.umask(0)
+    try:
+        with atomic_write(tmp_path / "key.json", permissions=0o600) as f:
+            modes.append(stat.S_IMODE(os.fstat(f.fileno()).st_mode))
+            f.write("{}")
+        write_json(tmp_path / "map.json", {}, permissions=0o600)
+    finally:
+        os.umask(old)
+    assert modes == [0o600]
+    assert [stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ("key.json", "map.json")] == [0o600, 0o600]
+
+
 def test_binary_and_text_modes_with_their_options(tmp_path):
     with atomic_write(tmp_path / "a.bin", "wb") as f:
         f.write(b"\x00\xff")
@@ -88,3 +103,17 @@ def test_a_bad_encoding_leaves_nothing_behind(tmp_path):
         with atomic_write(tmp_path / "a.txt", encoding="no-such-codec"):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_temporary_names_are_fresh_end_in_the_name_and_have_the_usual_mode(tmp_path):
+    """Writers that open by name (SimpleITK picks the format by the ending) get
+    a file of their own; folders are new each time, with os.makedirs' mode."""
+    files = [temporary_file(tmp_path / "scan.nii.gz") for _ in range(2)]
+    folders = [temporary_folder(tmp_path / "case") for _ in range(2)]
+    assert len(set(files)) == len(set(folders)) == 2
+    assert all(f.endswith(".tmp-scan.nii.gz") and os.path.getsize(f) == 0 for f in files)
+    os.makedirs(tmp_path / "plain")
+    assert {stat.S_IMODE(os.stat(p).st_mode) for p in folders} == {stat.S_IMODE((tmp_path / "plain").stat().st_mode)}
+    with open(tmp_path / "plain.txt", "w"):
+        pass
+    assert {stat.S_IMODE(os.stat(p).st_mode) for p in files} == {stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)}

@@ -15,10 +15,12 @@ from typing import IO, Any
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "w", *, permissions: int | None = None,
+                 **open_kwargs) -> Iterator[IO]:
     """Opens a temporary file beside `path` and renames it onto `path` when the
     block ends without an error; on an error the temporary file is removed and
-    `path` is left as it was. The folder is created if needed.
+    `path` is left as it was. The folder is created if needed. `permissions`
+    (0o600 for a secret) replaces the mode a plain open() would give.
 
     The temporary file is created afresh under an unpredictable name (a link
     planted beside `path` is never followed), and the data and the rename are
@@ -31,7 +33,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
     # Keeps the extension: matplotlib picks the format by it.
     fd, tmp = tempfile.mkstemp(prefix=f".{root}.", suffix=f".tmp{ext}", dir=folder)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain open() would
+        # mkstemp makes 0600; give the mode a plain open() would, so a secret is never readable by others.
+        os.fchmod(fd, 0o666 & ~_umask() if permissions is None else permissions)
         # The mkstemp descriptor under its path's name: writers that ask for f.name (tifffile) get a path.
         with open(tmp, mode, opener=lambda *_: fd, **open_kwargs) as f:
             yield f
@@ -42,6 +45,27 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def temporary_file(path: str | os.PathLike) -> str:
+    """A new, empty file beside `path` under an unpredictable name that ends in
+    `path`'s own name (writers such as SimpleITK pick the format by it), for a
+    writer that opens by name; rename it onto `path` when it is complete."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=f".tmp-{name}", dir=folder)
+    os.fchmod(fd, 0o666 & ~_umask())
+    os.close(fd)
+    return tmp
+
+
+def temporary_folder(path: str | os.PathLike) -> str:
+    """A new, empty folder beside `path` under an unpredictable name, with the
+    mode os.makedirs would give: where a folder of outputs is built before it
+    is renamed onto `path`, or where an old one is moved before it is removed."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    tmp = tempfile.mkdtemp(prefix=f"{name}.", suffix=".tmp", dir=folder)
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
 
 def _umask() -> int:
@@ -65,10 +89,10 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
+def write_json(path: str | os.PathLike, obj: Any, *, permissions: int | None = None) -> None:
     """Strict JSON (a NaN or infinity becomes null, which every JSON reader
-    accepts), written atomically."""
-    with atomic_write(path) as f:
+    accepts), written atomically (with `permissions`, as atomic_write)."""
+    with atomic_write(path, permissions=permissions) as f:
         json.dump(_finite(obj), f, indent=2, allow_nan=False)
         f.write("\n")
 

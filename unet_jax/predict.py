@@ -79,7 +79,7 @@ from unet_jax.data.medical_io import (MAX_VOXELS, VOLUME_SUFFIXES, Geometry, Vol
                                       is_image_path, is_volume_path, plane_axis, read_image, resample_to,
                                       write_dicom_series, write_image, write_volume)
 from unet_jax.evaluate import as_slices
-from unet_jax.files import atomic_write, write_json
+from unet_jax.files import atomic_write, temporary_folder, write_json
 
 # Input preparation is data_prep's own code, so a new scan is read and
 # normalised exactly as the training data was.
@@ -561,9 +561,7 @@ def _new_folder(path: str, overwrite: bool):
     """A temporary folder renamed onto `path` when the block succeeds (the old
     one, with `overwrite` and only if predict wrote it, removed only then);
     the folder gets predict's MARKER."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    tmp = temporary_folder(path)
     try:
         yield tmp
         write_json(os.path.join(tmp, MARKER), {"written_by": "unet_jax.predict", "pid": os.getpid(),
@@ -571,7 +569,7 @@ def _new_folder(path: str, overwrite: bool):
         old = None
         if os.path.lexists(path):
             _check_replaceable(path, overwrite)
-            old = f"{path}.old-{os.getpid()}"
+            old = temporary_folder(path)  # an empty folder: the old one renames over it
             os.replace(path, old)
         os.replace(tmp, path)
         if old:

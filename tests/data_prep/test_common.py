@@ -42,3 +42,15 @@ def test_overwrite_replaces_only_what_data_prep_wrote(tmp_path):
     with common.atomic_output_dir(ours, overwrite=True) as tmp:
         _folder(tmp, "new")
     assert os.listdir(ours) == ["new"] and sorted(os.listdir(tmp_path)) == ["ours", "theirs"]
+
+
+def test_a_folder_at_an_old_temporary_name_is_left_alone(tmp_path):
+    """The temporary and old folders get fresh, unpredictable names: a user's
+    folder at the name this process once used (`<out>.tmp-<pid>`) is not removed."""
+    mine = _folder(tmp_path / f"out.tmp-{os.getpid()}", "thesis.docx")
+    old = _folder(tmp_path / f"out.old-{os.getpid()}", "data.csv")
+    for _ in range(2):  # makes, then replaces
+        with common.atomic_output_dir(str(tmp_path / "out"), overwrite=True) as tmp:
+            _folder(tmp, common.MANIFEST)
+    assert os.listdir(mine) == ["thesis.docx"] and os.listdir(old) == ["data.csv"]
+    assert sorted(os.listdir(tmp_path)) == sorted(["out", os.path.basename(mine), os.path.basename(old)])

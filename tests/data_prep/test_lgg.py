@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -258,6 +259,7 @@ def test_anonymise_leaves_no_id_or_source_path_under_out_dir(phantom_dir, tmp_pa
             data = open(os.path.join(folder, name), "rb").read()
             assert not [w for w in [*patients, "Cohort_Quokka"] if w.encode() in data], name
     ids = json.load(open(tmp_path / "Cohort_Quokka.ids.json"))["ids"]
+    assert stat.S_IMODE((tmp_path / "Cohort_Quokka.ids.json").stat().st_mode) == 0o600  # it holds the key
     manifest = json.load(open(out / "manifest.json"))
     pseudonyms = {p["patient"] for s in manifest["splits"].values() for p in s["patients"]}
     assert sorted(ids[p]["id"] for p in pseudonyms) == patients

@@ -34,7 +34,7 @@ import tifffile
 from PIL import Image
 
 from unet_jax.data import DataError
-from unet_jax.files import atomic_write
+from unet_jax.files import atomic_write, temporary_file, temporary_folder
 
 # File endings SimpleITK reads as one volume; a folder is read as a DICOM series.
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -274,8 +274,7 @@ def write_volume(path: str, volume: Volume) -> None:
     path = os.fspath(path)
     if not path.lower().endswith(WRITE_SUFFIXES):
         raise ValueError(f"{path}: cannot write this format; end the name in one of {', '.join(WRITE_SUFFIXES)}")
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # the ending picks the format
+    tmp = temporary_file(path)  # ends in path's name: the ending picks the format
     try:
         sitk.WriteImage(_to_image(volume), tmp, useCompression=True)
         os.replace(tmp, path)
@@ -323,8 +322,7 @@ def _locale_kept():
 
 def _write_slices(image: sitk.Image, tags: dict[str, str], out: str) -> list[str]:
     """The slices of `image` as DICOM files in a temporary folder renamed to `out`."""
-    tmp = f"{out}.tmp-{os.getpid()}"
-    os.makedirs(tmp, exist_ok=True)
+    tmp = temporary_folder(out)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     names = []

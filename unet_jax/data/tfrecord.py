@@ -18,6 +18,7 @@ import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
 
 from unet_jax.data import DataError
+from unet_jax.files import atomic_write, temporary_file
 
 INDEX_SUFFIX = ".index"
 _HEADER = 12  # uint64 length + uint32 masked crc
@@ -54,7 +55,7 @@ class TFRecordWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self._tmp = f"{self.path}.tmp-{os.getpid()}"
+        self._tmp = temporary_file(self.path)
         self._file = open(self._tmp, "wb")
         self._rows: list[tuple[int, int]] = []
         self._offset = 0
@@ -72,17 +73,14 @@ class TFRecordWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        index_tmp = index_path(self._tmp)
-        with open(index_tmp, "wb") as f:
+        with atomic_write(index_path(self.path), "wb") as f:
             np.save(f, np.asarray(self._rows, np.int64).reshape(-1, 2))
         os.replace(self._tmp, self.path)
-        os.replace(index_tmp, index_path(self.path))
 
     def abort(self) -> None:
         self._file.close()
-        for p in (self._tmp, index_path(self._tmp)):
-            if os.path.exists(p):
-                os.remove(p)
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
 
     def __enter__(self) -> TFRecordWriter:
         return self
