@@ -36,8 +36,8 @@ from unet_jax.builders import (best_metric, device_augment, input_shape, model_f
                                patch_options, window_options)
 from unet_jax.config_checks import check_run_config, config_changes, validate_config
 from unet_jax.data import pipeline
-from unet_jax.errors import ConfigError, Damaged, DataError, Diverged
 from unet_jax.data.augment import AugmentOptions
+from unet_jax.errors import ConfigError, Damaged, DataError, Diverged
 from unet_jax.files import atomic_write, write_json
 from unet_jax.models.unet import UNet
 
