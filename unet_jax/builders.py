@@ -1,8 +1,7 @@
-"""Builders that turn a config into the objects a run is made of: the U-Net,
-its input shape, the metric that picks the best epoch, and the options of
-training patches, sliding windows, augmentation on the device and simulated
-pathology. `config_checks` checks a config; train, evaluate and predict build
-from it here."""
+"""Turn a config into the objects a run is made of: the U-Net, its input
+shape, the metric that picks the best epoch, and the options of training
+patches, sliding windows, augmentation on the device and simulated pathology.
+Checking a config is `config_checks`'s job, before any of these is built."""
 
 from __future__ import annotations
 
