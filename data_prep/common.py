@@ -25,8 +25,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from unet_jax.data import MANIFEST, SPLITS_FILE, DataError
+from unet_jax.data import MANIFEST, SPLITS_FILE
 from unet_jax.data.tfrecord import TFRecordWriter, index_path
+from unet_jax.errors import DataError
 from unet_jax.files import temporary_folder, write_json
 
 SPLITS = ("train", "val", "test")

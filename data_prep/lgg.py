@@ -37,8 +37,9 @@ import tifffile
 from tqdm import tqdm
 
 from data_prep import common
-from unet_jax.data import DataError, medical_io
+from unet_jax.data import medical_io
 from unet_jax.data.tfrecord import encode_example
+from unet_jax.errors import DataError
 
 _PATIENT = re.compile(r"^TCGA_[A-Za-z0-9]+_[A-Za-z0-9]+_\d+$")
 

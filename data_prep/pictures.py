@@ -79,9 +79,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from data_prep import common
-from unet_jax.data import DataError
 from unet_jax.data.medical_io import MAX_VOXELS, is_image_path, read_image
 from unet_jax.data.tfrecord import encode_example
+from unet_jax.errors import DataError
 
 TASKS = ("segmentation", "regression")
 CHANNELS = ("auto", "1", "3")

@@ -104,8 +104,8 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep import common, volumes
-from unet_jax.data import DataError
 from unet_jax.data.medical_io import MAX_VOXELS
+from unet_jax.errors import DataError
 from unet_jax.files import write_json
 
 VERSION = 1

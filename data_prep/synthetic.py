@@ -55,7 +55,8 @@ from tqdm import tqdm
 
 from data_prep import lgg
 from data_prep.common import atomic_output_dir
-from unet_jax.data import MANIFEST, DataError
+from unet_jax.data import MANIFEST
+from unet_jax.errors import DataError
 
 INSTITUTION = "PH"
 # What each writer writes, relative to its out_dir: --overwrite replaces a folder holding only such files.

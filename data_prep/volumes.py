@@ -55,10 +55,11 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep import common
-from unet_jax.data import PLANS_FILE, DataError
+from unet_jax.data import PLANS_FILE
 from unet_jax.data.medical_io import (MAX_VOXELS, Geometry, Volume, is_volume_path, plane_axis, read_volume,
                                      resample)
 from unet_jax.data.tfrecord import encode_example
+from unet_jax.errors import DataError
 from unet_jax.files import write_json
 
 # Named Hounsfield windows (lower, upper): the usual width/level pairs of radiology.

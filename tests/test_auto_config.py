@@ -9,7 +9,7 @@ import pytest
 from configs import auto_3d
 from data_prep import synthetic, volumes
 from unet_jax import auto_config, postprocessing, train
-from unet_jax.data import DataError
+from unet_jax.errors import DataError
 
 PLAN = {"target_spacing": [1.0, 1.0, 3.0], "shape_at_target": [24, 24, 8], "normalization": ["zscore"],
         "ct_window": None, "patch_size": [16, 16, 4], "depth": 2, "pool_strides": [[2, 2, 1], [2, 2, 2]],

@@ -9,8 +9,8 @@ import pytest
 
 from configs import default, lgg_3d, lgg_transunet
 from test_configs import CONFIGS, load_config
-from unet_jax.config_checks import ConfigError, best_metric, check_run_config, config_changes, validate_config
-from unet_jax.data import DataError
+from unet_jax.config_checks import check_run_config, config_changes, validate_config
+from unet_jax.errors import ConfigError, DataError
 
 MANIFEST = {"image_shape": [32, 32, 3], "num_classes": 2, "intensity_stats": "per patient",
             "splits": {"train": {"num_examples": 48}, "val": {"num_examples": 12}, "test": {"num_examples": 0}}}
@@ -103,21 +103,6 @@ def test_checks_against_the_data():
         validate_config(config, MANIFEST, num_devices=4)
     with pytest.raises(ConfigError, match="--mode=predict: choose one of train, evaluate"):
         validate_config(base(), MANIFEST, num_devices=4, mode="predict")
-
-
-def test_best_metric_defaults_to_the_task_and_mode_to_its_direction():
-    config = base()
-    assert best_metric(config) == ("val_dice", "max")
-    config.best_metric = "val_loss"
-    assert best_metric(config) == ("val_loss", "min")
-    config.best_mode = "max"
-    assert best_metric(config) == ("val_loss", "max")  # an explicit mode wins
-    config = base()
-    config.task = "regression"
-    assert best_metric(config) == ("val_soft_jaccard", "max")
-    config.best_metric = "val_mae_3d"
-    assert best_metric(config) == ("val_mae_3d", "min")
-
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

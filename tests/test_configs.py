@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from unet_jax import auto_config, config_checks, train
+from unet_jax import auto_config, builders, train
 from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
 
@@ -52,7 +52,7 @@ def test_config_builds_its_model(path):
 def test_config_builds_the_input_pipeline(path, prepared_dir, volume_dir, lesion_volume_dir):
     config = load_config(path)
     volumes = spatial_dims(train.build_model(config)) == 3
-    patches = config_checks.patch_options(config)
+    patches = builders.patch_options(config)
     data_dir = lesion_volume_dir if patches else volume_dir if volumes else prepared_dir
     ds = pipeline.train_dataset(data_dir, batch_size=2, seed=config.seed, normalization=config.data.normalization,
                                 augment_options=AugmentOptions(**config.data.augment), patches=patches)

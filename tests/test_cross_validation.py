@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from data_prep import common, synthetic, volumes
-from unet_jax.data import SPLITS_FILE, DataError, pipeline
+from unet_jax.data import SPLITS_FILE, pipeline
 from unet_jax.data.tfrecord import decode_example
+from unet_jax.errors import DataError
 
 
 @pytest.fixture(scope="module")

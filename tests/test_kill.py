@@ -16,7 +16,7 @@ import pytest
 
 from unet_jax import parallel, train
 from unet_jax.benchmarks import kill_soak
-from unet_jax.config_checks import ConfigError
+from unet_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,10 +12,10 @@ from run_configs import tiny_config
 
 from configs import lung_ct, lung_ct_no_pathology
 from data_prep import synthetic, volumes
-from unet_jax import config_checks, train
-from unet_jax.config_checks import ConfigError
+from unet_jax import builders, config_checks, train
 from unet_jax.data import pipeline
 from unet_jax.data.pathology import PathologyOptions, lung_boxes
+from unet_jax.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,8 @@ def test_pathology_config_is_checked_in_one_line(chest_dir):
     config.data.pathology.shapes = ("square",)
     with pytest.raises(ConfigError, match="config.data.pathology: .*square"):
         config_checks.validate_config(config, manifest, num_devices=1)
-    assert config_checks.pathology_options(lung_config(lung_ct_no_pathology, chest_dir)) is None
-    assert config_checks.pathology_options(lung_config(lung_ct, chest_dir)).prob == 0.8
+    assert builders.pathology_options(lung_config(lung_ct_no_pathology, chest_dir)) is None
+    assert builders.pathology_options(lung_config(lung_ct, chest_dir)).prob == 0.8
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 from unet_jax import metrics, postprocessing
-from unet_jax.config_checks import ConfigError
+from unet_jax.errors import ConfigError
 
 
 def test_choose_keeps_a_class_only_when_the_largest_component_raises_its_mean_dice():

@@ -20,11 +20,11 @@ from run_configs import evaluate_split, tiny_config, volume_config
 
 from data_prep import lgg
 from unet_jax import evaluate, metrics, postprocessing, predict, tasks, train
-from unet_jax.config_checks import ConfigError
-from unet_jax.data import DataError, medical_io, pipeline
+from unet_jax.data import medical_io, pipeline
 from unet_jax.data.medical_io import (Geometry, Volume, read_image, read_volume, write_dicom_series, write_image,
                                       write_volume)
 from unet_jax.data.tfrecord import decode_example
+from unet_jax.errors import ConfigError, DataError
 from unet_jax.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

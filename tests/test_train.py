@@ -21,8 +21,9 @@ import pytest
 from run_configs import tiny_config, volume_config
 from data_prep import lgg, synthetic
 from unet_jax import checkpoint, parallel, tasks, train
-from unet_jax.config_checks import ConfigError, validate_config
+from unet_jax.config_checks import validate_config
 from unet_jax.data import pipeline
+from unet_jax.errors import ConfigError, DataError, Diverged, SaveError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -301,7 +302,7 @@ def test_a_run_without_test_patients_trains_and_says_so(phantom_dir, tmp_path):
 def test_an_unwritable_workdir_is_one_line(prepared_dir, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(train.ConfigError, match=f"--workdir={blocker}/run: cannot write there"):
+    with pytest.raises(ConfigError, match=f"--workdir={blocker}/run: cannot write there"):
         train.train_and_evaluate(tiny_config(prepared_dir), str(blocker / "run"))
 
 
@@ -327,7 +328,7 @@ def test_evaluating_at_another_size_restores_from_the_training_shape(trained, pr
     assert summary["patients"][0]["num_slices"] == 4 and 0 <= summary["metrics"]["dice"] <= 1
     config = tiny_config(prepared_dir)
     config.model.bottleneck = "transformer"
-    with pytest.raises(train.DataError, match="transformer's position embeddings fit one size only"):
+    with pytest.raises(DataError, match="transformer's position embeddings fit one size only"):
         train.evaluate_workdir(config, workdir, large, "test")
 
 
@@ -336,7 +337,7 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(trained, prepared_
     workdir, _ = trained
     config = tiny_config(prepared_dir)
     config.model.attention = True  # gate_<level> modules the checkpoint does not have
-    with pytest.raises(train.ConfigError, match="holds another model than this config builds"):
+    with pytest.raises(ConfigError, match="holds another model than this config builds"):
         train.evaluate_workdir(config, workdir, prepared_dir, "test")
 
 
@@ -434,14 +435,14 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(prepared_dir
                 for name in names:
                     os.truncate(os.path.join(root, name), 0)
     config.num_epochs, config.allow_changed_config = 3, True
-    with pytest.raises(train.ConfigError, match="no checkpoint here can be read"):
+    with pytest.raises(ConfigError, match="no checkpoint here can be read"):
         train.train_and_evaluate(config, workdir)
     for step in os.listdir(folder):  # every file cut, the metrics orbax reads up front too: one line as well
         if step.isdigit():
             for root, _, names in os.walk(os.path.join(folder, step)):
                 for name in names:
                     os.truncate(os.path.join(root, name), 0)
-    with pytest.raises(train.ConfigError, match="a checkpoint's metadata is unreadable"):
+    with pytest.raises(ConfigError, match="a checkpoint's metadata is unreadable"):
         train.train_and_evaluate(config, workdir)
 
 
@@ -619,7 +620,7 @@ def test_nan_batches_are_skipped_and_too_many_in_a_row_stop_with_one_line(prepar
     # From step 8 (mid-epoch 2) every batch is bad: the run stops at the third in a row.
     monkeypatch.setattr(train, "compile_steps", _poisoned(set(range(7, 12))))
     workdir = str(tmp_path / "many")
-    with pytest.raises(train.Diverged) as stopped:
+    with pytest.raises(Diverged) as stopped:
         train.train_and_evaluate(config, workdir)
     assert str(stopped.value).startswith("steps 8-10: the loss or gradients were not finite (NaN or inf) for 3 ")
     assert "the checkpoint of step 6 holds" in str(stopped.value) and "learning_rate=0.003" in str(stopped.value)
@@ -646,7 +647,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_checkpoints_before(prepared_dir,
         return real(path)._replace(free=real(path).free if len(saves) == 1 else 1000)
 
     monkeypatch.setattr(train.checkpoint.shutil, "disk_usage", usage)
-    with pytest.raises(train.checkpoint.SaveError) as full:
+    with pytest.raises(SaveError) as full:
         train.train_and_evaluate(config, workdir)
     assert str(full.value).startswith(f"{workdir}/checkpoints: cannot write the checkpoint of step 12: it needs "
                                       "about ")
@@ -664,7 +665,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_checkpoints_before(prepared_dir,
                          "[os_error_code='28']")
 
     monkeypatch.setattr(manager, "save", fill)
-    with pytest.raises(train.checkpoint.SaveError, match=r"step 12 \(No space left on device\); free space"):
+    with pytest.raises(SaveError, match=r"step 12 \(No space left on device\); free space"):
         train.checkpoint.save(manager, 12, {"x": np.zeros(3)}, None, [])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["6"]
 

@@ -18,8 +18,8 @@ import jax
 import ml_collections
 
 from data_prep import plan
-from unet_jax.config_checks import ConfigError
 from unet_jax.data import pipeline
+from unet_jax.errors import ConfigError
 
 # nnU-Net's epoch: 250 training iterations, whatever the dataset's size.
 STEPS_PER_EPOCH = 250

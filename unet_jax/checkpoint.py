@@ -18,6 +18,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from unet_jax.errors import SaveError
+
 # Items of every checkpoint.
 STATE, DATA_ITER, HISTORY = "state", "data_iter", "history"
 
@@ -51,10 +53,6 @@ def make_manager(directory: str, *, best_metric: str, best_mode: str = "max",
     handlers = {STATE: ocp.StandardCheckpointHandler(), DATA_ITER: grain.checkpoint.CheckpointHandler(),
                 HISTORY: ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
-
-
-class SaveError(OSError):
-    """A checkpoint could not be written (a full disk, a folder made read-only)."""
 
 
 # How the operating system's reasons come through orbax and tensorstore.
@@ -109,11 +107,6 @@ def restore(manager: ocp.CheckpointManager, step: int, state: Any,
         items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored[STATE], restored[HISTORY]["rows"]
-
-
-class Damaged(Exception):
-    """A checkpoint whose files cannot be decoded: cut short by a kill during
-    its write, truncated or edited. Its message is the first line of the reason."""
 
 
 # The tensorstore codes of a file that was read but cannot be decoded (or is missing) ...

@@ -30,7 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from unet_jax import postprocessing
-from unet_jax.data import SPLITS_FILE, DataError
+from unet_jax.data import SPLITS_FILE
+from unet_jax.errors import DataError
 from unet_jax.files import atomic_write, write_json
 
 VAL_METRICS = "val_metrics.json"  # written by train.py at the end of a run

@@ -22,6 +22,7 @@ from unet_jax import inference, parallel
 from unet_jax import metrics as metrics_lib
 from unet_jax.data import pipeline
 from unet_jax.data.pathology import PathologyOptions
+from unet_jax.errors import DataError
 from unet_jax.tasks import Task
 
 # Metadata every batch carries beside image and mask.
@@ -141,7 +142,7 @@ class VolumeEvaluator:
         self.source = pipeline.split_source(data_dir, split, fold)
         self.decode = pipeline.split_decoder(data_dir, split, fold)
         if len(self.source) != len(self.names):
-            raise pipeline.DataError(f"{data_dir}: split {split!r} has {len(self.source)} records for "
+            raise DataError(f"{data_dir}: split {split!r} has {len(self.source)} records for "
                                      f"{len(self.names)} cases; sliding-window evaluation needs one whole "
                                      "volume per case (data_prep.volumes without --slices)")
 

@@ -21,8 +21,7 @@ from jax.experimental import multihost_utils  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from unet_jax import checkpoint, parallel, predict, train  # noqa: E402  (predict defines --input, --output, ...)
-from unet_jax.config_checks import ConfigError  # noqa: E402
-from unet_jax.data import DataError  # noqa: E402
+from unet_jax.errors import ConfigError, UnetJaxError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -51,7 +50,7 @@ def main(argv):
         try:
             parallel.initialize_distributed()
             predict.run_from_flags(FLAGS.workdir)
-        except (ConfigError, DataError) as e:
+        except UnetJaxError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         return
@@ -68,7 +67,7 @@ def main(argv):
             train.train_and_evaluate(config, FLAGS.workdir)
         else:
             train.evaluate_workdir(config, FLAGS.workdir, FLAGS.data_dir or config.data.data_dir, FLAGS.split)
-    except (ConfigError, DataError, train.Diverged, checkpoint.SaveError) as e:
+    except UnetJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # a full disk or a folder made read-only while results were written

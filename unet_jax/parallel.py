@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from unet_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -27,8 +29,6 @@ def initialize_distributed() -> None:
     if "JAX_COORDINATOR_ADDRESS" in os.environ:
         missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in os.environ]
         if missing:
-            from unet_jax.config_checks import ConfigError  # config_checks imports this module
-
             raise ConfigError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} not; set both, or "
                               "use launch/local_processes.sh")
         _use_gloo_on_cpu()

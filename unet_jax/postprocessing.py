@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from unet_jax.errors import ConfigError
 from unet_jax.files import write_json
 
 FILE = "postprocessing.json"
@@ -93,8 +94,6 @@ def vote(choices: Sequence[Mapping | None]) -> dict | None:
 
 
 def _malformed(path: str, why: str) -> Exception:
-    from unet_jax.config_checks import ConfigError  # imports JAX: only a bad file needs it
-
     return ConfigError(f"{path}: {why}; delete it to predict without post-processing, or write it again with "
                        "python -m unet_jax.cv_summary (or by training the run to the end)")
 

@@ -73,11 +73,12 @@ from tqdm import tqdm
 
 from unet_jax import inference, metrics, parallel, report, tasks, train
 from unet_jax import postprocessing as postprocessing_lib
-from unet_jax.config_checks import ConfigError, input_shape
-from unet_jax.data import DataError, pipeline
+from unet_jax.builders import input_shape
+from unet_jax.data import pipeline
 from unet_jax.data.medical_io import (MAX_VOXELS, VOLUME_SUFFIXES, Geometry, Volume, dicom_series_files,
                                       is_image_path, is_volume_path, plane_axis, read_image, resample_to,
                                       write_dicom_series, write_image, write_volume)
+from unet_jax.errors import ConfigError, DataError
 from unet_jax.evaluate import as_slices
 from unet_jax.files import atomic_write, temporary_folder, write_json
 

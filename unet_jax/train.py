@@ -32,11 +32,12 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from unet_jax import auto_config, checkpoint, evaluate, parallel, postprocessing, report, steps, tasks
-from unet_jax.config_checks import (ConfigError, best_metric, check_run_config, config_changes, device_augment,
-                                    input_shape, model_from_config, pathology_options, patch_options, validate_config,
-                                    window_options)
-from unet_jax.data import DataError, pipeline
+from unet_jax.builders import (best_metric, device_augment, input_shape, model_from_config, pathology_options,
+                               patch_options, window_options)
+from unet_jax.config_checks import check_run_config, config_changes, validate_config
+from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
+from unet_jax.errors import ConfigError, Damaged, DataError, Diverged
 from unet_jax.files import atomic_write, write_json
 from unet_jax.models.unet import UNet
 
@@ -223,10 +224,6 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-class Diverged(RuntimeError):
-    """Too many steps in a row had a non-finite loss or gradient."""
-
-
 def check_finite(state: steps.TrainState, step: int, reported: int, config, manager) -> int:
     """Says in one line when steps were skipped for a non-finite loss or
     gradient since `reported` (the count said before; returns the new one),
@@ -253,7 +250,7 @@ def check_finite(state: steps.TrainState, step: int, reported: int, config, mana
 def restore(manager, step: int, template, data_iter=None):
     """`checkpoint.restore`, with a checkpoint of another model (another config,
     or module names of an older unet_jax) and a failing disk refused in one
-    line; `checkpoint.Damaged` when the step's files cannot be decoded."""
+    line; `Damaged` when the step's files cannot be decoded."""
     folder = os.path.join(str(manager.directory), str(step))
     try:
         return checkpoint.restore(manager, step, template, data_iter)
@@ -265,7 +262,7 @@ def restore(manager, step: int, template, data_iter=None):
             raise ConfigError(f"{folder}: cannot read the checkpoint ({words}); nothing was changed: fix the disk or "
                               "permissions, then run the same command") from None
         if checkpoint.is_damage(e):
-            raise checkpoint.Damaged((str(e).strip().splitlines() or [type(e).__name__])[0][:200]) from e
+            raise Damaged((str(e).strip().splitlines() or [type(e).__name__])[0][:200]) from e
         raise
 
 
@@ -284,7 +281,7 @@ def _restore_best(manager, best: int, template):
     evaluate and predict need that very checkpoint."""
     try:
         return restore(manager, best, template)
-    except checkpoint.Damaged as e:
+    except Damaged as e:
         raise ConfigError(f"{os.path.join(str(manager.directory), str(best))}: the best checkpoint is damaged ({e}); "
                           "testing, --mode=evaluate and predict need it: move that folder away to use the best of the "
                           "checkpoints left, or train again in a new --workdir") from None
@@ -316,9 +313,9 @@ def resume(manager, template, data_iter) -> tuple[Any, list[dict]]:
         restored, problem = None, None
         try:
             restored = restore(manager, step, template, data_iter)
-        except (checkpoint.Damaged, ConfigError) as e:
+        except (Damaged, ConfigError) as e:
             problem = e
-        outcome = _worst(_RESTORED if problem is None else _DAMAGED if isinstance(problem, checkpoint.Damaged)
+        outcome = _worst(_RESTORED if problem is None else _DAMAGED if isinstance(problem, Damaged)
                          else _FAILED)
         if outcome == _FAILED:
             if isinstance(problem, ConfigError):

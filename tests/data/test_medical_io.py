@@ -20,9 +20,10 @@ import SimpleITK as sitk
 import tifffile
 from PIL import Image
 
-from unet_jax.data import DataError, medical_io
+from unet_jax.data import medical_io
 from unet_jax.data.medical_io import (Geometry, Volume, is_image_path, plane_axis, read_image, read_volume, resample,
                                       resample_to, write_dicom_series, write_image, write_volume)
+from unet_jax.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"  # beside the repository, as in conftest.py
 MS_PATIENT = SHARED / "ms_lesions_ljubljana" / "patient07"

@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from unet_jax.data import DataError, pipeline
+from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
+from unet_jax.errors import DataError
 
 NO_AUG = None
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from unet_jax.data import tfrecord
-from unet_jax.data.tfrecord import RecordError, TFRecordSource, TFRecordWriter
+from unet_jax.data.tfrecord import TFRecordSource, TFRecordWriter
+from unet_jax.errors import RecordError
 
 
 def _write(path, records):

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from data_prep import common
-from unet_jax.data import DataError
+from unet_jax.errors import DataError
 
 
 def _folder(path, *files):

@@ -12,8 +12,8 @@ import pytest
 import tifffile
 
 from data_prep import common, lgg
-from unet_jax.data import DataError
 from unet_jax.data.tfrecord import decode_example, iter_records
+from unet_jax.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from data_prep import common, pictures
-from unet_jax.data import DataError, pipeline
+from unet_jax.data import pipeline
 from unet_jax.data.medical_io import write_image
 from unet_jax.data.tfrecord import decode_example, iter_records
+from unet_jax.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 LUNGSEGDB = ROOT.parent / "shared" / "data" / "lung_ct_lungsegdb"

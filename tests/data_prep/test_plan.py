@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from data_prep import plan, volumes
-from unet_jax.data import DataError
 from unet_jax.data.medical_io import Geometry, Volume, write_volume
+from unet_jax.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 

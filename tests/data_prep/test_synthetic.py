@@ -13,7 +13,7 @@ import tifffile
 from scipy import ndimage
 
 from data_prep import synthetic
-from unet_jax.data import DataError
+from unet_jax.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(num_slices=4, size=64)

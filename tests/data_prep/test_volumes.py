@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from data_prep import synthetic, volumes
-from unet_jax.data import DataError, pipeline
+from unet_jax.data import pipeline
 from unet_jax.data.medical_io import Geometry, Volume, read_volume, write_volume
 from unet_jax.data.tfrecord import decode_example
+from unet_jax.errors import DataError
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data"  # beside the repository, never inside it
 SHAPE = (10, 12, 6)  # hand-made cases: a head box of non-zero voxels with a lesion block inside

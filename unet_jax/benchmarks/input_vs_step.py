@@ -45,7 +45,7 @@ from unet_jax.models.unet import UNet
 
 
 def model_from_config(config, features: int | None = None, depth: int | None = None) -> UNet:
-    """`config_checks.model_from_config` (which imports the grain pipeline and
+    """`builders.model_from_config` (which imports the grain pipeline and
     clu), optionally narrower or shallower (per-level settings cut to the
     first `depth` levels and the bottleneck's)."""
     fields = config.model.to_dict()

@@ -114,7 +114,7 @@ def wmh_config(patch=None, features: int | None = None):
 def build_predictor(config, manifest: dict, *, tta: bool, batch_size: int | None):
     """A Predictor of `config` with randomly initialised parameters (no workdir)."""
     from unet_jax import parallel, train
-    from unet_jax.config_checks import input_shape
+    from unet_jax.builders import input_shape
     from unet_jax.predict import Predictor
 
     mesh = parallel.make_mesh()

@@ -6,7 +6,3 @@ MANIFEST = "manifest.json"
 SPLITS_FILE = "splits.json"
 # The experiment plan a prepared folder was made with (data_prep.plan), copied beside the manifest.
 PLANS_FILE = "plans.json"
-
-
-class DataError(Exception):
-    """Bad or missing input data; the message names the file and the fix."""

@@ -33,7 +33,7 @@ import SimpleITK as sitk
 import tifffile
 from PIL import Image
 
-from unet_jax.data import DataError
+from unet_jax.errors import DataError
 from unet_jax.files import atomic_write, temporary_file, temporary_folder
 
 # File endings SimpleITK reads as one volume; a folder is read as a DICOM series.

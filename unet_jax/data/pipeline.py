@@ -25,10 +25,11 @@ import grain
 from absl import flags
 import numpy as np
 
-from unet_jax.data import MANIFEST, SPLITS_FILE, DataError
+from unet_jax.data import MANIFEST, SPLITS_FILE
 from unet_jax.data.augment import AugmentOptions, augment_slice, sample_patch
 from unet_jax.data.pathology import PathologyOptions, simulate_pathology
 from unet_jax.data.tfrecord import TFRecordSource, decode_example
+from unet_jax.errors import DataError
 
 # "patient_zscore": per patient and channel, over the voxels where any channel is
 # non-zero (the head), with statistics that data_prep stores in each record;

@@ -17,16 +17,12 @@ import google_crc32c
 import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
 
-from unet_jax.data import DataError
+from unet_jax.errors import RecordError
 from unet_jax.files import atomic_write, temporary_file
 
 INDEX_SUFFIX = ".index"
 _HEADER = 12  # uint64 length + uint32 masked crc
 _MASK_DELTA = 0xA282EAD8
-
-
-class RecordError(DataError):
-    """A TFRecord file is truncated or corrupt, or its index does not match it."""
 
 
 def masked_crc32c(data: bytes) -> int:
