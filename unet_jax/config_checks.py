@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import importlib.util
 import os
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -73,23 +74,24 @@ def check_run_config(values: Any, source: str) -> None:
 def config_changes(before: dict, after: dict) -> list[str]:
     """The keys (dotted) whose values differ between two configs as plain
     dicts, as "key: old -> new", leaving out RESUME_IGNORES."""
-    old, new = _flat(before), _flat(after)
+    old, new = flat_config(before, _as_tuples), flat_config(after, _as_tuples)
     return [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}" for key in sorted(old.keys() | new.keys())
             if key not in RESUME_IGNORES and old.get(key, "(unset)") != new.get(key, "(unset)")]
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys; lists and tuples alike as tuples (JSON keeps tuples as lists)."""
+def flat_config(d: dict, leaf: Callable[[Any], Any] = lambda v: v, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict with dotted keys, each value passed through `leaf`."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat_config(v, leaf, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = _as_tuples(v)
+            out[f"{prefix}{k}"] = leaf(v)
     return out
 
 
 def _as_tuples(v: Any) -> Any:
+    """Lists and tuples alike as tuples (JSON keeps tuples as lists)."""
     return tuple(_as_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 

@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 from unet_jax import auto_config, checkpoint, evaluate, parallel, postprocessing, report, steps, tasks
 from unet_jax.builders import (best_metric, device_augment, input_shape, model_from_config, pathology_options,
                                patch_options, window_options)
-from unet_jax.config_checks import check_run_config, config_changes, validate_config
+from unet_jax.config_checks import check_run_config, config_changes, flat_config, validate_config
 from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
 from unet_jax.errors import ConfigError, Damaged, DataError, Diverged
@@ -392,17 +392,6 @@ def log_epoch_time(writer, step: int, training: float, input_wait: float, valida
                                 "time/validation_seconds": validation})
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """A nested config dict as TensorBoard hyperparameters: dotted keys, plain values."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
-
-
 def test(task, state, workdir: str, name: str, best_epoch: int | None, evaluator: evaluate.Evaluator | None,
          fold: int | None = None) -> dict:
     """Evaluates `state` and writes `<name>_metrics.json` (with the
@@ -462,7 +451,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                      min(int(state.step) // steps_per_epoch + 1, config.num_epochs), config.num_epochs)
     else:
         logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
-        writer.write_hparams(_flatten(config.to_dict()))
+        writer.write_hparams(flat_config(  # TensorBoard takes plain values only
+            config.to_dict(), lambda v: v if isinstance(v, (int, float, str, bool)) else str(v)))
     if jax.process_index() == 0:
         write_json(os.path.join(workdir, "config.json"), config.to_dict())
         write_json(os.path.join(workdir, TRAIN_MANIFEST), manifest)
