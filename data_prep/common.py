@@ -10,7 +10,6 @@ Output layout of a prepared folder:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -28,19 +27,9 @@ import numpy as np
 from unet_jax.data import MANIFEST, SPLITS_FILE, DataError
 from unet_jax.data.tfrecord import TFRecordWriter, index_path
 from unet_jax.files import temporary_folder, write_json
+from unet_jax.preprocess.problems import Problem
 
 SPLITS = ("train", "val", "test")
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """A source file that cannot be used, and why (one line)."""
-
-    file: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.reason}"
 
 
 def split_patients(patients: Sequence[str], *, val_fraction: float, test_fraction: float,
@@ -305,18 +294,6 @@ def pseudonyms(anonymise: bool, anonymise_map: str, data_dir: str, out_dir: str)
     if anonymise_map and not anonymise:
         raise DataError(f"--anonymise_map={anonymise_map} without --anonymise; add --anonymise, or drop the map")
     return Pseudonyms(data_dir, out_dir, anonymise_map) if anonymise else None
-
-
-def intensity_stats(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation per channel of a patient's images [..., C]
-    over the voxels where any channel is non-zero (the head, not the air around
-    it); 0 and 1 for a patient without such voxels."""
-    channels = images[0].shape[-1]
-    voxels = np.concatenate([x.reshape(-1, channels) for x in images]).astype(np.float64)
-    head = voxels[np.any(voxels != 0, axis=1)]
-    if len(head) == 0:
-        return np.zeros(channels), np.ones(channels)
-    return head.mean(axis=0), head.std(axis=0)
 
 
 def comma_list(text: str) -> list[str]:

@@ -82,6 +82,9 @@ from data_prep import common
 from unet_jax.data import DataError
 from unet_jax.data.medical_io import MAX_VOXELS, is_image_path, read_image
 from unet_jax.data.tfrecord import encode_example
+from unet_jax.preprocess import intensity
+from unet_jax.preprocess.pictures import TARGET_DIVISORS, is_grey
+from unet_jax.preprocess.problems import Problem
 
 TASKS = ("segmentation", "regression")
 CHANNELS = ("auto", "1", "3")
@@ -89,8 +92,6 @@ CHANNELS = ("auto", "1", "3")
 DOUBLE_ROTATION_DEG = 15.0
 DOUBLE_ZOOM = 0.10
 DOUBLE_SHIFT = 0.05
-# Regression targets: divisor by the picture's dtype.
-TARGET_DIVISORS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 _FLAGS = {"segmentation": ("--images", "--masks"), "regression": ("--inputs", "--targets")}
 _WORDS = {"segmentation": ("image", "mask"), "regression": ("input", "target")}
 
@@ -124,7 +125,7 @@ def natural_key(name: str) -> list:
 
 # --- finding pairs -------------------------------------------------------------------
 
-def _pictures(folder: str) -> tuple[dict[str, str], list[common.Problem]]:
+def _pictures(folder: str) -> tuple[dict[str, str], list[Problem]]:
     """The pictures in `folder` by stem (other files and hidden ones are
     ignored), and a problem for each second picture of one stem."""
     by_stem: dict[str, str] = {}
@@ -135,7 +136,7 @@ def _pictures(folder: str) -> tuple[dict[str, str], list[common.Problem]]:
             continue
         stem = os.path.splitext(name)[0]
         if stem in by_stem:
-            problems.append(common.Problem(path, f"a second picture named {stem} beside "
+            problems.append(Problem(path, f"a second picture named {stem} beside "
                                                  f"{os.path.basename(by_stem[stem])}; remove one, or pass "
                                                  "--skip_bad to skip this one"))
             continue
@@ -155,7 +156,7 @@ def patient_of(stem: str, regex: re.Pattern | None) -> str | None:
 
 
 def scan(data_dir: str, image_dir: str, target_dir: str, *, task: str = "segmentation",
-         patient_regex: str = "") -> tuple[list[Pair], list[common.Problem]]:
+         patient_regex: str = "") -> tuple[list[Pair], list[Problem]]:
     """Pairs `data_dir/image_dir/<n>.*` with `data_dir/target_dir/<n>.*`, in
     natural order of the stems; returns the pairs and the files that could
     not be paired (or whose name --patient_regex does not match)."""
@@ -182,18 +183,18 @@ def scan(data_dir: str, image_dir: str, target_dir: str, *, task: str = "segment
         raise DataError(f"{data_dir}: no pictures (PNG, TIFF, JPEG, BMP) in {image_dir}/ or {target_dir}/; "
                         "check --data_dir and the folder names")
     for stem in sorted(images.keys() - targets.keys(), key=natural_key):
-        problems.append(common.Problem(images[stem], f"{image_word} without a {target_word} (no "
+        problems.append(Problem(images[stem], f"{image_word} without a {target_word} (no "
                                                      f"{target_dir}/{stem}.*); add it, or pass --skip_bad to "
                                                      f"skip the {image_word}"))
     for stem in sorted(targets.keys() - images.keys(), key=natural_key):
-        problems.append(common.Problem(targets[stem], f"{target_word} without an {image_word} (no "
+        problems.append(Problem(targets[stem], f"{target_word} without an {image_word} (no "
                                                       f"{image_dir}/{stem}.*); add the {image_word}, or pass "
                                                       f"--skip_bad to skip the {target_word}"))
     pairs = []
     for stem in sorted(images.keys() & targets.keys(), key=natural_key):
         patient = patient_of(stem, regex)
         if not patient:
-            problems.append(common.Problem(images[stem], f"name {stem!r} gives no patient with --patient_regex="
+            problems.append(Problem(images[stem], f"name {stem!r} gives no patient with --patient_regex="
                                                          f"{patient_regex!r}; fix the regex, or pass --skip_bad "
                                                          "to skip the pair"))
             continue
@@ -231,11 +232,6 @@ def read_pair(pair: Pair, task: str, max_voxels: int = MAX_VOXELS) -> tuple[np.n
         raise DataError(f"{pair.target}: a {target.dtype} target; targets are 8-bit or 16-bit pictures (scaled "
                         "by 255 or 65535): convert it, or pass --skip_bad")
     return image, target
-
-
-def is_grey(image: np.ndarray) -> bool:
-    """One channel, or several identical ones."""
-    return all(np.array_equal(image[..., 0], image[..., c]) for c in range(1, image.shape[-1]))
 
 
 def binarize(mask: np.ndarray, threshold: int) -> np.ndarray:
@@ -337,14 +333,14 @@ def _size(text: str) -> tuple[int, int] | None:
     return values
 
 
-def _odd_ones(values: dict[Pair, object], describe) -> tuple[object, list[common.Problem]]:
+def _odd_ones(values: dict[Pair, object], describe) -> tuple[object, list[Problem]]:
     """The most common of the pairs' `values`, and a problem for each pair
     with another value (`describe(pair, value, common value)` says why)."""
     usual = collections.Counter(values.values()).most_common(1)[0][0]
-    return usual, [common.Problem(*describe(pair, v, usual)) for pair, v in values.items() if v != usual]
+    return usual, [Problem(*describe(pair, v, usual)) for pair, v in values.items() if v != usual]
 
 
-def _raise_first(problems: list[common.Problem]) -> None:
+def _raise_first(problems: list[Problem]) -> None:
     raise DataError(f"{problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
 
 
@@ -392,7 +388,7 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
         except DataError as e:
             if not skip_bad:
                 raise
-            problems.append(common.Problem(*str(e).split(": ", 1)))
+            problems.append(Problem(*str(e).split(": ", 1)))
             continue
         shapes[pair], grey[pair] = image.shape[:2], is_grey(image)
         if task == "regression":
@@ -441,7 +437,7 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
                 members = by_patient[patient]
                 converted = [convert(*read_pair(pair, task, max_voxels), settings) for pair in members]
                 bar.update(len(members))
-                mean, std = common.intensity_stats([image for image, _ in converted])
+                mean, std = intensity.intensity_stats([image for image, _ in converted])
                 records = [(number, pair, image, target, None)
                            for number, (pair, (image, target)) in enumerate(zip(members, converted))]
                 if double and name == "train":
