@@ -230,46 +230,26 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
     return manifest
 
 
+def _summary(m: dict) -> str:
+    """What `main` reports after `wrote <out_dir>:`: patients, slices and records per split, files skipped."""
+    splits = ", ".join(f"{k} {v['num_patients']} patients/{v['num_slices']} slices/{v['num_examples']} records "
+                       f"({v['num_tumor_slices']} with tumour)" for k, v in m["splits"].items())
+    return f"{splits}; skipped {len(m['skipped'])}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="the kaggle_3m folder (one folder per patient)")
-    parser.add_argument("--out_dir", required=True, help="where shards and manifest.json go")
-    parser.add_argument("--val_fraction", type=float, default=0.18,
-                        help="fraction of patients for validation (0.18 and 0.1 give the 79/20/11 "
-                             "split of the reference on 110 patients)")
-    parser.add_argument("--test_fraction", type=float, default=0.1, help="fraction of patients for test")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle")
-    parser.add_argument("--num_folds", type=int, default=0, help="k-fold cross-validation over patients (0: off)")
-    parser.add_argument("--fold", type=int, default=0, help="which fold is the test set, 0..num_folds-1")
-    parser.add_argument("--records_per_shard", type=int, default=512)
+    common.add_common_flags(parser, source="the kaggle_3m folder (one folder per patient)",
+                            too_large="a TIFF of more values", unit="patient", bad="slices", pseudonyms="patients",
+                            records_per_shard=512, val_fraction=0.18, test_fraction=0.1,
+                            split_note="0.18 and 0.1 give the 79/20/11 split of the reference on 110 patients")
     parser.add_argument("--volume_depth", type=int, default=0,
                         help="stack each patient's slices into volumes of this many slices (0: one record per slice)")
     parser.add_argument("--size", type=int, default=0,
                         help="shrink slices in-plane to size x size by block averaging (0: keep)")
-    parser.add_argument("--skip_bad", action="store_true", help="skip bad slices and list them in the manifest")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
-    parser.add_argument("--anonymise", action="store_true",
-                        help="write patients under keyed pseudonyms; the map back stays beside --data_dir")
-    parser.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
-                                                            "(default: <data_dir>.ids.json)")
-    parser.add_argument("--max_voxels", type=int, default=medical_io.MAX_VOXELS,
-                        help="refuse a TIFF of more values than this (a hostile header)")
     args = parser.parse_args(argv)
-    try:
-        m = prepare(args.data_dir, args.out_dir, val_fraction=args.val_fraction,
-                    test_fraction=args.test_fraction, seed=args.seed, num_folds=args.num_folds,
-                    fold=args.fold, records_per_shard=args.records_per_shard,
-                    volume_depth=args.volume_depth, size=args.size, skip_bad=args.skip_bad,
-                    overwrite=args.overwrite, anonymise=args.anonymise, anonymise_map=args.anonymise_map,
-                    max_voxels=args.max_voxels)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    summary = ", ".join(f"{k} {v['num_patients']} patients/{v['num_slices']} slices/{v['num_examples']} records "
-                        f"({v['num_tumor_slices']} with tumour)" for k, v in m["splits"].items())
-    print(f"wrote {os.path.abspath(args.out_dir)}: {summary}; skipped {len(m['skipped'])}")
-    return 0
+    return common.run_cli(prepare, args, args.out_dir, _summary)
 
 
 if __name__ == "__main__":

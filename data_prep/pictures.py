@@ -509,12 +509,24 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
     return manifest
 
 
+def _summary(m: dict) -> str:
+    """What `main` reports after `wrote <out_dir>:`: patients, pictures and records per split, the image shape,
+    classes or target scale, pairs skipped."""
+    splits = ", ".join(f"{k} {v['num_patients']} patients/{v['num_pictures']} pictures/{v['num_examples']} "
+                       "records" for k, v in m["splits"].items())
+    kind = (f"targets scaled by 1/{m['target']['divisor']:g}" if m["task"] == "regression"
+            else f"{m['num_classes']} classes")
+    return f"{splits}; image {'x'.join(map(str, m['image_shape']))}; {kind}; skipped {len(m['skipped'])}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.pictures", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="the folder holding the picture folders")
-    parser.add_argument("--out_dir", required=True, help="where shards and manifest.json go")
+    common.add_common_flags(parser, source="the folder holding the picture folders",
+                            too_large="a picture of more pixels times channels", unit="patient", bad="pairs",
+                            pseudonyms="patients and pictures", records_per_shard=256,
+                            seed="seed of the patient shuffle and of --double")
     parser.add_argument("--task", default="segmentation", choices=TASKS,
                         help="segmentation: images/ with masks/; regression: inputs/ with targets/")
     parser.add_argument("--images", default="images", help="segmentation: the folder of images")
@@ -533,37 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patient_regex", default="",
                         help="regex on the stem whose group 1 (or group 'patient') names the patient "
                              "(default: every pair is its own patient)")
-    parser.add_argument("--val_fraction", type=float, default=0.2)
-    parser.add_argument("--test_fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle and of --double")
-    parser.add_argument("--num_folds", type=int, default=0, help="k-fold cross-validation over patients (0: off)")
-    parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--val_cases", default="", help="comma-separated patients for validation "
                                                         "(overrides the fractions)")
     parser.add_argument("--test_cases", default="", help="comma-separated patients for test")
-    parser.add_argument("--records_per_shard", type=int, default=256)
-    parser.add_argument("--skip_bad", action="store_true", help="skip bad pairs and list them in the manifest")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
-    parser.add_argument("--anonymise", action="store_true", help="write patients and pictures under keyed "
-                                                                 "pseudonyms; the map back stays beside --data_dir")
-    parser.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
-                                                            "(default: <data_dir>.ids.json)")
-    parser.add_argument("--max_voxels", type=int, default=MAX_VOXELS,
-                        help="refuse a picture of more pixels times channels than this (a hostile header)")
-    args = vars(parser.parse_args(argv))
-    data_dir, out_dir = args.pop("data_dir"), args.pop("out_dir")
-    try:
-        m = prepare(data_dir, out_dir, **args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    summary = ", ".join(f"{k} {v['num_patients']} patients/{v['num_pictures']} pictures/{v['num_examples']} "
-                        "records" for k, v in m["splits"].items())
-    kind = (f"targets scaled by 1/{m['target']['divisor']:g}" if m["task"] == "regression"
-            else f"{m['num_classes']} classes")
-    print(f"wrote {os.path.abspath(out_dir)}: {summary}; image {'x'.join(map(str, m['image_shape']))}; {kind}; "
-          f"skipped {len(m['skipped'])}")
-    return 0
+    args = parser.parse_args(argv)
+    return common.run_cli(prepare, args, args.out_dir, _summary)
 
 
 if __name__ == "__main__":

@@ -609,17 +609,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=int, default=32, help="channels at full resolution, doubling per level")
     parser.add_argument("--max_cases", type=int, default=0,
                         help="fingerprint this many cases, spread evenly (0: all)")
-    parser.add_argument("--max_voxels", type=int, default=MAX_VOXELS,
-                        help="refuse a volume of more voxels than this (a hostile header)")
-    args = vars(parser.parse_args(argv))
-    data_dir, out = args.pop("data_dir"), args.pop("out")
-    try:
-        plans = plan_dataset(data_dir, out, **args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {os.path.abspath(out)}: {summary(plans)}")
-    return 0
+    common.add_max_voxels_flag(parser, "a volume of more voxels")
+    args = parser.parse_args(argv)
+    return common.run_cli(plan_dataset, args, args.out, summary)
 
 
 if __name__ == "__main__":

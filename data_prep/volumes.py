@@ -336,12 +336,22 @@ def _common_shape(splits: dict, settings: Settings) -> list[int] | None:
     return [*shapes.pop(), len(settings.intensity)] if len(shapes) == 1 else None
 
 
+def _summary(m: dict) -> str:
+    """What `main` reports after `wrote <out_dir>:`: cases and records per split, classes, skipped, throughput."""
+    splits = ", ".join(f"{k} {v['num_patients']} cases/{v['num_examples']} records" for k, v in m["splits"].items())
+    t = m["throughput"]
+    kind = "a regression target" if m.get("task") == "regression" else f"{m['num_classes']} classes"
+    return (f"{splits}; {kind}; skipped {len(m['skipped'])}; {t['cases_per_second']} cases/s, "
+            f"{t['source_mb_per_second']} MB/s of source files")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.volumes", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="a folder of cases")
-    parser.add_argument("--out_dir", required=True, help="where shards and manifest.json go")
+    common.add_common_flags(parser, source="a folder of cases",
+                            too_large="a volume, or a resampled grid, of more voxels", unit="case", bad="cases",
+                            pseudonyms="cases", records_per_shard=64)
     parser.add_argument("--layout", default="auto", choices=("auto", "decathlon", "folders"),
                         help="auto: decathlon when data_dir holds imagesTr/, else folders")
     parser.add_argument("--channels", default="", help="folders layout: one glob per channel, comma-separated")
@@ -370,38 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", default="", help="write 2-D slices (axial, coronal or sagittal), not volumes")
     parser.add_argument("--slice_size", default="", help="with --slices: pad every slice to 'H,W'")
     parser.add_argument("--unlabelled", action="store_true", help="cases without labels, for prediction only")
-    parser.add_argument("--val_fraction", type=float, default=0.2)
-    parser.add_argument("--test_fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the case shuffle")
-    parser.add_argument("--num_folds", type=int, default=0, help="k-fold cross-validation over cases (0: off)")
-    parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--cv_folds", type=int, default=0,
                         help="write every non-test case to train and K cross-validation folds over them to "
                              "splits.json (config.data.fold picks one; 0: off)")
     parser.add_argument("--val_cases", default="", help="comma-separated cases for validation (overrides fractions)")
     parser.add_argument("--test_cases", default="", help="comma-separated cases for test (overrides fractions)")
-    parser.add_argument("--records_per_shard", type=int, default=64)
-    parser.add_argument("--skip_bad", action="store_true", help="skip bad cases and list them in the manifest")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
-    parser.add_argument("--anonymise", action="store_true",
-                        help="write cases under keyed pseudonyms; the map back stays beside --data_dir")
-    parser.add_argument("--max_voxels", type=int, default=MAX_VOXELS,
-                        help="refuse a volume, or a resampled grid, of more voxels than this (a hostile header)")
-    parser.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
-                                                            "(default: <data_dir>.ids.json)")
-    args = vars(parser.parse_args(argv))
-    data_dir, out_dir = args.pop("data_dir"), args.pop("out_dir")
-    try:
-        m = prepare(data_dir, out_dir, **args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    summary = ", ".join(f"{k} {v['num_patients']} cases/{v['num_examples']} records" for k, v in m["splits"].items())
-    t = m["throughput"]
-    kind = "a regression target" if m.get("task") == "regression" else f"{m['num_classes']} classes"
-    print(f"wrote {os.path.abspath(out_dir)}: {summary}; {kind}; skipped {len(m['skipped'])}; "
-          f"{t['cases_per_second']} cases/s, {t['source_mb_per_second']} MB/s of source files")
-    return 0
+    args = parser.parse_args(argv)
+    return common.run_cli(prepare, args, args.out_dir, _summary)
 
 
 if __name__ == "__main__":
