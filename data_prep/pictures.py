@@ -137,8 +137,8 @@ def _pictures(folder: str) -> tuple[dict[str, str], list[Problem]]:
         stem = os.path.splitext(name)[0]
         if stem in by_stem:
             problems.append(Problem(path, f"a second picture named {stem} beside "
-                                                 f"{os.path.basename(by_stem[stem])}; remove one, or pass "
-                                                 "--skip_bad to skip this one"))
+                                          f"{os.path.basename(by_stem[stem])}; remove one, or pass "
+                                          "--skip_bad to skip this one"))
             continue
         by_stem[stem] = path
     return by_stem, problems
@@ -184,19 +184,19 @@ def scan(data_dir: str, image_dir: str, target_dir: str, *, task: str = "segment
                         "check --data_dir and the folder names")
     for stem in sorted(images.keys() - targets.keys(), key=natural_key):
         problems.append(Problem(images[stem], f"{image_word} without a {target_word} (no "
-                                                     f"{target_dir}/{stem}.*); add it, or pass --skip_bad to "
-                                                     f"skip the {image_word}"))
+                                              f"{target_dir}/{stem}.*); add it, or pass --skip_bad to "
+                                              f"skip the {image_word}"))
     for stem in sorted(targets.keys() - images.keys(), key=natural_key):
         problems.append(Problem(targets[stem], f"{target_word} without an {image_word} (no "
-                                                      f"{image_dir}/{stem}.*); add the {image_word}, or pass "
-                                                      f"--skip_bad to skip the {target_word}"))
+                                               f"{image_dir}/{stem}.*); add the {image_word}, or pass "
+                                               f"--skip_bad to skip the {target_word}"))
     pairs = []
     for stem in sorted(images.keys() & targets.keys(), key=natural_key):
         patient = patient_of(stem, regex)
         if not patient:
             problems.append(Problem(images[stem], f"name {stem!r} gives no patient with --patient_regex="
-                                                         f"{patient_regex!r}; fix the regex, or pass --skip_bad "
-                                                         "to skip the pair"))
+                                                  f"{patient_regex!r}; fix the regex, or pass --skip_bad "
+                                                  "to skip the pair"))
             continue
         pairs.append(Pair(stem, patient, images[stem], targets[stem]))
     return pairs, problems

@@ -81,10 +81,10 @@ def scan_folders(data_dir: str, channels: list[str], label: str | None, mask: st
             missing = [p for p, path in zip(channels, picked) if path is None]
             if missing:
                 problems.append(Problem(os.path.join(folder, key), f"no volume matches channel pattern "
-                                                                         f"{fill(missing[0])!r}"))
+                                                                  f"{fill(missing[0])!r}"))
             elif label_path is None and not unlabelled:
                 problems.append(Problem(os.path.join(folder, key), f"no label matches {fill(label or '')!r}; "
-                                               "add it, or pass --unlabelled to prepare cases for prediction only"))
+                                        "add it, or pass --unlabelled to prepare cases for prediction only"))
             else:
                 cases.append(Case(name, tuple(picked), None if unlabelled else label_path, mask_path))
     return cases, problems
@@ -113,13 +113,13 @@ def scan_decathlon(data_dir: str, unlabelled: bool) -> tuple[list[Case], list[Pr
             if unlabelled or not any(os.path.exists(os.path.join(data_dir, "labelsTr", stem + s))
                                      for s in (".nii.gz", ".nii", ".nrrd", ".mha")):
                 problems.append(Problem(path, "expected <case>_<4-digit channel>, e.g. case_001_0000.nii.gz, "
-                                                     "or <case>.nii.gz with labelsTr/<case>.nii.gz"))
+                                              "or <case>.nii.gz with labelsTr/<case>.nii.gz"))
                 continue
             case, channel = stem, "0000"  # the Decathlon's own release: one image per case, named as its label
         files = by_case.setdefault(case, {})
         if int(channel) in files:  # case_001_0000.nii beside case_001_0000.nii.gz
             problems.append(Problem(path, f"case {case} channel {channel} again, beside "
-                                                 f"{os.path.basename(files[int(channel)])}; remove one of the two"))
+                                          f"{os.path.basename(files[int(channel)])}; remove one of the two"))
             doubled.add(case)
             continue
         files[int(channel)] = path
@@ -130,7 +130,7 @@ def scan_decathlon(data_dir: str, unlabelled: bool) -> tuple[list[Case], list[Pr
             continue
         if sorted(files) != list(range(width)):
             problems.append(Problem(os.path.join(images, case), f"channels {sorted(files)}; every case "
-                                                                       f"needs 0..{width - 1}"))
+                                                                f"needs 0..{width - 1}"))
             continue
         label = None
         if not unlabelled:

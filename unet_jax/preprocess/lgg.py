@@ -29,13 +29,13 @@ def patient_files(folder: str) -> tuple[dict[int, str], dict[int, str], list[Pro
         m = pattern.match(name)
         if m is None:
             problems.append(Problem(path, f"unexpected file name; expected {patient}_<n>.tif or "
-                                                 f"{patient}_<n>_mask.tif"))
+                                          f"{patient}_<n>_mask.tif"))
             continue
         found = masks if m.group(2) else images
         number = int(m.group(1))
         if number in found:  # `_1.tif` beside `_01.tif` or `_1.tiff`: one slice, two files
             problems.append(Problem(path, f"slice {number} again, beside {os.path.basename(found[number])}; "
-                                                 "remove one of the two files"))
+                                          "remove one of the two files"))
             continue
         found[number] = path
     return images, masks, problems

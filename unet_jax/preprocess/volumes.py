@@ -33,6 +33,7 @@ def parse_label_map(text: str) -> dict[int, int]:
 
 
 def check_finite(volume: Volume, path: str) -> None:
+    """Refuses (DataError naming `path`) a float volume with NaN or infinite voxels."""
     bad = ~np.isfinite(volume.array) if volume.array.dtype.kind == "f" else None
     if bad is not None and bad.any():
         raise DataError(f"{path}: {int(bad.sum())} NaN or infinite voxels; fix or remove the volume, "
@@ -40,6 +41,7 @@ def check_finite(volume: Volume, path: str) -> None:
 
 
 def check_same_grid(volume: Volume, path: str, reference: Volume, reference_path: str) -> None:
+    """Refuses (DataError naming both files) a volume that is not on the grid of `reference`."""
     g, r = volume.geometry, reference.geometry
     if volume.array.shape != reference.array.shape or not g.same_grid(r):
         raise DataError(f"{path}: grid {volume.array.shape} at spacing {np.round(g.spacing, 3).tolist()}, origin "
