@@ -9,8 +9,8 @@ Output layout of a prepared folder:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -21,27 +21,18 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from unet_jax.data import MANIFEST, SPLITS_FILE
+from unet_jax.data.medical_io import MAX_VOXELS
 from unet_jax.data.tfrecord import TFRecordWriter, index_path
 from unet_jax.errors import DataError
 from unet_jax.files import temporary_folder, write_json
+from unet_jax.preprocess.problems import Problem
 
 SPLITS = ("train", "val", "test")
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """A source file that cannot be used, and why (one line)."""
-
-    file: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.reason}"
 
 
 def split_patients(patients: Sequence[str], *, val_fraction: float, test_fraction: float,
@@ -308,18 +299,6 @@ def pseudonyms(anonymise: bool, anonymise_map: str, data_dir: str, out_dir: str)
     return Pseudonyms(data_dir, out_dir, anonymise_map) if anonymise else None
 
 
-def intensity_stats(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation per channel of a patient's images [..., C]
-    over the voxels where any channel is non-zero (the head, not the air around
-    it); 0 and 1 for a patient without such voxels."""
-    channels = images[0].shape[-1]
-    voxels = np.concatenate([x.reshape(-1, channels) for x in images]).astype(np.float64)
-    head = voxels[np.any(voxels != 0, axis=1)]
-    if len(head) == 0:
-        return np.zeros(channels), np.ones(channels)
-    return head.mean(axis=0), head.std(axis=0)
-
-
 def comma_list(text: str) -> list[str]:
     """'a, b,,c' -> ['a', 'b', 'c']: the names of a comma-separated flag."""
     return [n.strip() for n in text.split(",") if n.strip()]
@@ -383,3 +362,51 @@ def split_left_right(mask: np.ndarray, axis: int) -> np.ndarray:
     out[components == first[1]] = 1
     out[components == second[1]] = 2
     return out
+
+
+def add_max_voxels_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, too_large: str) -> None:
+    """--max_voxels, which every command of data_prep reads; `too_large` says what it refuses."""
+    parser.add_argument("--max_voxels", type=int, default=MAX_VOXELS,
+                        help=f"refuse {too_large} than this (a hostile header)")
+
+
+def add_common_flags(parser: argparse.ArgumentParser, *, source: str, too_large: str, unit: str, bad: str,
+                     pseudonyms: str, records_per_shard: int, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                     split_note: str = "", seed: str = "") -> None:
+    """The flags of every converter from --data_dir (`source` says what it
+    holds) to shards in --out_dir; the rest in a group of their own: the
+    split of `unit`s (patients, cases) by fractions or folds, the shard
+    size, --skip_bad of `bad` ones, --overwrite, --anonymise of `pseudonyms`
+    and --max_voxels. `split_note` follows the validation fraction's help,
+    `seed` replaces the seed's."""
+    parser.add_argument("--data_dir", required=True, help=source)
+    parser.add_argument("--out_dir", required=True, help="where shards and manifest.json go")
+    group = parser.add_argument_group("split and output (the flags every converter has)")
+    group.add_argument("--val_fraction", type=float, default=val_fraction,
+                       help=f"fraction of {unit}s for validation" + (f" ({split_note})" if split_note else ""))
+    group.add_argument("--test_fraction", type=float, default=test_fraction, help=f"fraction of {unit}s for test")
+    group.add_argument("--seed", type=int, default=0, help=seed or f"seed of the {unit} shuffle")
+    group.add_argument("--num_folds", type=int, default=0, help=f"k-fold cross-validation over {unit}s (0: off)")
+    group.add_argument("--fold", type=int, default=0, help="which fold is the test set, 0..num_folds-1")
+    group.add_argument("--records_per_shard", type=int, default=records_per_shard)
+    group.add_argument("--skip_bad", action="store_true", help=f"skip bad {bad} and list them in the manifest")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
+    group.add_argument("--anonymise", action="store_true",
+                       help=f"write {pseudonyms} under keyed pseudonyms; the map back stays beside --data_dir")
+    group.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
+                                                           "(default: <data_dir>.ids.json)")
+    add_max_voxels_flag(group, too_large)
+
+
+def run_cli(prepare: Callable[..., dict], args: argparse.Namespace, written: str,
+            summary: Callable[[dict], str]) -> int:
+    """A command's main: `prepare` called with the parsed flags, then `wrote
+    <written>: <summary of its result>` printed, exit code 0; or a DataError
+    as one line `error: ...` on stderr, exit code 2."""
+    try:
+        result = prepare(**vars(args))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {os.path.abspath(written)}: {summary(result)}")
+    return 0

@@ -33,13 +33,15 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-import tifffile
 from tqdm import tqdm
 
 from data_prep import common
 from unet_jax.data import medical_io
 from unet_jax.data.tfrecord import encode_example
 from unet_jax.errors import DataError
+from unet_jax.preprocess import intensity
+from unet_jax.preprocess.lgg import patient_files, read_tiff, shrink
+from unet_jax.preprocess.problems import Problem
 
 _PATIENT = re.compile(r"^TCGA_[A-Za-z0-9]+_[A-Za-z0-9]+_\d+$")
 
@@ -52,7 +54,7 @@ class Slice:
     mask: str
 
 
-def scan(data_dir: str) -> tuple[dict[str, list[Slice]], list[common.Problem]]:
+def scan(data_dir: str) -> tuple[dict[str, list[Slice]], list[Problem]]:
     """Pairs images with masks in every patient folder, slices in numeric order.
 
     Returns the slices per patient and the files that could not be paired.
@@ -67,62 +69,20 @@ def scan(data_dir: str) -> tuple[dict[str, list[Slice]], list[common.Problem]]:
         raise DataError(f"{data_dir}: no patient folders named like TCGA_CS_4942_19970222; "
                         "point --data_dir at the kaggle_3m folder")
     result: dict[str, list[Slice]] = {}
-    problems: list[common.Problem] = []
+    problems: list[Problem] = []
     for patient in patients:
         folder = os.path.join(data_dir, patient)
         images, masks, unexpected = patient_files(folder)
         problems += unexpected
         for n in sorted(images.keys() - masks.keys()):
-            problems.append(common.Problem(images[n], "image without a mask; add the _mask.tif or remove the image"))
+            problems.append(Problem(images[n], "image without a mask; add the _mask.tif or remove the image"))
         for n in sorted(masks.keys() - images.keys()):
-            problems.append(common.Problem(masks[n], "mask without an image; add the image or remove the mask"))
+            problems.append(Problem(masks[n], "mask without an image; add the image or remove the mask"))
         slices = [Slice(patient, n, images[n], masks[n]) for n in sorted(images.keys() & masks.keys())]
         if not slices:
-            problems.append(common.Problem(folder, "patient folder holds no image/mask pairs"))
+            problems.append(Problem(folder, "patient folder holds no image/mask pairs"))
         result[patient] = slices
     return result, problems
-
-
-def patient_files(folder: str) -> tuple[dict[int, str], dict[int, str], list[common.Problem]]:
-    """The slice images and masks of one kaggle_3m patient folder, by slice
-    number (`<folder name>_<n>.tif`, `<folder name>_<n>_mask.tif`), and the
-    files named otherwise or naming a slice number a second time."""
-    patient = os.path.basename(os.path.normpath(folder))
-    pattern = re.compile(rf"^{re.escape(patient)}_(\d+)(_mask)?\.tiff?$")
-    images: dict[int, str] = {}
-    masks: dict[int, str] = {}
-    problems = []
-    for name in sorted(os.listdir(folder)):
-        if name.startswith("."):
-            continue
-        path = os.path.join(folder, name)
-        m = pattern.match(name)
-        if m is None:
-            problems.append(common.Problem(path, f"unexpected file name; expected {patient}_<n>.tif or "
-                                                 f"{patient}_<n>_mask.tif"))
-            continue
-        found = masks if m.group(2) else images
-        number = int(m.group(1))
-        if number in found:  # `_1.tif` beside `_01.tif` or `_1.tiff`: one slice, two files
-            problems.append(common.Problem(path, f"slice {number} again, beside {os.path.basename(found[number])}; "
-                                                 "remove one of the two files"))
-            continue
-        found[number] = path
-    return images, masks, problems
-
-
-def read_tiff(path: str, max_voxels: int = medical_io.MAX_VOXELS) -> np.ndarray:
-    """A kaggle_3m TIFF as tifffile reads it (prediction reads slices through here too); one whose
-    header promises more than `max_voxels` values is refused before its pixels are decoded."""
-    try:
-        with tifffile.TiffFile(path) as tiff:
-            medical_io.check_voxels(tiff.series[0].shape, path, max_voxels)
-            return tiff.asarray()
-    except DataError:
-        raise
-    except Exception as e:  # tifffile raises many types for damaged files
-        raise DataError(f"{path}: unreadable or truncated TIFF ({type(e).__name__}: {e}); "
-                        "replace the file or pass --skip_bad") from None
 
 
 def load_slice(s: Slice, image_shape: tuple[int, ...] | None, max_voxels: int = medical_io.MAX_VOXELS
@@ -147,19 +107,6 @@ def load_slice(s: Slice, image_shape: tuple[int, ...] | None, max_voxels: int = 
         raise DataError(f"{s.mask}: mask values {values[:8].tolist()} are not binary (0/255 or 0/1); "
                         "binarise the mask or pass --skip_bad")
     return image, mask.astype(np.uint8)
-
-
-def shrink(image: np.ndarray, mask: np.ndarray, size: int, path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Block-averages an [H, W, C] uint8 image and its 0/1 mask to size x size;
-    the mask is its block average thresholded at 0.5."""
-    h, w = mask.shape
-    if h % size or w % size:
-        raise DataError(f"{path}: slice size {h}x{w} is not a multiple of --size={size}; "
-                        "choose a size that divides it")
-    fh, fw = h // size, w // size
-    image = image.reshape(size, fh, size, fw, -1).astype(np.float32).mean(axis=(1, 3))
-    mask = mask.reshape(size, fh, size, fw).astype(np.float32).mean(axis=(1, 3))
-    return np.round(image).astype(np.uint8), (mask >= 0.5).astype(np.uint8)
 
 
 def volume_blocks(numbers: list[int], images: list[np.ndarray], masks: list[np.ndarray], depth: int):
@@ -223,7 +170,7 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
                     except DataError as e:
                         if not skip_bad:
                             raise
-                        problems.append(common.Problem(*str(e).split(": ", 1)))
+                        problems.append(Problem(*str(e).split(": ", 1)))
                         continue
                     image_shape = image.shape
                     if size:
@@ -234,7 +181,7 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
                 if not numbers:  # every slice of the patient was skipped
                     per_patient.append({"patient": patient, "num_slices": 0, "num_tumor_slices": 0})
                     continue
-                mean, std = common.intensity_stats(images)
+                mean, std = intensity.intensity_stats(images)
                 if volume_depth:
                     blocks = volume_blocks(numbers, images, masks, volume_depth)
                 else:
@@ -284,46 +231,26 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
     return manifest
 
 
+def _summary(m: dict) -> str:
+    """What `main` reports after `wrote <out_dir>:`: patients, slices and records per split, files skipped."""
+    splits = ", ".join(f"{k} {v['num_patients']} patients/{v['num_slices']} slices/{v['num_examples']} records "
+                       f"({v['num_tumor_slices']} with tumour)" for k, v in m["splits"].items())
+    return f"{splits}; skipped {len(m['skipped'])}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="the kaggle_3m folder (one folder per patient)")
-    parser.add_argument("--out_dir", required=True, help="where shards and manifest.json go")
-    parser.add_argument("--val_fraction", type=float, default=0.18,
-                        help="fraction of patients for validation (0.18 and 0.1 give the 79/20/11 "
-                             "split of the reference on 110 patients)")
-    parser.add_argument("--test_fraction", type=float, default=0.1, help="fraction of patients for test")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle")
-    parser.add_argument("--num_folds", type=int, default=0, help="k-fold cross-validation over patients (0: off)")
-    parser.add_argument("--fold", type=int, default=0, help="which fold is the test set, 0..num_folds-1")
-    parser.add_argument("--records_per_shard", type=int, default=512)
+    common.add_common_flags(parser, source="the kaggle_3m folder (one folder per patient)",
+                            too_large="a TIFF of more values", unit="patient", bad="slices", pseudonyms="patients",
+                            records_per_shard=512, val_fraction=0.18, test_fraction=0.1,
+                            split_note="0.18 and 0.1 give the 79/20/11 split of the reference on 110 patients")
     parser.add_argument("--volume_depth", type=int, default=0,
                         help="stack each patient's slices into volumes of this many slices (0: one record per slice)")
     parser.add_argument("--size", type=int, default=0,
                         help="shrink slices in-plane to size x size by block averaging (0: keep)")
-    parser.add_argument("--skip_bad", action="store_true", help="skip bad slices and list them in the manifest")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
-    parser.add_argument("--anonymise", action="store_true",
-                        help="write patients under keyed pseudonyms; the map back stays beside --data_dir")
-    parser.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
-                                                            "(default: <data_dir>.ids.json)")
-    parser.add_argument("--max_voxels", type=int, default=medical_io.MAX_VOXELS,
-                        help="refuse a TIFF of more values than this (a hostile header)")
     args = parser.parse_args(argv)
-    try:
-        m = prepare(args.data_dir, args.out_dir, val_fraction=args.val_fraction,
-                    test_fraction=args.test_fraction, seed=args.seed, num_folds=args.num_folds,
-                    fold=args.fold, records_per_shard=args.records_per_shard,
-                    volume_depth=args.volume_depth, size=args.size, skip_bad=args.skip_bad,
-                    overwrite=args.overwrite, anonymise=args.anonymise, anonymise_map=args.anonymise_map,
-                    max_voxels=args.max_voxels)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    summary = ", ".join(f"{k} {v['num_patients']} patients/{v['num_slices']} slices/{v['num_examples']} records "
-                        f"({v['num_tumor_slices']} with tumour)" for k, v in m["splits"].items())
-    print(f"wrote {os.path.abspath(args.out_dir)}: {summary}; skipped {len(m['skipped'])}")
-    return 0
+    return common.run_cli(prepare, args, args.out_dir, _summary)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,9 @@ from data_prep import common
 from unet_jax.data.medical_io import MAX_VOXELS, is_image_path, read_image
 from unet_jax.data.tfrecord import encode_example
 from unet_jax.errors import DataError
+from unet_jax.preprocess import intensity
+from unet_jax.preprocess.pictures import TARGET_DIVISORS, is_grey
+from unet_jax.preprocess.problems import Problem
 
 TASKS = ("segmentation", "regression")
 CHANNELS = ("auto", "1", "3")
@@ -89,8 +92,6 @@ CHANNELS = ("auto", "1", "3")
 DOUBLE_ROTATION_DEG = 15.0
 DOUBLE_ZOOM = 0.10
 DOUBLE_SHIFT = 0.05
-# Regression targets: divisor by the picture's dtype.
-TARGET_DIVISORS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 _FLAGS = {"segmentation": ("--images", "--masks"), "regression": ("--inputs", "--targets")}
 _WORDS = {"segmentation": ("image", "mask"), "regression": ("input", "target")}
 
@@ -124,7 +125,7 @@ def natural_key(name: str) -> list:
 
 # --- finding pairs -------------------------------------------------------------------
 
-def _pictures(folder: str) -> tuple[dict[str, str], list[common.Problem]]:
+def _pictures(folder: str) -> tuple[dict[str, str], list[Problem]]:
     """The pictures in `folder` by stem (other files and hidden ones are
     ignored), and a problem for each second picture of one stem."""
     by_stem: dict[str, str] = {}
@@ -135,9 +136,9 @@ def _pictures(folder: str) -> tuple[dict[str, str], list[common.Problem]]:
             continue
         stem = os.path.splitext(name)[0]
         if stem in by_stem:
-            problems.append(common.Problem(path, f"a second picture named {stem} beside "
-                                                 f"{os.path.basename(by_stem[stem])}; remove one, or pass "
-                                                 "--skip_bad to skip this one"))
+            problems.append(Problem(path, f"a second picture named {stem} beside "
+                                          f"{os.path.basename(by_stem[stem])}; remove one, or pass "
+                                          "--skip_bad to skip this one"))
             continue
         by_stem[stem] = path
     return by_stem, problems
@@ -155,7 +156,7 @@ def patient_of(stem: str, regex: re.Pattern | None) -> str | None:
 
 
 def scan(data_dir: str, image_dir: str, target_dir: str, *, task: str = "segmentation",
-         patient_regex: str = "") -> tuple[list[Pair], list[common.Problem]]:
+         patient_regex: str = "") -> tuple[list[Pair], list[Problem]]:
     """Pairs `data_dir/image_dir/<n>.*` with `data_dir/target_dir/<n>.*`, in
     natural order of the stems; returns the pairs and the files that could
     not be paired (or whose name --patient_regex does not match)."""
@@ -182,20 +183,20 @@ def scan(data_dir: str, image_dir: str, target_dir: str, *, task: str = "segment
         raise DataError(f"{data_dir}: no pictures (PNG, TIFF, JPEG, BMP) in {image_dir}/ or {target_dir}/; "
                         "check --data_dir and the folder names")
     for stem in sorted(images.keys() - targets.keys(), key=natural_key):
-        problems.append(common.Problem(images[stem], f"{image_word} without a {target_word} (no "
-                                                     f"{target_dir}/{stem}.*); add it, or pass --skip_bad to "
-                                                     f"skip the {image_word}"))
+        problems.append(Problem(images[stem], f"{image_word} without a {target_word} (no "
+                                              f"{target_dir}/{stem}.*); add it, or pass --skip_bad to "
+                                              f"skip the {image_word}"))
     for stem in sorted(targets.keys() - images.keys(), key=natural_key):
-        problems.append(common.Problem(targets[stem], f"{target_word} without an {image_word} (no "
-                                                      f"{image_dir}/{stem}.*); add the {image_word}, or pass "
-                                                      f"--skip_bad to skip the {target_word}"))
+        problems.append(Problem(targets[stem], f"{target_word} without an {image_word} (no "
+                                               f"{image_dir}/{stem}.*); add the {image_word}, or pass "
+                                               f"--skip_bad to skip the {target_word}"))
     pairs = []
     for stem in sorted(images.keys() & targets.keys(), key=natural_key):
         patient = patient_of(stem, regex)
         if not patient:
-            problems.append(common.Problem(images[stem], f"name {stem!r} gives no patient with --patient_regex="
-                                                         f"{patient_regex!r}; fix the regex, or pass --skip_bad "
-                                                         "to skip the pair"))
+            problems.append(Problem(images[stem], f"name {stem!r} gives no patient with --patient_regex="
+                                                  f"{patient_regex!r}; fix the regex, or pass --skip_bad "
+                                                  "to skip the pair"))
             continue
         pairs.append(Pair(stem, patient, images[stem], targets[stem]))
     return pairs, problems
@@ -231,11 +232,6 @@ def read_pair(pair: Pair, task: str, max_voxels: int = MAX_VOXELS) -> tuple[np.n
         raise DataError(f"{pair.target}: a {target.dtype} target; targets are 8-bit or 16-bit pictures (scaled "
                         "by 255 or 65535): convert it, or pass --skip_bad")
     return image, target
-
-
-def is_grey(image: np.ndarray) -> bool:
-    """One channel, or several identical ones."""
-    return all(np.array_equal(image[..., 0], image[..., c]) for c in range(1, image.shape[-1]))
 
 
 def binarize(mask: np.ndarray, threshold: int) -> np.ndarray:
@@ -337,14 +333,14 @@ def _size(text: str) -> tuple[int, int] | None:
     return values
 
 
-def _odd_ones(values: dict[Pair, object], describe) -> tuple[object, list[common.Problem]]:
+def _odd_ones(values: dict[Pair, object], describe) -> tuple[object, list[Problem]]:
     """The most common of the pairs' `values`, and a problem for each pair
     with another value (`describe(pair, value, common value)` says why)."""
     usual = collections.Counter(values.values()).most_common(1)[0][0]
-    return usual, [common.Problem(*describe(pair, v, usual)) for pair, v in values.items() if v != usual]
+    return usual, [Problem(*describe(pair, v, usual)) for pair, v in values.items() if v != usual]
 
 
-def _raise_first(problems: list[common.Problem]) -> None:
+def _raise_first(problems: list[Problem]) -> None:
     raise DataError(f"{problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
 
 
@@ -392,7 +388,7 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
         except DataError as e:
             if not skip_bad:
                 raise
-            problems.append(common.Problem(*str(e).split(": ", 1)))
+            problems.append(Problem(*str(e).split(": ", 1)))
             continue
         shapes[pair], grey[pair] = image.shape[:2], is_grey(image)
         if task == "regression":
@@ -441,7 +437,7 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
                 members = by_patient[patient]
                 converted = [convert(*read_pair(pair, task, max_voxels), settings) for pair in members]
                 bar.update(len(members))
-                mean, std = common.intensity_stats([image for image, _ in converted])
+                mean, std = intensity.intensity_stats([image for image, _ in converted])
                 records = [(number, pair, image, target, None)
                            for number, (pair, (image, target)) in enumerate(zip(members, converted))]
                 if double and name == "train":
@@ -513,12 +509,24 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
     return manifest
 
 
+def _summary(m: dict) -> str:
+    """What `main` reports after `wrote <out_dir>:`: patients, pictures and records per split, the image shape,
+    classes or target scale, pairs skipped."""
+    splits = ", ".join(f"{k} {v['num_patients']} patients/{v['num_pictures']} pictures/{v['num_examples']} "
+                       "records" for k, v in m["splits"].items())
+    kind = (f"targets scaled by 1/{m['target']['divisor']:g}" if m["task"] == "regression"
+            else f"{m['num_classes']} classes")
+    return f"{splits}; image {'x'.join(map(str, m['image_shape']))}; {kind}; skipped {len(m['skipped'])}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.pictures", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="the folder holding the picture folders")
-    parser.add_argument("--out_dir", required=True, help="where shards and manifest.json go")
+    common.add_common_flags(parser, source="the folder holding the picture folders",
+                            too_large="a picture of more pixels times channels", unit="patient", bad="pairs",
+                            pseudonyms="patients and pictures", records_per_shard=256,
+                            seed="seed of the patient shuffle and of --double")
     parser.add_argument("--task", default="segmentation", choices=TASKS,
                         help="segmentation: images/ with masks/; regression: inputs/ with targets/")
     parser.add_argument("--images", default="images", help="segmentation: the folder of images")
@@ -537,37 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patient_regex", default="",
                         help="regex on the stem whose group 1 (or group 'patient') names the patient "
                              "(default: every pair is its own patient)")
-    parser.add_argument("--val_fraction", type=float, default=0.2)
-    parser.add_argument("--test_fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle and of --double")
-    parser.add_argument("--num_folds", type=int, default=0, help="k-fold cross-validation over patients (0: off)")
-    parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--val_cases", default="", help="comma-separated patients for validation "
                                                         "(overrides the fractions)")
     parser.add_argument("--test_cases", default="", help="comma-separated patients for test")
-    parser.add_argument("--records_per_shard", type=int, default=256)
-    parser.add_argument("--skip_bad", action="store_true", help="skip bad pairs and list them in the manifest")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
-    parser.add_argument("--anonymise", action="store_true", help="write patients and pictures under keyed "
-                                                                 "pseudonyms; the map back stays beside --data_dir")
-    parser.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
-                                                            "(default: <data_dir>.ids.json)")
-    parser.add_argument("--max_voxels", type=int, default=MAX_VOXELS,
-                        help="refuse a picture of more pixels times channels than this (a hostile header)")
-    args = vars(parser.parse_args(argv))
-    data_dir, out_dir = args.pop("data_dir"), args.pop("out_dir")
-    try:
-        m = prepare(data_dir, out_dir, **args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    summary = ", ".join(f"{k} {v['num_patients']} patients/{v['num_pictures']} pictures/{v['num_examples']} "
-                        "records" for k, v in m["splits"].items())
-    kind = (f"targets scaled by 1/{m['target']['divisor']:g}" if m["task"] == "regression"
-            else f"{m['num_classes']} classes")
-    print(f"wrote {os.path.abspath(out_dir)}: {summary}; image {'x'.join(map(str, m['image_shape']))}; {kind}; "
-          f"skipped {len(m['skipped'])}")
-    return 0
+    args = parser.parse_args(argv)
+    return common.run_cli(prepare, args, args.out_dir, _summary)
 
 
 if __name__ == "__main__":

@@ -103,12 +103,13 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from data_prep import common, volumes
+from data_prep import common
 from unet_jax.data.medical_io import MAX_VOXELS
 from unet_jax.errors import DataError
 from unet_jax.files import write_json
+from unet_jax.preprocess import layouts, volumes
+from unet_jax.preprocess.plans import VERSION
 
-VERSION = 1
 MODALITIES = ("MR", "CT")
 
 # Fingerprint.
@@ -141,10 +142,6 @@ LOGIT_MAPS = 4                # per output head at full resolution, x classes
 PARAMETER_COPIES = 4          # weights, gradients, Adam's first and second moments
 RESERVED_GB = 0.5             # convolution workspace, allocator slack
 GB = 1024 ** 3
-
-PLAN_KEYS = ("target_spacing", "shape_at_target", "normalization", "ct_window", "patch_size", "depth",
-             "pool_strides", "kernel_size", "features", "batch_size", "memory_gb", "estimated_memory_gb",
-             "deep_supervision")
 
 
 # --- fingerprint ------------------------------------------------------------------
@@ -190,14 +187,15 @@ def parse_modalities(text: str | list[str] | None, num_channels: int) -> list[st
     return names
 
 
-def fingerprint(cases: list[volumes.Case], modalities: list[str] | None = None, progress: bool = False,
+def fingerprint(cases: list[layouts.Case], modalities: list[str] | None = None, progress: bool = False,
                 declared_labels: set[int] | None = None, max_voxels: int = MAX_VOXELS) -> dict:
     """The dataset's fingerprint (see the module docstring): spacings, shapes
     cropped as data_prep.volumes crops, labels and their voxel fractions, and
     per-channel foreground intensity statistics. `modalities` ('MR'/'CT' per
     channel) is guessed from the intensities when None. Raises DataError
-    naming the case or file, as data_prep.volumes.read_case does, and for a
-    label outside `declared_labels` (dataset.json's, when it names them)."""
+    naming the case or file, as unet_jax.preprocess.volumes.read_case does,
+    and for a label outside `declared_labels` (dataset.json's, when it names
+    them)."""
     if not cases:
         raise DataError("no cases to fingerprint; check --data_dir, --channels and --label")
     num_channels = len(cases[0].channels)
@@ -219,7 +217,7 @@ def fingerprint(cases: list[volumes.Case], modalities: list[str] | None = None, 
         whole.append(_sample(image.reshape(-1, num_channels), IMAGE_SAMPLES_PER_CASE, rng))
         if mask is None:
             mask = np.any(image != 0, axis=-1)
-        if mask.any():  # as data_prep.volumes.preprocess crops
+        if mask.any():  # as unet_jax.preprocess.volumes.preprocess crops
             crop = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
             image, labels = image[crop], labels[crop]
         shapes.append(labels.shape)
@@ -495,7 +493,7 @@ def make_plan(fp: dict, memory_gb: float = 8.0, features: int = 32) -> dict:
 # --- reading the raw folder --------------------------------------------------------
 
 def find_cases(data_dir: str, layout: str = "auto", channels: str = "", label: str = "",
-               mask: str = "") -> tuple[str, list[volumes.Case]]:
+               mask: str = "") -> tuple[str, list[layouts.Case]]:
     """The layout and the cases that `python -m data_prep.volumes` would prepare
     (DataError on the first problem, as it raises without --skip_bad)."""
     if not os.path.isdir(data_dir):
@@ -503,12 +501,12 @@ def find_cases(data_dir: str, layout: str = "auto", channels: str = "", label: s
     if layout == "auto":
         layout = "decathlon" if os.path.isdir(os.path.join(data_dir, "imagesTr")) else "folders"
     if layout == "decathlon":
-        cases, problems = volumes.scan_decathlon(data_dir, unlabelled=False)
+        cases, problems = layouts.scan_decathlon(data_dir, unlabelled=False)
     elif layout == "folders":
         patterns = common.comma_list(channels)
         if not patterns or not label:
             raise DataError(f"{data_dir}: the per-case layout needs --channels='FLAIR*,...' and --label='...'")
-        cases, problems = volumes.scan_folders(data_dir, patterns, label, mask or None, unlabelled=False)
+        cases, problems = layouts.scan_folders(data_dir, patterns, label, mask or None, unlabelled=False)
     else:
         raise DataError(f"--layout={layout!r}: choose auto, decathlon or folders")
     if not cases:
@@ -583,28 +581,6 @@ def plan_dataset(data_dir, out, *, layout: str = "auto", channels: str = "", lab
     return plans
 
 
-def read_plans(path) -> dict:
-    """A plans.json of this module; DataError in one line naming the file and
-    the fix when it is absent, not JSON, or lacks a planned key."""
-    path = os.fspath(path)
-    fix = "make it with python -m data_prep.plan --data_dir=RAW --out=" + path
-    try:
-        with open(path) as f:
-            plans = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such plans file; {fix}") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable plans file ({str(e).splitlines()[0]}); {fix}") from None
-    if not isinstance(plans, dict) or not isinstance(plans.get("plan"), dict) or "fingerprint" not in plans:
-        raise DataError(f"{path}: not a plans file of data_prep.plan (no plan/fingerprint); {fix}")
-    if plans.get("version") != VERSION:
-        raise DataError(f"{path}: plans version {plans.get('version')!r}, this code reads {VERSION}; {fix}")
-    missing = [k for k in PLAN_KEYS if k not in plans["plan"]]
-    if missing:
-        raise DataError(f"{path}: the plan lacks {', '.join(missing)}; {fix}")
-    return plans
-
-
 def summary(plans: dict) -> str:
     """One line: cases, target spacing, patch, batch, depth, kernels and memory."""
     p, fp = plans["plan"], plans["fingerprint"]
@@ -633,17 +609,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", type=int, default=32, help="channels at full resolution, doubling per level")
     parser.add_argument("--max_cases", type=int, default=0,
                         help="fingerprint this many cases, spread evenly (0: all)")
-    parser.add_argument("--max_voxels", type=int, default=MAX_VOXELS,
-                        help="refuse a volume of more voxels than this (a hostile header)")
-    args = vars(parser.parse_args(argv))
-    data_dir, out = args.pop("data_dir"), args.pop("out")
-    try:
-        plans = plan_dataset(data_dir, out, **args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {os.path.abspath(out)}: {summary(plans)}")
-    return 0
+    common.add_max_voxels_flag(parser, "a volume of more voxels")
+    args = parser.parse_args(argv)
+    return common.run_cli(plan_dataset, args, args.out, summary)
 
 
 if __name__ == "__main__":

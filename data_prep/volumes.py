@@ -43,10 +43,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fnmatch
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -56,356 +54,18 @@ from tqdm import tqdm
 
 from data_prep import common
 from unet_jax.data import PLANS_FILE
-from unet_jax.data.medical_io import (MAX_VOXELS, Geometry, Volume, is_volume_path, plane_axis, read_volume,
-                                     resample)
+from unet_jax.data.medical_io import MAX_VOXELS, Geometry, plane_axis
 from unet_jax.data.tfrecord import encode_example
 from unet_jax.errors import DataError
 from unet_jax.files import write_json
-
-# Named Hounsfield windows (lower, upper): the usual width/level pairs of radiology.
-CT_WINDOWS = {"lung": (-1350.0, 150.0), "mediastinum": (-160.0, 240.0), "soft_tissue": (-160.0, 240.0),
-              "abdomen": (-150.0, 250.0), "brain": (0.0, 80.0), "bone": (-500.0, 1300.0),
-              "lung_wide": (-1000.0, 400.0)}
-INTENSITIES = ("zscore", "ct", "none")
-LABEL_TOLERANCE = 1e-3  # a float-stored label this close to an integer counts as that integer
+from unet_jax.preprocess.intensity import CT_WINDOWS, INTENSITIES, TARGET_INTENSITIES, TARGET_PERCENTILE
+from unet_jax.preprocess.layouts import Case, scan_decathlon, scan_folders
+from unet_jax.preprocess.plans import read_plans
+from unet_jax.preprocess.problems import Problem
+from unet_jax.preprocess.volumes import Settings, parse_label_map, preprocess, read_case
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One case's files: a path per channel (a file, or a DICOM series folder), its label or None."""
-
-    name: str
-    channels: tuple[str, ...]
-    label: str | None
-    mask: str | None = None  # foreground for the z-score (--mask), or None: the non-zero voxels
-
-
-# --- finding cases -------------------------------------------------------------
-
-def _is_source(path: str) -> bool:
-    """A volume file, or a leaf folder (a DICOM series: slices, no subfolders)."""
-    if os.path.isdir(path):
-        return not any(e.is_dir() for e in os.scandir(path))
-    return is_volume_path(path)
-
-
-def _hits(folder: str, pattern: str) -> list[str]:
-    """The volumes in `folder` matching `pattern`, sorted."""
-    return sorted(n for n in os.listdir(folder) if fnmatch.fnmatch(n, pattern) and _is_source(os.path.join(folder, n)))
-
-
-def _pick(folder: str, pattern: str, what: str) -> str | None:
-    """The one volume in `folder` matching `pattern`; None if none; DataError if several."""
-    hits = _hits(folder, pattern)
-    if len(hits) > 1:
-        raise DataError(f"{folder}: {what} pattern {pattern!r} matches {len(hits)} files ({', '.join(hits[:3])}); "
-                        "make the pattern match exactly one")
-    return os.path.join(folder, hits[0]) if hits else None
-
-
-def _case_pattern(pattern: str) -> re.Pattern:
-    """A glob with a `{case}` placeholder as a regex capturing the case name."""
-    head, _, tail = pattern.partition("{case}")
-    strip = lambda g: fnmatch.translate(g).removeprefix("(?s:").removesuffix(")\\Z")  # noqa: E731
-    return re.compile(f"(?s:{strip(head)}(?P<case>.+?){strip(tail)})\\Z")
-
-
-def scan_folders(data_dir: str, channels: list[str], label: str | None, mask: str | None,
-                 unlabelled: bool) -> tuple[list[Case], list[common.Problem]]:
-    """Cases of the per-case layout: every folder below `data_dir` holding a
-    volume that matches the first channel pattern is a case, named by its path
-    relative to `data_dir` (e.g. `train/brats_2013_pat0005_1`). Patterns with
-    a `{case}` placeholder ('{case}_image.nrrd') find several cases in one
-    folder instead, named by what the placeholder matched."""
-    cases, problems = [], []
-    for folder, dirs, files in os.walk(data_dir):
-        dirs.sort()
-        if "{case}" in channels[0]:
-            found = sorted({m["case"] for n in files + dirs if (m := _case_pattern(channels[0]).match(n))})
-            groups = [(c, os.path.relpath(os.path.join(folder, c), data_dir).replace(os.sep, "/")) for c in found]
-        elif _hits(folder, channels[0]):
-            dirs[:] = []  # a case folder's subfolders are its DICOM series, not more cases
-            groups = [("", os.path.relpath(folder, data_dir).replace(os.sep, "/"))]
-        else:
-            continue
-        for key, name in groups:
-            fill = lambda p: p.replace("{case}", key)  # noqa: E731
-            try:  # a pattern matching several files is this case's problem (skipped with --skip_bad)
-                picked = [_pick(folder, fill(p), "channel") for p in channels]
-                label_path = _pick(folder, fill(label), "label") if label else None
-                mask_path = _pick(folder, fill(mask), "mask") if mask else None
-            except DataError as e:
-                problems.append(common.Problem(*str(e).split(": ", 1)))
-                continue
-            missing = [p for p, path in zip(channels, picked) if path is None]
-            if missing:
-                problems.append(common.Problem(os.path.join(folder, key), f"no volume matches channel pattern "
-                                                                         f"{fill(missing[0])!r}"))
-            elif label_path is None and not unlabelled:
-                problems.append(common.Problem(os.path.join(folder, key), f"no label matches {fill(label or '')!r}; "
-                                               "add it, or pass --unlabelled to prepare cases for prediction only"))
-            else:
-                cases.append(Case(name, tuple(picked), None if unlabelled else label_path, mask_path))
-    return cases, problems
-
-
-def scan_decathlon(data_dir: str, unlabelled: bool) -> tuple[list[Case], list[common.Problem]]:
-    """Cases of the Decathlon/nnU-Net layout: imagesTr/<case>_<4-digit channel>.<ext>
-    with labelsTr/<case>.<ext> (with --unlabelled imagesTs/, or else `data_dir`
-    itself), or the Decathlon's own release of one-channel tasks:
-    imagesTr/<case>.<ext> beside labelsTr/<case>.<ext>."""
-    images = os.path.join(data_dir, "imagesTs" if unlabelled else "imagesTr")
-    if unlabelled and not os.path.isdir(images):
-        images = data_dir  # the <case>_0000 files themselves, as prediction may be given
-    if not os.path.isdir(images):
-        raise DataError(f"{images}: no such folder; the Decathlon layout needs imagesTr/ and labelsTr/")
-    by_case: dict[str, dict[int, str]] = {}
-    doubled: set[str] = set()  # cases with a channel in two files: problems already, not cases
-    problems = []
-    for n in sorted(os.listdir(images)):
-        path = os.path.join(images, n)
-        stem = next((n[:-len(s)] for s in (".nii.gz", ".nii", ".nrrd", ".mha") if n.endswith(s)), None)
-        if n.startswith(".") or stem is None:
-            continue
-        case, _, channel = stem.rpartition("_")
-        if not case or len(channel) != 4 or not channel.isdigit():
-            if unlabelled or not any(os.path.exists(os.path.join(data_dir, "labelsTr", stem + s))
-                                     for s in (".nii.gz", ".nii", ".nrrd", ".mha")):
-                problems.append(common.Problem(path, "expected <case>_<4-digit channel>, e.g. case_001_0000.nii.gz, "
-                                                     "or <case>.nii.gz with labelsTr/<case>.nii.gz"))
-                continue
-            case, channel = stem, "0000"  # the Decathlon's own release: one image per case, named as its label
-        files = by_case.setdefault(case, {})
-        if int(channel) in files:  # case_001_0000.nii beside case_001_0000.nii.gz
-            problems.append(common.Problem(path, f"case {case} channel {channel} again, beside "
-                                                 f"{os.path.basename(files[int(channel)])}; remove one of the two"))
-            doubled.add(case)
-            continue
-        files[int(channel)] = path
-    cases = []
-    width = max((len(c) for c in by_case.values()), default=0)
-    for case, files in sorted(by_case.items()):
-        if case in doubled:
-            continue
-        if sorted(files) != list(range(width)):
-            problems.append(common.Problem(os.path.join(images, case), f"channels {sorted(files)}; every case "
-                                                                       f"needs 0..{width - 1}"))
-            continue
-        label = None
-        if not unlabelled:
-            name = os.path.basename(files[0])
-            ext = name[len(case) + 5:] if name.startswith(case + "_0000") else name[len(case):]
-            label = os.path.join(data_dir, "labelsTr", case + ext)
-            if not os.path.exists(label):
-                problems.append(common.Problem(label, "label missing; add it, or pass --unlabelled"))
-                continue
-        cases.append(Case(case, tuple(files[i] for i in range(width)), label))
-    return cases, problems
-
-
-# --- reading and checking one case --------------------------------------------------
-
-def parse_label_map(text: str) -> dict[int, int]:
-    """'1,2,3,4->1' or '2->1;1,3->2;4->3' as {source: target}; unnamed labels keep their value."""
-    mapping: dict[int, int] = {}
-    for rule in filter(None, (r.strip() for r in text.replace(" ", ";").split(";"))):
-        sources, arrow, target = rule.partition("->")
-        try:
-            if not arrow:
-                raise ValueError
-            for s in sources.split(","):
-                mapping[int(s)] = int(target)
-        except ValueError:
-            raise DataError(f"--label_map={text!r}: write rules like '1,2,3,4->1' or '2->1;4->3'") from None
-    if any(v < 0 or v > 255 for v in mapping.values()):
-        raise DataError(f"--label_map={text!r}: target labels must lie in 0..255")
-    return mapping
-
-
-def check_finite(volume: Volume, path: str) -> None:
-    bad = ~np.isfinite(volume.array) if volume.array.dtype.kind == "f" else None
-    if bad is not None and bad.any():
-        raise DataError(f"{path}: {int(bad.sum())} NaN or infinite voxels; fix or remove the volume, "
-                        "or pass --skip_bad")
-
-
-def load_label(path: str, grid: Volume, grid_path: str, label_map: dict[int, int], *,
-               max_voxels: int = MAX_VOXELS) -> np.ndarray:
-    """The label volume as uint8 labels on the grid of `grid`; float-stored
-    integral labels are accepted, anything else refused."""
-    volume = read_volume(path, max_voxels=max_voxels)
-    check_same_grid(volume, path, grid, grid_path)
-    labels = volume.array
-    if labels.dtype.kind == "f":
-        check_finite(volume, path)
-        rounded = np.round(labels)
-        if np.abs(labels - rounded).max(initial=0) > LABEL_TOLERANCE:
-            raise DataError(f"{path}: label values like {labels[np.abs(labels - rounded) > LABEL_TOLERANCE][0]:.3f} "
-                            "are not integers; is this an image rather than a label?")
-        labels = rounded
-    if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
-        raise DataError(f"{path}: labels span {labels.min()}..{labels.max()}; need 0..255")
-    labels = labels.astype(np.uint8)
-    if label_map:
-        lookup = np.arange(256, dtype=np.uint8)
-        for source, target in label_map.items():
-            if 0 <= source < 256:
-                lookup[source] = target
-        labels = lookup[labels]
-    return labels
-
-
-def load_target(path: str, grid: Volume, grid_path: str, *, max_voxels: int = MAX_VOXELS) -> np.ndarray:
-    """A regression target (e.g. the post-contrast scan) as float32 on the grid of `grid`."""
-    volume = read_volume(path, max_voxels=max_voxels)
-    if volume.array.ndim != 3:
-        raise DataError(f"{path}: a {volume.array.ndim}-D target of shape {volume.array.shape}; give one 3-D volume")
-    check_same_grid(volume, path, grid, grid_path)
-    check_finite(volume, path)
-    return volume.array.astype(np.float32)
-
-
-def target_scale(channel: np.ndarray, foreground: np.ndarray) -> float:
-    """The divisor of 'input_percentile': the TARGET_PERCENTILE of the raw input
-    channel over the foreground (1 when that is not positive)."""
-    values = channel[foreground] if foreground.any() else channel.ravel()
-    scale = float(np.percentile(values, TARGET_PERCENTILE)) if values.size else 0.0
-    return scale if scale > 0 else 1.0
-
-
-def check_same_grid(volume: Volume, path: str, reference: Volume, reference_path: str) -> None:
-    g, r = volume.geometry, reference.geometry
-    if volume.array.shape != reference.array.shape or not g.same_grid(r):
-        raise DataError(f"{path}: grid {volume.array.shape} at spacing {np.round(g.spacing, 3).tolist()}, origin "
-                        f"{np.round(g.origin, 2).tolist()} differs from {reference_path}'s {reference.array.shape} at "
-                        f"{np.round(r.spacing, 3).tolist()}, {np.round(r.origin, 2).tolist()}; resample one onto the "
-                        "other or pass --skip_bad")
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """How every case is turned into records (all of it goes into the manifest)."""
-
-    intensity: tuple[str, ...]  # one per channel
-    ct_window: tuple[float, float]
-    label_map: dict[int, int]
-    spacing: tuple[float, ...] | None
-    crop: bool
-    slices: str | None
-    slice_size: tuple[int, int] | None
-    # Regression (--target): how the float target is scaled; None: labels, not a target.
-    target: str | None = None
-
-
-# Regression targets: "input_percentile" divides the target by the TARGET_PERCENTILE
-# of the input's first channel over the foreground (before its normalisation), so
-# outputs go back to scanner units on a new scan, which has no target; "none" keeps them.
-TARGET_INTENSITIES = ("input_percentile", "none")
-TARGET_PERCENTILE = 99.5
-
-
-def normalize_channel(x: np.ndarray, method: str, foreground: np.ndarray, window: tuple[float, float]
-                      ) -> tuple[np.ndarray, dict]:
-    """One channel normalised by `method`, and the statistics it used.
-
-    'zscore': (x - mean) / std over the foreground voxels, background set to 0
-    (nnU-Net's MRI convention); 'ct': clipped to the Hounsfield `window` and
-    scaled to [0, 1]; 'none': unchanged.
-    """
-    x = x.astype(np.float32)
-    if method == "zscore":
-        values = x[foreground].astype(np.float64)
-        mean, std = (values.mean(), values.std()) if values.size else (0.0, 1.0)
-        out = np.where(foreground, (x - mean) / max(std, 1e-6), 0.0).astype(np.float32)
-        return out, {"mean": round(float(mean), 6), "std": round(float(std), 6)}
-    if method == "ct":
-        lo, hi = window
-        return ((np.clip(x, lo, hi) - lo) / (hi - lo)).astype(np.float32), {}
-    return x, {}
-
-
-def read_case(case: Case, label_map: dict[int, int], target: bool = False, *, max_voxels: int = MAX_VOXELS
-              ) -> tuple[list[Volume], np.ndarray | None, np.ndarray | None]:
-    """Reads and checks one case's files: the channel volumes (3-D, finite, on
-    one grid), its labels (uint8 on that grid, remapped; with `target` the
-    label file is a regression target, float32) or None, and its foreground
-    mask or None. A file whose header promises more than `max_voxels` voxels
-    is refused before it is decoded."""
-    channels = []
-    for path in case.channels:
-        volume = read_volume(path, max_voxels=max_voxels)
-        if volume.array.ndim != 3:
-            raise DataError(f"{path}: a {volume.array.ndim}-D volume of shape {volume.array.shape}; each channel "
-                            "must be one 3-D file (split 4-D series into one file per channel)")
-        check_finite(volume, path)
-        if channels:
-            check_same_grid(volume, path, channels[0], case.channels[0])
-        channels.append(volume)
-    if case.label is None:
-        labels = None
-    elif target:
-        labels = load_target(case.label, channels[0], case.channels[0], max_voxels=max_voxels)
-    else:
-        labels = load_label(case.label, channels[0], case.channels[0], label_map, max_voxels=max_voxels)
-    foreground = None
-    if case.mask is not None:
-        mask_volume = read_volume(case.mask, max_voxels=max_voxels)
-        check_same_grid(mask_volume, case.mask, channels[0], case.channels[0])
-        foreground = mask_volume.array > 0
-    return channels, labels, foreground
-
-
-def preprocess(channels: list[Volume], labels: np.ndarray | None, foreground: np.ndarray | None,
-               settings: Settings, name: str, *, max_voxels: int = MAX_VOXELS
-               ) -> tuple[np.ndarray, np.ndarray, dict, dict]:
-    """Channels on one grid -> the record's image float32 [*spatial, C], labels
-    uint8 (zeros without `labels`; a regression's float32 target, scaled as
-    `settings.target` says), geometry and per-channel statistics (with the
-    target's scale): resampled to `settings.spacing`, cropped to the
-    foreground's bounding box, intensities normalised. Prediction calls it
-    too, so new scans get exactly the training preprocessing; `name` (a file)
-    heads its errors. A resampled grid over `max_voxels` is refused before it
-    is allocated."""
-    first = channels[0]
-    regression = settings.target is not None
-    if labels is None:
-        labels = np.zeros(first.array.shape, np.float32 if regression else np.uint8)
-    source = first.geometry
-    geometry = {"source": {**source.to_dict(), "shape": list(first.array.shape)}}
-    if settings.spacing is not None:
-        if len(settings.spacing) != source.ndim:
-            raise DataError(f"--spacing={settings.spacing}: give {source.ndim} values for {name}")
-        try:
-            channels = [resample(v, settings.spacing, label=False, max_voxels=max_voxels) for v in channels]
-        except DataError as e:  # a grid too large: resample knows no file name
-            raise DataError(f"{name}: {e}") from None
-        labels = resample(Volume(labels, source), settings.spacing, label=not regression, max_voxels=max_voxels).array
-        if foreground is not None:
-            foreground = resample(Volume(foreground.astype(np.uint8), source), settings.spacing, label=True,
-                                  max_voxels=max_voxels).array > 0
-    spacing = tuple(channels[0].geometry.spacing)
-    image = np.stack([v.array for v in channels], axis=-1).astype(np.float32)
-    geometry["resampled_shape"] = list(image.shape[:-1])
-    if foreground is None:
-        foreground = np.any(image != 0, axis=-1)
-    if settings.crop and foreground.any():
-        box = [(int(i.min()), int(i.max()) + 1) for i in np.nonzero(foreground)]
-    else:
-        box = [(0, n) for n in image.shape[:-1]]
-    crop = tuple(slice(lo, hi) for lo, hi in box)
-    image, labels, foreground = image[crop], labels[crop], foreground[crop]
-    geometry["crop"] = [list(b) for b in box]
-    extra = {}
-    if settings.target == "input_percentile":
-        scale = target_scale(image[..., 0], foreground)
-        labels = np.maximum(labels, 0) / np.float32(scale)
-        extra["target"] = {"scale": round(scale, 6)}
-    stats = []
-    for c, method in enumerate(settings.intensity):
-        image[..., c], s = normalize_channel(image[..., c], method, foreground, settings.ct_window)
-        stats.append(s)
-    return image, labels, {"spacing": list(spacing), **geometry}, {"channels": stats, **extra}
-
+# --- one case's records ---------------------------------------------------------------
 
 def load_case(case: Case, settings: Settings, *, max_voxels: int = MAX_VOXELS
               ) -> tuple[np.ndarray, np.ndarray, dict, dict]:
@@ -413,18 +73,6 @@ def load_case(case: Case, settings: Settings, *, max_voxels: int = MAX_VOXELS
     channels, labels, foreground = read_case(case, settings.label_map, target=settings.target is not None,
                                              max_voxels=max_voxels)
     return preprocess(channels, labels, foreground, settings, case.channels[0], max_voxels=max_voxels)
-
-
-def settings_from_manifest(manifest: dict) -> Settings:
-    """The `Settings` a prepared folder was made with, from its manifest (to
-    prepare new scans as the run's training data was)."""
-    pre = manifest["preprocessing"]
-    window = next((tuple(i["window"]) for i in pre["intensity"] if "window" in i), CT_WINDOWS["lung_wide"])
-    return Settings(tuple(i["method"] for i in pre["intensity"]), window,
-                    {int(k): int(v) for k, v in pre["label_map"].items()},
-                    tuple(pre["spacing"]) if pre["spacing"] else None, bool(pre["crop"]), pre["slices"],
-                    tuple(pre["slice_size"]) if pre["slice_size"] else None,
-                    manifest["target"]["method"] if manifest.get("task") == "regression" else None)
 
 
 def slice_records(image: np.ndarray, labels: np.ndarray, axis: int, size: tuple[int, int], name: str):
@@ -499,9 +147,7 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
         raise DataError(f"--target_intensity={target_intensity!r}: choose one of {', '.join(TARGET_INTENSITIES)}")
     plan, planned_labels = None, None
     if plans:
-        from data_prep import plan as planner  # the planner reads cases with this module
-
-        planned = planner.read_plans(plans)
+        planned = read_plans(plans)
         plan = planned["plan"]
         lookup = parse_label_map(label_map)
         planned_labels = {lookup.get(v, v) for v in planned["fingerprint"].get("labels", [])} or None
@@ -553,7 +199,7 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                 except DataError as e:
                     if not skip_bad:
                         raise
-                    problems.append(common.Problem(*str(e).split(": ", 1)))
+                    problems.append(Problem(*str(e).split(": ", 1)))
                     bar.update()
                     continue
                 num_bytes += sum(os.path.getsize(f) for f in (*case.channels, case.label) if f and os.path.isfile(f))
@@ -691,12 +337,22 @@ def _common_shape(splits: dict, settings: Settings) -> list[int] | None:
     return [*shapes.pop(), len(settings.intensity)] if len(shapes) == 1 else None
 
 
+def _summary(m: dict) -> str:
+    """What `main` reports after `wrote <out_dir>:`: cases and records per split, classes, skipped, throughput."""
+    splits = ", ".join(f"{k} {v['num_patients']} cases/{v['num_examples']} records" for k, v in m["splits"].items())
+    t = m["throughput"]
+    kind = "a regression target" if m.get("task") == "regression" else f"{m['num_classes']} classes"
+    return (f"{splits}; {kind}; skipped {len(m['skipped'])}; {t['cases_per_second']} cases/s, "
+            f"{t['source_mb_per_second']} MB/s of source files")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.volumes", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="a folder of cases")
-    parser.add_argument("--out_dir", required=True, help="where shards and manifest.json go")
+    common.add_common_flags(parser, source="a folder of cases",
+                            too_large="a volume, or a resampled grid, of more voxels", unit="case", bad="cases",
+                            pseudonyms="cases", records_per_shard=64)
     parser.add_argument("--layout", default="auto", choices=("auto", "decathlon", "folders"),
                         help="auto: decathlon when data_dir holds imagesTr/, else folders")
     parser.add_argument("--channels", default="", help="folders layout: one glob per channel, comma-separated")
@@ -725,38 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", default="", help="write 2-D slices (axial, coronal or sagittal), not volumes")
     parser.add_argument("--slice_size", default="", help="with --slices: pad every slice to 'H,W'")
     parser.add_argument("--unlabelled", action="store_true", help="cases without labels, for prediction only")
-    parser.add_argument("--val_fraction", type=float, default=0.2)
-    parser.add_argument("--test_fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the case shuffle")
-    parser.add_argument("--num_folds", type=int, default=0, help="k-fold cross-validation over cases (0: off)")
-    parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--cv_folds", type=int, default=0,
                         help="write every non-test case to train and K cross-validation folds over them to "
                              "splits.json (config.data.fold picks one; 0: off)")
     parser.add_argument("--val_cases", default="", help="comma-separated cases for validation (overrides fractions)")
     parser.add_argument("--test_cases", default="", help="comma-separated cases for test (overrides fractions)")
-    parser.add_argument("--records_per_shard", type=int, default=64)
-    parser.add_argument("--skip_bad", action="store_true", help="skip bad cases and list them in the manifest")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out_dir")
-    parser.add_argument("--anonymise", action="store_true",
-                        help="write cases under keyed pseudonyms; the map back stays beside --data_dir")
-    parser.add_argument("--max_voxels", type=int, default=MAX_VOXELS,
-                        help="refuse a volume, or a resampled grid, of more voxels than this (a hostile header)")
-    parser.add_argument("--anonymise_map", default="", help="with --anonymise: the ID map file "
-                                                            "(default: <data_dir>.ids.json)")
-    args = vars(parser.parse_args(argv))
-    data_dir, out_dir = args.pop("data_dir"), args.pop("out_dir")
-    try:
-        m = prepare(data_dir, out_dir, **args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    summary = ", ".join(f"{k} {v['num_patients']} cases/{v['num_examples']} records" for k, v in m["splits"].items())
-    t = m["throughput"]
-    kind = "a regression target" if m.get("task") == "regression" else f"{m['num_classes']} classes"
-    print(f"wrote {os.path.abspath(out_dir)}: {summary}; {kind}; skipped {len(m['skipped'])}; "
-          f"{t['cases_per_second']} cases/s, {t['source_mb_per_second']} MB/s of source files")
-    return 0
+    args = parser.parse_args(argv)
+    return common.run_cli(prepare, args, args.out_dir, _summary)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import os
 import jax
 import ml_collections
 
-from data_prep import plan
 from unet_jax.data import pipeline
 from unet_jax.errors import ConfigError
+from unet_jax.preprocess import plans
 
 # nnU-Net's epoch: 250 training iterations, whatever the dataset's size.
 STEPS_PER_EPOCH = 250
@@ -66,7 +66,7 @@ def apply_plans(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         return config
     path = plans_path(config)
     manifest = pipeline.read_manifest(config.data.data_dir, fold=config.data.get("fold"))
-    values = planned_values(plan.read_plans(path)["plan"], manifest, jax.device_count(), jax.default_backend())
+    values = planned_values(plans.read_plans(path)["plan"], manifest, jax.device_count(), jax.default_backend())
     deep = (int(config.model.deep_supervision) if config.model.get("deep_supervision") is not None
             else values["model.deep_supervision"])
     values["deep_supervision_weights"] = deep_supervision_weights(deep)  # one weight per head the model has

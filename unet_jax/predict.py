@@ -81,10 +81,10 @@ from unet_jax.data.medical_io import (MAX_VOXELS, VOLUME_SUFFIXES, Geometry, Vol
 from unet_jax.errors import ConfigError, DataError
 from unet_jax.evaluate import as_slices
 from unet_jax.files import atomic_write, temporary_folder, write_json
-
-# Input preparation is data_prep's own code, so a new scan is read and
+# Input preparation is the training data's own code, so a new scan is read and
 # normalised exactly as the training data was.
-from data_prep import common, lgg, pictures, volumes  # noqa: E402  (after unet_jax: data_prep imports it)
+from unet_jax.preprocess import intensity, layouts, lgg, pictures, volumes
+from unet_jax.preprocess.problems import Problem
 
 LGG_DATASET = "lgg_kaggle_3m"  # the manifest's `dataset` of data_prep.lgg
 PICTURES_DATASET = "pictures"  # of data_prep.pictures: 8-bit slices, normalised by the pipeline as LGG's are
@@ -278,7 +278,7 @@ class Predictor:
                               for s in range(stack.shape[2])], axis=2)
         method = self.config.data.normalization
         slices = [stack[:, :, s] for s in range(stack.shape[2])]
-        mean, std = common.intensity_stats(slices)
+        mean, std = intensity.intensity_stats(slices)
         if method == "zscore" and len(self.patch) == 2:  # 2-D records: one z-score per slice
             x = np.stack([pipeline.normalize({"image": s}, method)["image"] for s in slices], axis=2)
         else:
@@ -416,7 +416,7 @@ def _is_dicom_folder(folder: str) -> bool:
         return False
 
 
-def find_scans(path: str, manifest: dict) -> tuple[list[Scan], list[common.Problem]]:
+def find_scans(path: str, manifest: dict) -> tuple[list[Scan], list[Problem]]:
     """The cases under `path` (see the module doc), tried in this order:
     kaggle_3m patient folders, the run's per-case folders, Decathlon files,
     volume files, DICOM series folders, pictures; DataError if none, or if two
@@ -431,7 +431,7 @@ def find_scans(path: str, manifest: dict) -> tuple[list[Scan], list[common.Probl
     return scans, problems
 
 
-def _find_scans(path: str, manifest: dict) -> tuple[list[Scan], list[common.Problem]]:
+def _find_scans(path: str, manifest: dict) -> tuple[list[Scan], list[Problem]]:
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or folder; check --input")
     if os.path.isfile(path):
@@ -448,7 +448,7 @@ def _find_scans(path: str, manifest: dict) -> tuple[list[Scan], list[common.Prob
     if kaggle:
         return kaggle, []
     if manifest.get("source_layout") == "folders" and manifest.get("channels"):
-        cases, problems = volumes.scan_folders(path, manifest["channels"], None, manifest.get("mask_pattern"),
+        cases, problems = layouts.scan_folders(path, manifest["channels"], None, manifest.get("mask_pattern"),
                                                unlabelled=True)
         if cases:
             scans = []
@@ -460,7 +460,7 @@ def _find_scans(path: str, manifest: dict) -> tuple[list[Scan], list[common.Prob
     files = sorted(e.path for e in os.scandir(path) if e.is_file() and not e.name.startswith("."))
     if any(_stem(f).endswith("_0000") for f in files if is_volume_path(f)) or \
             os.path.isdir(os.path.join(path, "imagesTs")):
-        cases, problems = volumes.scan_decathlon(path, unlabelled=True)
+        cases, problems = layouts.scan_decathlon(path, unlabelled=True)
         folder = os.path.dirname(cases[0].channels[0]) if cases else path
         return [Scan(c.name, "volume", c.channels, folder, c.name) for c in cases], problems
     found = [Scan(_stem(f), "volume", (f,), path, _stem(f)) for f in files if is_volume_path(f)]
@@ -504,7 +504,7 @@ def load_scan(scan: Scan, max_voxels: int = MAX_VOXELS) -> LoadedScan:
         return LoadedScan(np.stack(slices, axis=2), None, slice_numbers=numbers)
     if scan.kind == "image":
         return LoadedScan(read_image(scan.paths[0], max_voxels=max_voxels), None)
-    channels, _, foreground = volumes.read_case(volumes.Case(scan.name, scan.paths, None, scan.mask), {},
+    channels, _, foreground = volumes.read_case(layouts.Case(scan.name, scan.paths, None, scan.mask), {},
                                                 max_voxels=max_voxels)
     image = np.stack([v.array for v in channels], axis=-1)
     return LoadedScan(image, channels[0].geometry, foreground)

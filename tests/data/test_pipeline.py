@@ -159,7 +159,7 @@ def _element(image, mean, std):
 def test_patient_zscore_makes_a_darker_channel_the_same_input():
     """A patient whose FLAIR is three times darker (as TCGA_HT_A5RC's is) gets the
     same normalised input: statistics over the head, per patient and channel."""
-    from data_prep.common import intensity_stats
+    from unet_jax.preprocess.intensity import intensity_stats
 
     rng = np.random.default_rng(0)
     slices = [rng.uniform(20, 200, (16, 16, 3)) for _ in range(3)]

@@ -14,6 +14,9 @@ import pytest
 from data_prep import plan, volumes
 from unet_jax.data.medical_io import Geometry, Volume, write_volume
 from unet_jax.errors import DataError
+from unet_jax.preprocess import layouts
+from unet_jax.preprocess.plans import PLAN_KEYS, read_plans
+from unet_jax.preprocess.volumes import read_case
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +74,7 @@ def test_isotropic_cases_pool_every_axis_with_3x3x3_kernels(tmp_path):
     assert p["deep_supervision"] == 2
     assert p["batch_size"] == 2  # two cases: 5% of the dataset's voxels is far below one patch
     assert p["normalization"] == ["zscore"] and p["ct_window"] is None
-    assert set(p["rationale"]) == set(plan.PLAN_KEYS)
+    assert set(p["rationale"]) == set(PLAN_KEYS)
 
 
 def test_anisotropic_cases_get_in_plane_kernels_until_the_spacing_is_comparable(tmp_path):
@@ -202,11 +205,11 @@ def test_intensity_and_label_statistics_match_numpy(tmp_path):
 def test_foreground_samples_are_capped_and_seeded(tmp_path, monkeypatch):
     box, lesion = (slice(0, 20), slice(0, 20), slice(0, 10)), (slice(0, 20), slice(0, 20), slice(0, 10))
     src = _decathlon(tmp_path / "raw", [_box_case((20, 20, 10), box, lesion, s, (1, 1, 1)) for s in range(2)])
-    cases, _ = volumes.scan_decathlon(str(src), unlabelled=False)
+    cases, _ = layouts.scan_decathlon(str(src), unlabelled=False)
     monkeypatch.setattr(plan, "SAMPLES_PER_CASE", 50)
     first, again = plan.fingerprint(cases), plan.fingerprint(cases)
     assert first["intensity"] == again["intensity"]
-    full = np.concatenate([volumes.read_case(c, {})[0][0].array.ravel() for c in cases])
+    full = np.concatenate([read_case(c, {})[0][0].array.ravel() for c in cases])
     assert first["intensity"][0]["mean"] != pytest.approx(full.mean(), rel=1e-9)  # a sample, not every voxel
     assert first["intensity"][0]["mean"] == pytest.approx(full.mean(), rel=0.1)
 
@@ -221,8 +224,8 @@ def test_bad_cases_give_one_line_errors_naming_the_case(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="case2") as e:
         _plan(tmp_path / "folders", tmp_path / "p.json", channels="flair*", label="seg*")
     assert "\n" not in str(e.value)
-    cases, _ = volumes.scan_folders(str(tmp_path / "folders"), ["flair*"], "seg*", None, False)
-    mixed = [cases[0], volumes.Case("case9", cases[0].channels * 2, cases[0].label)]
+    cases, _ = layouts.scan_folders(str(tmp_path / "folders"), ["flair*"], "seg*", None, False)
+    mixed = [cases[0], layouts.Case("case9", cases[0].channels * 2, cases[0].label)]
     with pytest.raises(DataError, match="case9: 2 channel"):
         plan.fingerprint(mixed)
     # A 2-D volume.
@@ -233,14 +236,14 @@ def test_bad_cases_give_one_line_errors_naming_the_case(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"a_0000\.nii\.gz: a 2-D volume"):
         _plan(tmp_path / "flat", tmp_path / "p.json")
     # A spacing that is zero or not finite, named with its file.
-    read = volumes.read_case
+    read = read_case
 
     def bad_spacing(case, label_map, **kw):
         channels, labels, mask = read(case, label_map, **kw)
         return [Volume(v.array, Geometry((1.0, 0.0, 1.0), v.geometry.origin, v.geometry.direction))
                 for v in channels], labels, mask
 
-    monkeypatch.setattr(volumes, "read_case", bad_spacing)
+    monkeypatch.setattr("unet_jax.preprocess.volumes.read_case", bad_spacing)
     with pytest.raises(DataError, match=r"case1/flair\.nii\.gz: voxel spacing \[1\.0, 0\.0, 1\.0\]"):
         plan.fingerprint(cases[:1])
     assert not (tmp_path / "p.json").exists()
@@ -255,9 +258,9 @@ def test_main_writes_plans_and_reports_errors_in_one_line(tmp_path, capsys):
     assert plan.main([f"--data_dir={src}", f"--out={out}", "--memory_gb=4", "--features=16"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()  # median 18x18x10: factors 4x4x2, rounded up
     assert len(printed) == 1 and "patch 20x20x10" in printed[0] and "batch 2" in printed[0]
-    plans = plan.read_plans(out)
+    plans = read_plans(out)
     assert plans["version"] == 1 and plans["source"] == str(src)
-    assert set(plans["plan"]) == {*plan.PLAN_KEYS, "rationale"}
+    assert set(plans["plan"]) == {*PLAN_KEYS, "rationale"}
     assert plans["plan"]["memory_gb"] == 4.0 and plans["plan"]["features"] == 16
     assert [f for f in os.listdir(out.parent)] == ["plans.json"]  # no temporary file left behind
     os.makedirs(tmp_path / "empty")
@@ -277,17 +280,6 @@ def test_max_voxels_reaches_the_volumes_the_planner_reads(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()[-1]  # 20x20x12 = 4800 voxels; above it, the progress bar
     assert err.startswith("error: ") and "case_000_0000.nii.gz" in err and "max_voxels" in err
     assert not (tmp_path / "plans.json").exists()
-
-
-def test_read_plans_refuses_absent_or_invalid_files(tmp_path):
-    with pytest.raises(DataError, match=r"missing\.json: no such plans file; make it with python -m data_prep\.plan"):
-        plan.read_plans(tmp_path / "missing.json")
-    (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(DataError, match=r"bad\.json: not a readable plans file"):
-        plan.read_plans(tmp_path / "bad.json")
-    (tmp_path / "old.json").write_text(json.dumps({"version": 1, "fingerprint": {}, "plan": {"patch_size": [8] * 3}}))
-    with pytest.raises(DataError, match=r"old\.json: the plan lacks target_spacing"):
-        plan.read_plans(tmp_path / "old.json")
 
 
 def test_parameter_count_is_the_models():

@@ -14,6 +14,8 @@ from unet_jax.data import pipeline
 from unet_jax.data.medical_io import Geometry, Volume, read_volume, write_volume
 from unet_jax.data.tfrecord import decode_example
 from unet_jax.errors import DataError
+from unet_jax.preprocess.intensity import CT_WINDOWS
+from unet_jax.preprocess.volumes import settings_from_manifest
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data"  # beside the repository, never inside it
 SHAPE = (10, 12, 6)  # hand-made cases: a head box of non-zero voxels with a lesion block inside
@@ -391,17 +393,7 @@ def test_no_cases(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# --- label maps, CT windows, resampling, slices ------------------------------------------
-
-def test_parse_label_map():
-    assert volumes.parse_label_map("") == {}
-    assert volumes.parse_label_map("1,2,3,4->1") == {1: 1, 2: 1, 3: 1, 4: 1}
-    assert volumes.parse_label_map("2->1;1,3->2;4->3") == {2: 1, 1: 2, 3: 2, 4: 3}
-    assert volumes.parse_label_map("4->3 2->0") == {4: 3, 2: 0}
-    for bad in ("1,2", "1->", "->1", "1->2->3", "x->1", "1.5->1"):
-        with pytest.raises(DataError, match="--label_map="):
-            volumes.parse_label_map(bad)
-
+# --- CT windows, resampling, slices -------------------------------------------------------
 
 def _brats_like(root):
     """Three cases with labels 0..4 in separate blocks."""
@@ -445,8 +437,8 @@ def test_ct_window_scales_hounsfield_units(tmp_path):
         assert x.min() == 0 and x.max() == 1
         np.testing.assert_allclose(x, expected, atol=1e-6)
     lung = _prepare(tmp_path / "src", tmp_path / "lung", ct_window="lung", **kw)
-    assert lung["preprocessing"]["intensity"] == [{"method": "ct", "window": list(volumes.CT_WINDOWS["lung"])}]
-    assert volumes.CT_WINDOWS["lung"] == (-1350.0, 150.0)
+    assert lung["preprocessing"]["intensity"] == [{"method": "ct", "window": list(CT_WINDOWS["lung"])}]
+    assert CT_WINDOWS["lung"] == (-1350.0, 150.0)
 
 
 def test_spacing_resamples_and_keeps_labels(tmp_path):
@@ -699,7 +691,7 @@ def test_target_pairs_are_float_records_scaled_by_the_input(tmp_path):
     slices = _records(tmp_path / "slices", "val")
     np.testing.assert_allclose(np.stack([e["mask"][..., 0] for e, _ in slices], axis=-1),
                                element["mask"][..., 0], rtol=1e-6)
-    settings = volumes.settings_from_manifest(m)
+    settings = settings_from_manifest(m)
     assert settings.target == "input_percentile"
 
 
