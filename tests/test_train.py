@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from run_configs import tiny_config, volume_config
-from data_prep import lgg, synthetic
+from data_prep import lgg
+from data_prep.phantoms import lesions
+from data_prep.phantoms import lgg as lgg_phantoms
 from unet_jax import checkpoint, parallel, tasks, train
 from unet_jax.config_checks import ConfigError, validate_config
 from unet_jax.data import pipeline
@@ -114,7 +116,7 @@ def test_stop_request_turns_sigterm_into_a_flag():
 def _other_patients(tmp_path, name, *, num_patients, num_slices, size, seed, val_fraction, test_fraction):
     """Phantoms the run never saw, prepared under tmp_path/<name>_prepared."""
     phantoms = tmp_path / name
-    synthetic.write_phantoms(phantoms, num_patients=num_patients, num_slices=num_slices, size=size, seed=seed,
+    lgg_phantoms.write_phantoms(phantoms, num_patients=num_patients, num_slices=num_slices, size=size, seed=seed,
                              progress=False)
     out = str(tmp_path / f"{name}_prepared")
     lgg.prepare(str(phantoms), out, val_fraction=val_fraction, test_fraction=test_fraction, progress=False,
@@ -385,7 +387,7 @@ def test_2d_unet_trains_on_axial_slices_of_the_volumes(tmp_path):
     from data_prep import volumes
 
     cases = tmp_path / "cases"
-    synthetic.write_lesion_phantoms(cases, num_cases=4, shape=(28, 30, 8), spacing=(1.0, 1.0, 3.0), seed=2,
+    lesions.write_lesion_phantoms(cases, num_cases=4, shape=(28, 30, 8), spacing=(1.0, 1.0, 3.0), seed=2,
                                     progress=False)
     data_dir = str(tmp_path / "slices")
     volumes.prepare(str(cases), data_dir, channels="FLAIR*,T1*", label="lesions*", slices="axial",
