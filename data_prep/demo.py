@@ -30,21 +30,35 @@ def _is_prepared(folder: str) -> bool:
         return "intensity_stats" in json.load(f)
 
 
+def _has_manifest(folder: str) -> bool:
+    return os.path.exists(os.path.join(folder, MANIFEST))
+
+
+def _once(workdir: str, prepared_name: str, phantoms_name: str, write, prepare, done=_has_manifest) -> str:
+    """`workdir/data/<prepared_name>`, made unless `done(it)`: the phantoms
+    written by `write(folder)` into `workdir/data/<phantoms_name>`, then
+    `prepare(phantoms, prepared)`."""
+    root = os.path.join(os.path.abspath(workdir), "data")
+    prepared = os.path.join(root, prepared_name)
+    if not done(prepared):
+        phantoms = os.path.join(root, phantoms_name)
+        write(phantoms)
+        prepare(phantoms, prepared)
+    return prepared
+
+
 def prepare_demo(workdir: str, *, num_patients: int = 10, num_slices: int = 20, size: int = 256,
                  seed: int = 0, val_fraction: float = 0.2, test_fraction: float = 0.2,
                  volume_depth: int = 0) -> str:
     """Generates phantoms under `workdir/data` and prepares them as TFRecords
     (as volumes with `volume_depth`), once; returns the prepared folder (the
     demo config trains on it)."""
-    root = os.path.join(os.path.abspath(workdir), "data")
-    prepared = os.path.join(root, "prepared")
-    if not _is_prepared(prepared):
-        phantoms = os.path.join(root, "phantoms")
-        lgg_phantoms.write_phantoms(phantoms, num_patients=num_patients, num_slices=num_slices, size=size, seed=seed,
-                       overwrite=True, progress=False)
-        lgg.prepare(phantoms, prepared, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                    volume_depth=volume_depth, overwrite=True, progress=False)
-    return prepared
+    return _once(workdir, "prepared", "phantoms",
+                 lambda out: lgg_phantoms.write_phantoms(out, num_patients=num_patients, num_slices=num_slices,
+                                                         size=size, seed=seed, overwrite=True, progress=False),
+                 lambda src, out: lgg.prepare(src, out, val_fraction=val_fraction, test_fraction=test_fraction,
+                                              seed=seed, volume_depth=volume_depth, overwrite=True, progress=False),
+                 done=_is_prepared)
 
 
 def prepare_lesion_demo(workdir: str, *, num_cases: int = 10, shape=(64, 64, 24), spacing=(1.0, 1.0, 3.0),
@@ -52,15 +66,13 @@ def prepare_lesion_demo(workdir: str, *, num_cases: int = 10, shape=(64, 64, 24)
     """Generates 3-D lesion phantoms (NIfTI) under `workdir/data` and prepares
     them with data_prep.volumes (FLAIR and T1, z-scored over the head), once;
     returns the prepared folder."""
-    root = os.path.join(os.path.abspath(workdir), "data")
-    prepared = os.path.join(root, "prepared_3d")
-    if not os.path.exists(os.path.join(prepared, MANIFEST)):
-        phantoms = os.path.join(root, "lesion_phantoms")
-        lesions.write_lesion_phantoms(phantoms, num_cases=num_cases, shape=tuple(shape), spacing=tuple(spacing), seed=seed,
-                              overwrite=True, progress=False)
-        volumes.prepare(phantoms, prepared, channels="FLAIR*,T1*", label="lesions*", val_fraction=val_fraction,
-                        test_fraction=test_fraction, seed=seed, overwrite=True, progress=False)
-    return prepared
+    return _once(workdir, "prepared_3d", "lesion_phantoms",
+                 lambda out: lesions.write_lesion_phantoms(out, num_cases=num_cases, shape=tuple(shape),
+                                                           spacing=tuple(spacing), seed=seed, overwrite=True,
+                                                           progress=False),
+                 lambda src, out: volumes.prepare(src, out, channels="FLAIR*,T1*", label="lesions*",
+                                                  val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                                  overwrite=True, progress=False))
 
 
 def prepare_chest_demo(workdir: str, *, num_cases: int = 6, shape=(128, 128, 24), spacing=(2.0, 2.0, 5.0),
@@ -68,16 +80,15 @@ def prepare_chest_demo(workdir: str, *, num_cases: int = 6, shape=(128, 128, 24)
     """Generates chest CT phantoms (NIfTI, Hounsfield units) under
     `workdir/data` and prepares them with data_prep.volumes as axial slices
     in the wide lung window, scaled to [0, 1], once; returns the prepared folder."""
-    root = os.path.join(os.path.abspath(workdir), "data")
-    prepared = os.path.join(root, "prepared_chest")
-    if not os.path.exists(os.path.join(prepared, MANIFEST)):
-        phantoms = os.path.join(root, "chest_phantoms")
-        chest.write_chest_phantoms(phantoms, num_cases=num_cases, shape=tuple(shape), spacing=tuple(spacing), seed=seed,
-                             overwrite=True, progress=False)
-        volumes.prepare(phantoms, prepared, channels="ct*", label="lungs*", intensity="ct", ct_window="lung_wide",
-                        crop=False, slices="axial", slice_size=f"{shape[0]},{shape[1]}", val_fraction=val_fraction,
-                        test_fraction=test_fraction, seed=seed, overwrite=True, progress=False)
-    return prepared
+    return _once(workdir, "prepared_chest", "chest_phantoms",
+                 lambda out: chest.write_chest_phantoms(out, num_cases=num_cases, shape=tuple(shape),
+                                                        spacing=tuple(spacing), seed=seed, overwrite=True,
+                                                        progress=False),
+                 lambda src, out: volumes.prepare(src, out, channels="ct*", label="lungs*", intensity="ct",
+                                                  ct_window="lung_wide", crop=False, slices="axial",
+                                                  slice_size=f"{shape[0]},{shape[1]}", val_fraction=val_fraction,
+                                                  test_fraction=test_fraction, seed=seed, overwrite=True,
+                                                  progress=False))
 
 
 def prepare_pair_demo(workdir: str, *, num_pairs: int = 24, size: int = 64, seed: int = 0,
@@ -85,14 +96,12 @@ def prepare_pair_demo(workdir: str, *, num_pairs: int = 24, size: int = 64, seed
     """Generates 2-D T1 -> contrast-map pairs (PNG) under `workdir/data` and
     prepares them with data_prep.pictures as a regression (with document
     000's doubling of the training pairs), once; returns the prepared folder."""
-    root = os.path.join(os.path.abspath(workdir), "data")
-    prepared = os.path.join(root, "prepared_pairs")
-    if not os.path.exists(os.path.join(prepared, MANIFEST)):
-        phantoms = os.path.join(root, "pair_phantoms")
-        pairs.write_pair_phantoms(phantoms, num_pairs=num_pairs, size=size, seed=seed, overwrite=True, progress=False)
-        pictures.prepare(phantoms, prepared, task="regression", double=double, val_fraction=val_fraction,
-                         test_fraction=test_fraction, seed=seed, overwrite=True, progress=False)
-    return prepared
+    return _once(workdir, "prepared_pairs", "pair_phantoms",
+                 lambda out: pairs.write_pair_phantoms(out, num_pairs=num_pairs, size=size, seed=seed,
+                                                       overwrite=True, progress=False),
+                 lambda src, out: pictures.prepare(src, out, task="regression", double=double,
+                                                   val_fraction=val_fraction, test_fraction=test_fraction,
+                                                   seed=seed, overwrite=True, progress=False))
 
 
 # config.data.synthetic.kind -> its preparer

@@ -82,7 +82,7 @@ def lesion_volume_dir(tmp_path_factory):
 
     phantoms = tmp_path_factory.mktemp("lesion_phantoms") / "cases"
     lesions.write_lesion_phantoms(phantoms, num_cases=6, shape=(32, 32, 12), spacing=(1.0, 1.0, 3.0), seed=0,
-                                    progress=False)
+                                  progress=False)
     out = str(tmp_path_factory.mktemp("lesion_volumes") / "prepared")
     volumes.prepare(str(phantoms), out, channels="FLAIR*,T1*", label="lesions*", val_fraction=1 / 6,
                     test_fraction=1 / 6, seed=0, progress=False, command="test")

@@ -23,7 +23,7 @@ def planned_dir(tmp_path_factory):
     """Five lesion phantoms prepared with a hand-written plan, in 2 folds."""
     root = tmp_path_factory.mktemp("auto")
     lesions.write_lesion_phantoms(root / "cases", num_cases=5, shape=(24, 24, 8), spacing=(1.0, 1.0, 3.0),
-                                    seed=2, progress=False)
+                                  seed=2, progress=False)
     plans = root / "plans.json"
     plans.write_text(json.dumps({"version": 1, "fingerprint": {}, "plan": PLAN}))
     out = str(root / "prepared")

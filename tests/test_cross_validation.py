@@ -19,7 +19,7 @@ def cv_dir(tmp_path_factory):
     """Seven 3-D lesion phantoms (24x24x8 at 1x1x3 mm) in 3 folds, one test case."""
     phantoms = tmp_path_factory.mktemp("cv_phantoms") / "cases"
     lesions.write_lesion_phantoms(phantoms, num_cases=7, shape=(24, 24, 8), spacing=(1.0, 1.0, 3.0), seed=1,
-                                    progress=False)
+                                  progress=False)
     out = str(tmp_path_factory.mktemp("cv") / "prepared")
     volumes.prepare(str(phantoms), out, channels="FLAIR*", label="lesions*", cv_folds=3, test_fraction=1 / 7,
                     seed=0, records_per_shard=2, progress=False, command="test")
@@ -80,7 +80,7 @@ def test_fold_errors_are_one_line(cv_dir, lesion_volume_dir):
 def test_cv_folds_refuse_named_validation_cases(tmp_path):
     phantoms = tmp_path / "cases"
     lesions.write_lesion_phantoms(phantoms, num_cases=3, shape=(16, 16, 4), spacing=(1.0, 1.0, 3.0), seed=0,
-                                    progress=False)
+                                  progress=False)
     with pytest.raises(DataError, match="--cv_folds=2 makes the validation folds itself; drop"):
         volumes.prepare(str(phantoms), str(tmp_path / "out"), channels="FLAIR*", label="lesions*", cv_folds=2,
                         val_cases="case_000", progress=False, command="test")

@@ -24,7 +24,7 @@ def chest_dir(tmp_path_factory):
     """Four 32x32x8 chest phantoms as axial slices, HU window scaled to [0, 1]: 2 train, 1 val, 1 test cases."""
     root = tmp_path_factory.mktemp("chest")
     chest.write_chest_phantoms(root / "cases", num_cases=4, shape=(32, 32, 8), spacing=(8.0, 8.0, 20.0), seed=0,
-                                   progress=False)
+                               progress=False)
     out = root / "prepared"
     volumes.prepare(str(root / "cases"), str(out), channels="ct*", label="lungs*", intensity="ct", crop=False,
                     slices="axial", slice_size="32,32", val_fraction=0.25, test_fraction=0.25, progress=False,

@@ -117,7 +117,7 @@ def _other_patients(tmp_path, name, *, num_patients, num_slices, size, seed, val
     """Phantoms the run never saw, prepared under tmp_path/<name>_prepared."""
     phantoms = tmp_path / name
     lgg_phantoms.write_phantoms(phantoms, num_patients=num_patients, num_slices=num_slices, size=size, seed=seed,
-                             progress=False)
+                                progress=False)
     out = str(tmp_path / f"{name}_prepared")
     lgg.prepare(str(phantoms), out, val_fraction=val_fraction, test_fraction=test_fraction, progress=False,
                 command="test")
@@ -388,7 +388,7 @@ def test_2d_unet_trains_on_axial_slices_of_the_volumes(tmp_path):
 
     cases = tmp_path / "cases"
     lesions.write_lesion_phantoms(cases, num_cases=4, shape=(28, 30, 8), spacing=(1.0, 1.0, 3.0), seed=2,
-                                    progress=False)
+                                  progress=False)
     data_dir = str(tmp_path / "slices")
     volumes.prepare(str(cases), data_dir, channels="FLAIR*,T1*", label="lesions*", slices="axial",
                     slice_size="32,32", val_fraction=0.25, test_fraction=0.25, progress=False, command="test")

@@ -20,7 +20,7 @@ from absl import app, flags, logging  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from unet_jax import checkpoint, parallel, phantoms, predict, train  # noqa: E402  (predict defines --input, --output, ...)
+from unet_jax import checkpoint, parallel, phantoms, predict, train  # noqa: E402  (predict defines --input, ...)
 from unet_jax.config_checks import ConfigError  # noqa: E402
 from unet_jax.data import DataError  # noqa: E402
 

@@ -18,15 +18,12 @@ import re
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
-from data_prep.common import atomic_output_dir
+from data_prep.phantoms.nifti import MAX_CASES, write_cases
 from data_prep.phantoms.shapes import smooth_noise, voxel_grid
-from unet_jax.data.medical_io import Geometry, Volume, write_volume
 
 # What write_chest_phantoms writes, relative to its out_dir: --overwrite replaces a folder holding only such cases.
 _CHEST_FILES = re.compile(r"chest_\d{4}/(ct|lungs)\.nii\.gz")
-MAX_CASES = 9999  # case numbers are four digits, starting at 0001
 HU_AIR, HU_FAT, HU_SOFT_TISSUE = -1000, -100, 40
 HU_STORED = (-1024, 3071)  # what a 12-bit scanner stores (int16 with rescale intercept -1024)
 MIN_VESSELS, MAX_VESSELS = 24, 40  # pulmonary vessels per case, both lungs together
@@ -309,18 +306,9 @@ def write_chest_phantoms(out_dir: str | os.PathLike, *, num_cases: int = 6, shap
     the end); an existing non-empty `out_dir` raises DataError unless
     `overwrite` and it holds only such cases.
     """
-    shape, spacing = voxel_grid(shape, spacing)
-    if not 1 <= num_cases <= MAX_CASES:
-        raise ValueError(f"num_cases={num_cases}: must be in [1, {MAX_CASES}]")
-    origin = tuple(float(-(n - 1) * s / 2) for n, s in zip(shape, spacing))
-    geometry = Geometry(spacing, origin, tuple(float(v) for v in np.eye(3).ravel()))
-    names = []
-    with atomic_output_dir(out_dir, overwrite, own_files=_CHEST_FILES) as tmp:
-        for index in tqdm(range(num_cases), desc="chest phantoms", unit="case", disable=not progress):
-            name, ct, lungs = generate_chest_case(index, shape=shape, spacing=spacing, seed=seed)
-            folder = os.path.join(tmp, name)
-            os.makedirs(folder)
-            for file, array in (("ct.nii.gz", ct), ("lungs.nii.gz", lungs)):
-                write_volume(os.path.join(folder, file), Volume(array, geometry))
-            names.append(name)
-    return sorted(names)
+    def case(index: int, shape: tuple, spacing: tuple) -> tuple[str, dict[str, np.ndarray]]:
+        name, ct, lungs = generate_chest_case(index, shape=shape, spacing=spacing, seed=seed)
+        return name, {"ct.nii.gz": ct, "lungs.nii.gz": lungs}
+
+    return write_cases(out_dir, case, num_cases=num_cases, shape=shape, spacing=spacing, own_files=_CHEST_FILES,
+                       desc="chest phantoms", overwrite=overwrite, progress=progress)

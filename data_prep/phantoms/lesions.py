@@ -15,15 +15,12 @@ import re
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
-from data_prep.common import atomic_output_dir
+from data_prep.phantoms.nifti import MAX_CASES, write_cases
 from data_prep.phantoms.shapes import smooth_noise, voxel_grid
-from unet_jax.data.medical_io import Geometry, Volume, write_volume
 
 # What write_lesion_phantoms writes, relative to its out_dir: --overwrite replaces a folder holding only such cases.
 _LESION_FILES = re.compile(r"case_\d{4}/(FLAIR|T1|lesions)\.nii\.gz")
-MAX_CASES = 9999  # case numbers are four digits, starting at 0001
 MIN_LESIONS, MAX_LESIONS = 3, 12
 # Target lesion volume as a fraction of the brain's (drawn log-uniformly per
 # case); clipping to white matter and overlaps leave the mask at about 0.4-2.5%.
@@ -297,19 +294,9 @@ def write_lesion_phantoms(out_dir: str | os.PathLike, *, num_cases: int = 8, sha
     replaces `out_dir` at the end); an existing non-empty `out_dir` raises
     DataError unless `overwrite` and it holds only such cases.
     """
-    shape = tuple(int(n) for n in shape)
-    spacing = tuple(float(s) for s in spacing)
-    if not 1 <= num_cases <= MAX_CASES:
-        raise ValueError(f"num_cases={num_cases}: must be in [1, {MAX_CASES}]")
-    origin = tuple(float(-(n - 1) * s / 2) for n, s in zip(shape, spacing))
-    geometry = Geometry(spacing, origin, tuple(float(v) for v in np.eye(3).ravel()))
-    names = []
-    with atomic_output_dir(out_dir, overwrite, own_files=_LESION_FILES) as tmp:
-        for index in tqdm(range(num_cases), desc="lesion phantoms", unit="case", disable=not progress):
-            name, flair, t1, mask = generate_lesion_case(index, shape=shape, spacing=spacing, seed=seed)
-            folder = os.path.join(tmp, name)
-            os.makedirs(folder)
-            for file, array in (("FLAIR.nii.gz", flair), ("T1.nii.gz", t1), ("lesions.nii.gz", mask)):
-                write_volume(os.path.join(folder, file), Volume(array, geometry))
-            names.append(name)
-    return sorted(names)
+    def case(index: int, shape: tuple, spacing: tuple) -> tuple[str, dict[str, np.ndarray]]:
+        name, flair, t1, mask = generate_lesion_case(index, shape=shape, spacing=spacing, seed=seed)
+        return name, {"FLAIR.nii.gz": flair, "T1.nii.gz": t1, "lesions.nii.gz": mask}
+
+    return write_cases(out_dir, case, num_cases=num_cases, shape=shape, spacing=spacing, own_files=_LESION_FILES,
+                       desc="lesion phantoms", overwrite=overwrite, progress=progress)

@@ -20,7 +20,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from data_prep.common import atomic_output_dir
-from data_prep.phantoms.shapes import lateral_ventricles, smooth_noise
+from data_prep.phantoms.shapes import head_frame, lateral_ventricles, outline_wobble, smooth_noise
 
 INSTITUTION = "PH"
 # What write_phantoms writes, relative to its out_dir: --overwrite replaces a folder holding only such files.
@@ -59,17 +59,10 @@ def generate_patient(index: int, *, num_slices: int = 20, size: int = 256,
 
     # Head-ellipsoid coordinates (u, v, z): the slices run from near the skull
     # base (z=-0.75) to near the vertex (z=0.9), so the head shrinks at both ends.
-    line = np.linspace(-1, 1, size, dtype=np.float32)
-    y, x = np.meshgrid(line, line, indexing="ij")
-    angle = rng.uniform(-0.15, 0.15)
-    shift_x, shift_y = rng.uniform(-0.05, 0.05, 2).tolist()
-    axis_u, axis_v = rng.uniform([0.68, 0.80], [0.78, 0.90]).tolist()
-    cos, sin = math.cos(angle), math.sin(angle)
-    u = (cos * (x - shift_x) + sin * (y - shift_y)) / axis_u
-    v = (-sin * (x - shift_x) + cos * (y - shift_y)) / axis_v
+    frame = head_frame(rng, size, 0.05, [0.68, 0.80], [0.78, 0.90])
+    x, y, u, v = frame.x, frame.y, frame.u, frame.v
     z = np.linspace(-0.75, 0.9, num_slices, dtype=np.float32)[:, None, None]
-    theta = np.arctan2(v, u)
-    wobble = 1 + sum(rng.uniform(-0.015, 0.015) * np.cos(k * theta + rng.uniform(0, 2 * math.pi)) for k in (2, 3, 5))
+    wobble = outline_wobble(rng, u, v)
     r = np.sqrt((u**2 + v**2) * wobble**2 + z**2)
 
     # One fine noise field serves both the cortex and tumour heterogeneity:

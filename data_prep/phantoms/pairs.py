@@ -19,7 +19,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from data_prep.common import atomic_output_dir
-from data_prep.phantoms.shapes import lateral_ventricles, smooth_noise
+from data_prep.phantoms.shapes import head_frame, lateral_ventricles, outline_wobble, smooth_noise
 from unet_jax.data.medical_io import write_image
 
 # What write_pair_phantoms writes, relative to its out_dir: --overwrite replaces a folder holding only such pairs.
@@ -74,18 +74,10 @@ def _pair(index: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.
     px = size / 64  # smoothing scales below are in pixels of a 64-pixel image
 
     # Head coordinates (u, v) as in `generate_patient`, one slice at height z.
-    line = np.linspace(-1, 1, size, dtype=np.float32)
-    y, x = np.meshgrid(line, line, indexing="ij")
-    angle = rng.uniform(-0.15, 0.15)
-    shift_x, shift_y = rng.uniform(-0.04, 0.04, 2).tolist()
-    axis_u, axis_v = rng.uniform([0.70, 0.82], [0.78, 0.90]).tolist()
-    cos, sin = math.cos(angle), math.sin(angle)
-    u = (cos * (x - shift_x) + sin * (y - shift_y)) / axis_u
-    v = (-sin * (x - shift_x) + cos * (y - shift_y)) / axis_v
+    frame = head_frame(rng, size, 0.04, [0.70, 0.82], [0.78, 0.90])
+    x, y, u, v = frame.x, frame.y, frame.u, frame.v
     z = rng.uniform(0.0, 0.3)
-    theta = np.arctan2(v, u)
-    wobble = 1 + sum(rng.uniform(-0.015, 0.015) * np.cos(k * theta + rng.uniform(0, 2 * math.pi)) for k in (2, 3, 5))
-    r = np.sqrt(u ** 2 + v ** 2) * wobble
+    r = np.sqrt(u ** 2 + v ** 2) * outline_wobble(rng, u, v)
 
     detail = smooth_noise(rng, (size, size), 1.0 * px)
     labels = np.full((size, size), _P_BACKGROUND, np.uint8)
@@ -121,8 +113,8 @@ def _pair(index: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.
     vessels = np.zeros((size, size), np.float32)
     for _ in range(int(rng.integers(4, 9))):
         points = _vessel_path(rng, _P_BRAIN_RADIUS)
-        a, b = points[:, 0] * axis_u, points[:, 1] * axis_v
-        px_x, px_y = cos * a - sin * b + shift_x, sin * a + cos * b + shift_y
+        a, b = points[:, 0] * frame.axis_u, points[:, 1] * frame.axis_v
+        px_x, px_y = frame.cos * a - frame.sin * b + frame.shift_x, frame.sin * a + frame.cos * b + frame.shift_y
         vessels = np.maximum(vessels, _draw_line(px_y, px_x, size, rng.uniform(0.5, 0.8) * px))
     sinus_v = rng.choice([-1, 1]) * (_P_CSF_RADIUS - 0.02)
     sinus = np.clip(1.5 - np.hypot(u / 0.05, (v - sinus_v) / 0.04), 0, 1)  # a soft dot at the midline

@@ -124,7 +124,7 @@ def test_cli_writes_then_refuses_existing_output(tmp_path):
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.strip().splitlines()) == 1 and "2 patients, 6 slices" in done.stdout
     assert sorted(os.listdir(out)) == lgg.write_phantoms(tmp_path / "api", num_patients=2, num_slices=3,
-                                                               size=32, seed=1, progress=False)
+                                                         size=32, seed=1, progress=False)
     refused = _cli(*args)
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
