@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--options", default="{}", help="the preparer's keyword arguments as a JSON object "
                                                         "(config.data.synthetic without its kind)")
     args = parser.parse_args(argv)
+    if args.kind not in DEMOS:
+        print(f"error: config.data.synthetic.kind={args.kind!r}: choose one of {', '.join(DEMOS)}", file=sys.stderr)
+        sys.exit(2)
     try:
-        if args.kind not in DEMOS:
-            raise DataError(f"config.data.synthetic.kind={args.kind!r}: choose one of {', '.join(DEMOS)}")
         print(DEMOS[args.kind](args.workdir, **json.loads(args.options)))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -318,6 +318,14 @@ def test_the_demo_trains_on_a_data_dir_given_on_the_command_line(prepared_dir, t
     assert not (tmp_path / "data").exists()  # no phantoms were made
 
 
+def test_the_demo_names_an_unknown_kind_of_phantoms_in_one_line(tmp_path):
+    from unet_jax import phantoms
+
+    with pytest.raises(train.DataError) as raised:
+        phantoms.prepare(str(tmp_path), {"kind": "lungs", "seed": 0})
+    assert str(raised.value) == "config.data.synthetic.kind='lungs': choose one of lgg, lesions_3d, chest_ct, pairs_2d"
+
+
 @pytest.mark.slow
 def test_evaluating_at_another_size_restores_from_the_training_shape(trained, prepared_dir, tmp_path):
     """The run trained on 32x32: a conv U-Net evaluates 64x64 data; a transformer
