@@ -10,7 +10,7 @@
 # Flags are unet_jax.main's, without --workdir; they run in the repository, so
 # relative paths in them are relative to it. Runs and logs stay in
 # KILL_SOAK_DIR (default: a new folder under /tmp). Exit status 0 when the
-# metrics agree. Details: python -m unet_jax.benchmarks.kill_soak --help
+# metrics agree. Details: python -m unet_jax.kill_soak --help
 set -euo pipefail
 usage() {
   echo "usage: $0 [KILLS] [--config=FILE] [--config.KEY=VALUE ...]   (env: KILL_SOAK_SEED, KILL_SOAK_DIR)" >&2
@@ -32,4 +32,4 @@ if [ -n "${KILL_SOAK_DIR:-}" ]; then
   args+=(--root "$(realpath -m -- "$KILL_SOAK_DIR")")
 fi
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-python}" -m unet_jax.benchmarks.kill_soak "${args[@]}" -- "$@"
+exec "${PYTHON:-python}" -m unet_jax.kill_soak "${args[@]}" -- "$@"

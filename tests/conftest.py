@@ -21,7 +21,9 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from data_prep import lgg, synthetic  # noqa: E402
+from data_prep import lgg  # noqa: E402
+from data_prep.phantoms import lesions  # noqa: E402
+from data_prep.phantoms import lgg as lgg_phantoms  # noqa: E402
 
 _CACHE = tempfile.mkdtemp(prefix="unet_jax_test_xla_cache_")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
@@ -48,7 +50,7 @@ def real_lgg_dir():
 def phantom_dir(tmp_path_factory):
     """Six 32x32 phantom patients with 12 slices each (so 10, 11, 12 test numeric order)."""
     out = tmp_path_factory.mktemp("phantoms") / "kaggle_3m"
-    synthetic.write_phantoms(out, num_patients=6, num_slices=12, size=32, seed=0, progress=False)
+    lgg_phantoms.write_phantoms(out, num_patients=6, num_slices=12, size=32, seed=0, progress=False)
     return str(out)
 
 
@@ -79,8 +81,8 @@ def lesion_volume_dir(tmp_path_factory):
     from data_prep import volumes
 
     phantoms = tmp_path_factory.mktemp("lesion_phantoms") / "cases"
-    synthetic.write_lesion_phantoms(phantoms, num_cases=6, shape=(32, 32, 12), spacing=(1.0, 1.0, 3.0), seed=0,
-                                    progress=False)
+    lesions.write_lesion_phantoms(phantoms, num_cases=6, shape=(32, 32, 12), spacing=(1.0, 1.0, 3.0), seed=0,
+                                  progress=False)
     out = str(tmp_path_factory.mktemp("lesion_volumes") / "prepared")
     volumes.prepare(str(phantoms), out, channels="FLAIR*,T1*", label="lesions*", val_fraction=1 / 6,
                     test_fraction=1 / 6, seed=0, progress=False, command="test")

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from configs import auto_3d
-from data_prep import synthetic, volumes
+from data_prep import volumes
+from data_prep.phantoms import lesions
 from unet_jax import auto_config, postprocessing, train
 from unet_jax.errors import DataError
 
@@ -21,8 +22,8 @@ PLAN = {"target_spacing": [1.0, 1.0, 3.0], "shape_at_target": [24, 24, 8], "norm
 def planned_dir(tmp_path_factory):
     """Five lesion phantoms prepared with a hand-written plan, in 2 folds."""
     root = tmp_path_factory.mktemp("auto")
-    synthetic.write_lesion_phantoms(root / "cases", num_cases=5, shape=(24, 24, 8), spacing=(1.0, 1.0, 3.0),
-                                    seed=2, progress=False)
+    lesions.write_lesion_phantoms(root / "cases", num_cases=5, shape=(24, 24, 8), spacing=(1.0, 1.0, 3.0),
+                                  seed=2, progress=False)
     plans = root / "plans.json"
     plans.write_text(json.dumps({"version": 1, "fingerprint": {}, "plan": PLAN}))
     out = str(root / "prepared")

@@ -11,7 +11,8 @@ import pytest
 from run_configs import evaluate_split, tiny_config
 
 from configs import contrast_res_attention
-from data_prep import pictures, synthetic, volumes
+from data_prep import pictures, volumes
+from data_prep.phantoms import lesions, pairs
 from unet_jax import predict, train
 from unet_jax.data import pipeline
 from unet_jax.data.medical_io import read_image, read_volume, write_image
@@ -34,7 +35,7 @@ def volume_pairs(tmp_path_factory):
     """Lesion phantoms as T1 -> FLAIR pairs (the FLAIR's lesions are the
     'enhancement' the T1 barely shows), prepared as axial 32x32 slices."""
     root = tmp_path_factory.mktemp("contrast")
-    names = synthetic.write_lesion_phantoms(root / "cases", num_cases=4, shape=(32, 32, 8), seed=0, progress=False)
+    names = lesions.write_lesion_phantoms(root / "cases", num_cases=4, shape=(32, 32, 8), seed=0, progress=False)
     out = root / "prepared"
     volumes.prepare(str(root / "cases"), str(out), channels="T1*", target="FLAIR*", val_cases=names[-1],
                     test_cases=names[-2], slices="axial", slice_size="32,32", progress=False, command="test")
@@ -100,7 +101,7 @@ def test_picture_pairs_train_and_predict_contrast_maps_in_the_targets_bits(tmp_p
     contrast config, and predictions written as PNGs of the targets' bits in
     their units that equal the evaluator's outputs times 255 (65535): 16-bit
     targets keep their range."""
-    synthetic.write_pair_phantoms(tmp_path / "pairs", num_pairs=6, size=32, seed=0, progress=False)
+    pairs.write_pair_phantoms(tmp_path / "pairs", num_pairs=6, size=32, seed=0, progress=False)
     if bits == 16:
         for target in (tmp_path / "pairs" / "targets").iterdir():
             write_image(str(target), read_image(str(target)).astype(np.uint16) * 257)

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from data_prep import common, synthetic, volumes
+from data_prep import common, volumes
+from data_prep.phantoms import lesions
 from unet_jax.data import SPLITS_FILE, pipeline
 from unet_jax.data.tfrecord import decode_example
 from unet_jax.errors import DataError
@@ -18,8 +19,8 @@ from unet_jax.errors import DataError
 def cv_dir(tmp_path_factory):
     """Seven 3-D lesion phantoms (24x24x8 at 1x1x3 mm) in 3 folds, one test case."""
     phantoms = tmp_path_factory.mktemp("cv_phantoms") / "cases"
-    synthetic.write_lesion_phantoms(phantoms, num_cases=7, shape=(24, 24, 8), spacing=(1.0, 1.0, 3.0), seed=1,
-                                    progress=False)
+    lesions.write_lesion_phantoms(phantoms, num_cases=7, shape=(24, 24, 8), spacing=(1.0, 1.0, 3.0), seed=1,
+                                  progress=False)
     out = str(tmp_path_factory.mktemp("cv") / "prepared")
     volumes.prepare(str(phantoms), out, channels="FLAIR*", label="lesions*", cv_folds=3, test_fraction=1 / 7,
                     seed=0, records_per_shard=2, progress=False, command="test")
@@ -79,8 +80,8 @@ def test_fold_errors_are_one_line(cv_dir, lesion_volume_dir):
 
 def test_cv_folds_refuse_named_validation_cases(tmp_path):
     phantoms = tmp_path / "cases"
-    synthetic.write_lesion_phantoms(phantoms, num_cases=3, shape=(16, 16, 4), spacing=(1.0, 1.0, 3.0), seed=0,
-                                    progress=False)
+    lesions.write_lesion_phantoms(phantoms, num_cases=3, shape=(16, 16, 4), spacing=(1.0, 1.0, 3.0), seed=0,
+                                  progress=False)
     with pytest.raises(DataError, match="--cv_folds=2 makes the validation folds itself; drop"):
         volumes.prepare(str(phantoms), str(tmp_path / "out"), channels="FLAIR*", label="lesions*", cv_folds=2,
                         val_cases="case_000", progress=False, command="test")

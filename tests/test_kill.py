@@ -14,8 +14,7 @@ import sys
 import jax
 import pytest
 
-from unet_jax import parallel, train
-from unet_jax.benchmarks import kill_soak
+from unet_jax import kill_soak, parallel, train
 from unet_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,6 +114,19 @@ def test_compare_runs_names_the_metric_that_differs(tmp_path):
     assert close.differences == [] and not close.identical and 0 < close.max_abs_diff < 1e-6
     assert kill_soak.compare_runs(a, run("e", 0.5, 0.25 + 1e-9, 3.0)).differences == [
         "metrics.csv epoch 1 train_loss: A=0.25 B=0.250000001"]
+
+
+def test_the_soak_reads_where_a_run_resumes_and_its_epochs_from_files(tmp_path):
+    workdir = str(tmp_path)
+    assert kill_soak.resume_step(workdir) is None and kill_soak.epochs_written(workdir) == set()
+    for name in ("6", "12", "18.orbax-checkpoint-tmp-1"):  # two finished checkpoints, one being written
+        os.makedirs(os.path.join(kill_soak.checkpoint_folder(workdir), name))
+    (tmp_path / "metrics.csv").write_text("epoch,step,train_loss,seconds\n1,6,0.5,1.0\n2,12,0.25,1.0\n")
+    assert kill_soak.finished_checkpoints(workdir) == {6, 12} and kill_soak.resume_step(workdir) == 12
+    assert kill_soak.tmp_checkpoints(workdir) == {"18.orbax-checkpoint-tmp-1"}
+    assert kill_soak.epochs_written(workdir) == {1, 2}
+    watcher = kill_soak.Watcher(str(tmp_path / "missing.log"), workdir)
+    assert watcher.resumed == 12 and watcher.earlier == {6, 12}
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ import pytest
 from run_configs import tiny_config
 
 from configs import lung_ct, lung_ct_no_pathology
-from data_prep import synthetic, volumes
+from data_prep import volumes
+from data_prep.phantoms import chest
 from unet_jax import builders, config_checks, train
 from unet_jax.data import pipeline
 from unet_jax.data.pathology import PathologyOptions, lung_boxes
@@ -22,8 +23,8 @@ from unet_jax.errors import ConfigError
 def chest_dir(tmp_path_factory):
     """Four 32x32x8 chest phantoms as axial slices, HU window scaled to [0, 1]: 2 train, 1 val, 1 test cases."""
     root = tmp_path_factory.mktemp("chest")
-    synthetic.write_chest_phantoms(root / "cases", num_cases=4, shape=(32, 32, 8), spacing=(8.0, 8.0, 20.0), seed=0,
-                                   progress=False)
+    chest.write_chest_phantoms(root / "cases", num_cases=4, shape=(32, 32, 8), spacing=(8.0, 8.0, 20.0), seed=0,
+                               progress=False)
     out = root / "prepared"
     volumes.prepare(str(root / "cases"), str(out), channels="ct*", label="lungs*", intensity="ct", crop=False,
                     slices="axial", slice_size="32,32", val_fraction=0.25, test_fraction=0.25, progress=False,

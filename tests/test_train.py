@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from run_configs import tiny_config, volume_config
-from data_prep import lgg, synthetic
+from data_prep import lgg
+from data_prep.phantoms import lesions
+from data_prep.phantoms import lgg as lgg_phantoms
 from unet_jax import checkpoint, parallel, tasks, train
 from unet_jax.config_checks import validate_config
 from unet_jax.data import pipeline
@@ -115,8 +117,8 @@ def test_stop_request_turns_sigterm_into_a_flag():
 def _other_patients(tmp_path, name, *, num_patients, num_slices, size, seed, val_fraction, test_fraction):
     """Phantoms the run never saw, prepared under tmp_path/<name>_prepared."""
     phantoms = tmp_path / name
-    synthetic.write_phantoms(phantoms, num_patients=num_patients, num_slices=num_slices, size=size, seed=seed,
-                             progress=False)
+    lgg_phantoms.write_phantoms(phantoms, num_patients=num_patients, num_slices=num_slices, size=size, seed=seed,
+                                progress=False)
     out = str(tmp_path / f"{name}_prepared")
     lgg.prepare(str(phantoms), out, val_fraction=val_fraction, test_fraction=test_fraction, progress=False,
                 command="test")
@@ -317,6 +319,14 @@ def test_the_demo_trains_on_a_data_dir_given_on_the_command_line(prepared_dir, t
     assert not (tmp_path / "data").exists()  # no phantoms were made
 
 
+def test_the_demo_names_an_unknown_kind_of_phantoms_in_one_line(tmp_path):
+    from unet_jax import phantoms
+
+    with pytest.raises(train.DataError) as raised:
+        phantoms.prepare(str(tmp_path), {"kind": "lungs", "seed": 0})
+    assert str(raised.value) == "config.data.synthetic.kind='lungs': choose one of lgg, lesions_3d, chest_ct, pairs_2d"
+
+
 @pytest.mark.slow
 def test_evaluating_at_another_size_restores_from_the_training_shape(trained, prepared_dir, tmp_path):
     """The run trained on 32x32: a conv U-Net evaluates 64x64 data; a transformer
@@ -386,8 +396,8 @@ def test_2d_unet_trains_on_axial_slices_of_the_volumes(tmp_path):
     from data_prep import volumes
 
     cases = tmp_path / "cases"
-    synthetic.write_lesion_phantoms(cases, num_cases=4, shape=(28, 30, 8), spacing=(1.0, 1.0, 3.0), seed=2,
-                                    progress=False)
+    lesions.write_lesion_phantoms(cases, num_cases=4, shape=(28, 30, 8), spacing=(1.0, 1.0, 3.0), seed=2,
+                                  progress=False)
     data_dir = str(tmp_path / "slices")
     volumes.prepare(str(cases), data_dir, channels="FLAIR*,T1*", label="lesions*", slices="axial",
                     slice_size="32,32", val_fraction=0.25, test_fraction=0.25, progress=False, command="test")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
-import os
 from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
+import configs.default
 from unet_jax import inference, parallel, steps, tasks
 from unet_jax.builders import best_metric, input_shape, model_from_config
 from unet_jax.data import pipeline
@@ -28,7 +27,6 @@ BEST_MODES = ("max", "min")
 MODES = ("train", "evaluate")
 AUGMENT_ON = ("host", "device")
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 # Keys a run's config.json may lack: the code reads them with a default, for runs written before they existed.
 OPTIONAL_KEYS = frozenset({"optimizer", "momentum", "plans", "allow_changed_config", "model.deep_supervision",
                            "data.augment_on", "data.pathology", "data.eval_pathology", "data.fold"})
@@ -41,10 +39,7 @@ NOT_A_RUN = ("this is not a unet_jax workdir or it was written by another versio
 
 @functools.cache
 def _default_config() -> dict:
-    spec = importlib.util.spec_from_file_location("_unet_jax_default_config", DEFAULT_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config().to_dict()
+    return configs.default.get_config().to_dict()
 
 
 def check_run_config(values: Any, source: str) -> None:

@@ -20,7 +20,7 @@ from absl import app, flags, logging  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from unet_jax import checkpoint, parallel, predict, train  # noqa: E402  (predict defines --input, --output, ...)
+from unet_jax import checkpoint, parallel, phantoms, predict, train  # noqa: E402  (predict defines --input, ...)
 from unet_jax.errors import ConfigError, UnetJaxError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -85,16 +85,11 @@ def demo_data(config, workdir: str) -> str:
     if config.data.data_dir:
         logging.info("Training on --config.data.data_dir=%s, not on phantoms.", config.data.data_dir)
         return config.data.data_dir
-    from data_prep import synthetic  # only the demo needs it
-
-    options = config.data.synthetic.to_dict()
-    kind = options.pop("kind", "lgg")
-    if kind not in synthetic.DEMOS:
-        raise ConfigError(f"config.data.synthetic.kind={kind!r}: choose one of {', '.join(synthetic.DEMOS)}")
+    synthetic = config.data.synthetic.to_dict()
     if jax.process_index() == 0:
-        data_dir = synthetic.DEMOS[kind](workdir, **options)
+        data_dir = phantoms.prepare(workdir, synthetic)
     multihost_utils.sync_global_devices("demo data prepared")
-    return data_dir if jax.process_index() == 0 else synthetic.DEMOS[kind](workdir, **options)  # found, not redone
+    return data_dir if jax.process_index() == 0 else phantoms.prepare(workdir, synthetic)  # found, not redone
 
 
 def parse_flags(argv: list[str]) -> list[str]:

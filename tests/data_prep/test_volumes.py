@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import synthetic, volumes
+from data_prep import volumes
+from data_prep.phantoms import chest, lesions
 from unet_jax.data import pipeline
 from unet_jax.data.medical_io import Geometry, Volume, read_volume, write_volume
 from unet_jax.data.tfrecord import decode_example
@@ -75,8 +76,8 @@ CASES = {"channels": "flair*,t1*", "label": "seg*"}
 def lesion_dir(tmp_path_factory):
     """Five 24x24x8 lesion phantoms at 1x1x3 mm: FLAIR.nii.gz, T1.nii.gz, lesions.nii.gz per case."""
     out = tmp_path_factory.mktemp("lesions") / "cases"
-    synthetic.write_lesion_phantoms(out, num_cases=5, shape=(24, 24, 8), spacing=(1.0, 1.0, 3.0), seed=0,
-                                    progress=False)
+    lesions.write_lesion_phantoms(out, num_cases=5, shape=(24, 24, 8), spacing=(1.0, 1.0, 3.0), seed=0,
+                                  progress=False)
     return out
 
 
@@ -724,8 +725,8 @@ def test_real_ms_t1_to_t1post_pairs(tmp_path):
 
 def test_lung_sides_label_the_two_lungs_of_a_chest_volume(tmp_path):
     """--lung_sides on chest phantoms: labels 1 and 2, 1 at smaller x, together the lungs."""
-    synthetic.write_chest_phantoms(tmp_path / "cases", num_cases=2, shape=(32, 32, 8), spacing=(8.0, 8.0, 20.0),
-                                   progress=False)
+    chest.write_chest_phantoms(tmp_path / "cases", num_cases=2, shape=(32, 32, 8), spacing=(8.0, 8.0, 20.0),
+                               progress=False)
     plain = _prepare(tmp_path / "cases", tmp_path / "plain", channels="ct*", label="lungs*", intensity="ct",
                      crop=False, val_fraction=0.5, test_fraction=0)
     sides = _prepare(tmp_path / "cases", tmp_path / "sides", channels="ct*", label="lungs*", intensity="ct",

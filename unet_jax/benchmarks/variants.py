@@ -23,10 +23,9 @@ import jax
 import jax.numpy as jnp
 
 from configs import demo
-from unet_jax import train
+from unet_jax import phantoms, train
 from unet_jax.benchmarks.train_step import measure
 from unet_jax.files import atomic_write, write_json
-from data_prep import synthetic
 
 VARIANTS = ["lgg", "lgg_res_attention", "lgg_keras_model1", "lgg_keras_model2", "lgg_transunet", "lgg_3d"]
 # What the source documents report (None: not reported).
@@ -58,13 +57,13 @@ def phantom_config(name: str, workdir: str, epochs: int):
         config[key] = recipe[key]
     config.num_epochs = epochs
     config.data.num_workers = 0
-    synthetic_args = recipe.data.synthetic.to_dict()
+    synthetic = recipe.data.synthetic.to_dict()
     if is_3d(config):
         # 14 patients of 16 slices are 14 volumes: batches of 2 keep 5 steps per epoch.
         config.batch_size = config.eval_batch_size = 2
-        synthetic_args["volume_depth"] = DEPTH_3D
+        synthetic["volume_depth"] = DEPTH_3D
     kind = "volumes" if is_3d(config) else "slices"
-    config.data.data_dir = synthetic.prepare_demo(os.path.join(workdir, f"phantoms_{kind}"), **synthetic_args)
+    config.data.data_dir = phantoms.prepare(os.path.join(workdir, f"phantoms_{kind}"), synthetic)
     return config
 
 

@@ -1,4 +1,4 @@
-"""Tests for the phantom generator: kaggle_3m layout, determinism, tumour
+"""Tests for the phantom generators: kaggle_3m layout, determinism, tumour
 statistics, atomic replacement of the output folder and the command line."""
 
 import os
@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from data_prep import synthetic
+from data_prep.phantoms import chest, lesions, lgg, pairs
 from unet_jax.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ def _siblings(out: Path) -> list[str]:
 
 def test_layout_and_round_trip(tmp_path):
     out = tmp_path / "kaggle_3m"
-    names = synthetic.write_phantoms(out, num_patients=3, seed=5, progress=False, **SMALL)
+    names = lgg.write_phantoms(out, num_patients=3, seed=5, progress=False, **SMALL)
     assert names == sorted(os.listdir(out)) and len(names) == 3
     for index, name in enumerate(names):
         assert re.fullmatch(r"TCGA_PH_\d{4}_\d{8}", name), name
@@ -37,7 +37,7 @@ def test_layout_and_round_trip(tmp_path):
         assert 1990 <= year <= 2010 and 1 <= month <= 12 and 1 <= day <= 31
         expected = {f"{name}_{n}{suffix}.tif" for n in range(1, 5) for suffix in ("", "_mask")}
         assert set(os.listdir(out / name)) == expected
-        _, images, masks = synthetic.generate_patient(index, seed=5, **SMALL)
+        _, images, masks = lgg.generate_patient(index, seed=5, **SMALL)
         for n in range(1, 5):
             image = tifffile.imread(out / name / f"{name}_{n}.tif")
             mask = tifffile.imread(out / name / f"{name}_{n}_mask.tif")
@@ -50,7 +50,7 @@ def test_layout_and_round_trip(tmp_path):
 
 def test_slice_numbers_are_not_zero_padded(tmp_path):
     out = tmp_path / "out"
-    (name,) = synthetic.write_phantoms(out, num_patients=1, num_slices=11, size=32, progress=False)
+    (name,) = lgg.write_phantoms(out, num_patients=1, num_slices=11, size=32, progress=False)
     numbers = sorted(int(re.fullmatch(rf"{name}_(\d+)\.tif", f).group(1))
                      for f in os.listdir(out / name) if not f.endswith("_mask.tif"))
     assert numbers == list(range(1, 12))
@@ -58,21 +58,21 @@ def test_slice_numbers_are_not_zero_padded(tmp_path):
 
 
 def test_same_seed_gives_identical_bytes_and_patients_are_independent(tmp_path):
-    synthetic.write_phantoms(tmp_path / "a", num_patients=2, seed=3, progress=False, **SMALL)
-    synthetic.write_phantoms(tmp_path / "b", num_patients=2, seed=3, progress=False, **SMALL)
-    synthetic.write_phantoms(tmp_path / "c", num_patients=4, seed=3, progress=False, **SMALL)
+    lgg.write_phantoms(tmp_path / "a", num_patients=2, seed=3, progress=False, **SMALL)
+    lgg.write_phantoms(tmp_path / "b", num_patients=2, seed=3, progress=False, **SMALL)
+    lgg.write_phantoms(tmp_path / "c", num_patients=4, seed=3, progress=False, **SMALL)
     a, b, c = (_files(tmp_path / d) for d in "abc")
     assert a == b
     assert len(c) == 2 * len(a) and all(c[k] == v for k, v in a.items())
-    synthetic.write_phantoms(tmp_path / "d", num_patients=2, seed=4, progress=False, **SMALL)
+    lgg.write_phantoms(tmp_path / "d", num_patients=2, seed=4, progress=False, **SMALL)
     assert _files(tmp_path / "d") != a
-    _, images3, _ = synthetic.generate_patient(0, seed=3, **SMALL)
-    _, images4, _ = synthetic.generate_patient(0, seed=4, **SMALL)
+    _, images3, _ = lgg.generate_patient(0, seed=3, **SMALL)
+    _, images4, _ = lgg.generate_patient(0, seed=4, **SMALL)
     assert not np.array_equal(images3, images4)
 
 
 def test_tumour_statistics():
-    patients = [synthetic.generate_patient(i, num_slices=20, size=64) for i in range(10)]
+    patients = [lgg.generate_patient(i, num_slices=20, size=64) for i in range(10)]
     has_tumour = np.array([masks.any(axis=(1, 2)) for _, _, masks in patients])
     assert 0.25 <= has_tumour.mean() <= 0.55
     assert 1 <= sum(not row.any() for row in has_tumour) <= 4  # most, not all, patients have tumours
@@ -89,7 +89,7 @@ def test_tumour_statistics():
 
 
 def test_head_is_smaller_at_the_ends_of_the_volume():
-    _, images, _ = synthetic.generate_patient(0, num_slices=20, size=64)
+    _, images, _ = lgg.generate_patient(0, num_slices=20, size=64)
     head_area = (images.max(axis=-1) > 60).sum(axis=(1, 2))
     assert head_area[10] > 1.3 * head_area[0] and head_area[10] > 1.3 * head_area[-1]
 
@@ -97,23 +97,23 @@ def test_head_is_smaller_at_the_ends_of_the_volume():
 def test_existing_output_is_refused_then_replaced_with_overwrite(tmp_path):
     out = tmp_path / "out"
     out.mkdir()  # an empty folder is fine to write into
-    synthetic.write_phantoms(out, num_patients=1, progress=False, **SMALL)
+    lgg.write_phantoms(out, num_patients=1, progress=False, **SMALL)
     before = _files(out)
     with pytest.raises(DataError, match=r"out: .*--overwrite"):
-        synthetic.write_phantoms(out, num_patients=2, progress=False, **SMALL)
+        lgg.write_phantoms(out, num_patients=2, progress=False, **SMALL)
     assert _files(out) == before and _siblings(out) == []
 
     (out / "stale.txt").write_text("left over")  # not a phantom: --overwrite refuses to delete it
     with pytest.raises(DataError, match=r"out: holds files that data_prep did not write"):
-        synthetic.write_phantoms(out, num_patients=2, overwrite=True, progress=False, **SMALL)
+        lgg.write_phantoms(out, num_patients=2, overwrite=True, progress=False, **SMALL)
     os.remove(out / "stale.txt")
-    names = synthetic.write_phantoms(out, num_patients=2, overwrite=True, progress=False, **SMALL)
+    names = lgg.write_phantoms(out, num_patients=2, overwrite=True, progress=False, **SMALL)
     assert sorted(os.listdir(out)) == names and len(names) == 2
     assert _siblings(out) == []
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "data_prep.synthetic", *args],
+    return subprocess.run([sys.executable, "-m", "data_prep.phantoms", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
@@ -123,8 +123,8 @@ def test_cli_writes_then_refuses_existing_output(tmp_path):
     done = _cli(*args)
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.strip().splitlines()) == 1 and "2 patients, 6 slices" in done.stdout
-    assert sorted(os.listdir(out)) == synthetic.write_phantoms(tmp_path / "api", num_patients=2, num_slices=3,
-                                                               size=32, seed=1, progress=False)
+    assert sorted(os.listdir(out)) == lgg.write_phantoms(tmp_path / "api", num_patients=2, num_slices=3,
+                                                         size=32, seed=1, progress=False)
     refused = _cli(*args)
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
@@ -141,24 +141,6 @@ def test_cli_rejects_bad_arguments(tmp_path, bad):
     assert not out.exists()
 
 
-def test_demo_data_is_prepared_once_and_again_when_it_lacks_intensity_statistics(tmp_path):
-    import json
-
-    prepared = synthetic.prepare_demo(str(tmp_path), num_patients=3, num_slices=4, size=32, val_fraction=0.34,
-                                      test_fraction=0.34)
-    manifest_path = os.path.join(prepared, "manifest.json")
-    manifest = json.load(open(manifest_path))
-    assert manifest["intensity_stats"] and len(manifest["splits"]["train"]["patients"]) == 1
-    first = os.path.getmtime(manifest_path)
-    assert synthetic.prepare_demo(str(tmp_path), num_patients=3, num_slices=4, size=32) == prepared
-    assert os.path.getmtime(manifest_path) == first  # kept
-    del manifest["intensity_stats"]  # as an older data_prep wrote it
-    json.dump(manifest, open(manifest_path, "w"))
-    synthetic.prepare_demo(str(tmp_path), num_patients=3, num_slices=4, size=32, val_fraction=0.34,
-                           test_fraction=0.34)
-    assert json.load(open(manifest_path))["intensity_stats"]
-
-
 # --- 3-D white-matter-lesion phantoms (NIfTI) ---------------------------------
 
 LESION_SMALL = dict(shape=(32, 32, 12), spacing=(1.0, 1.0, 3.0))
@@ -166,24 +148,24 @@ LESION_SMALL = dict(shape=(32, 32, 12), spacing=(1.0, 1.0, 3.0))
 
 def _lesion_cases(n, **kwargs):
     kwargs = {**LESION_SMALL, **kwargs}
-    return [synthetic._lesion_case(i, kwargs["shape"], kwargs["spacing"], kwargs.get("seed", 0)) for i in range(n)]
+    return [lesions._lesion_case(i, kwargs["shape"], kwargs["spacing"], kwargs.get("seed", 0)) for i in range(n)]
 
 
 def test_lesion_case_is_deterministic_and_does_not_depend_on_the_number_of_cases(tmp_path):
-    name, flair, t1, mask = synthetic.generate_lesion_case(1, seed=7, **LESION_SMALL)
+    name, flair, t1, mask = lesions.generate_lesion_case(1, seed=7, **LESION_SMALL)
     assert name == "case_0002"
     assert flair.shape == t1.shape == mask.shape == (32, 32, 12)
     assert flair.dtype == t1.dtype == np.float32 and mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
-    again = synthetic.generate_lesion_case(1, seed=7, **LESION_SMALL)
+    again = lesions.generate_lesion_case(1, seed=7, **LESION_SMALL)
     for x, y in zip((flair, t1, mask), again[1:]):
         np.testing.assert_array_equal(x, y)
-    for other in (synthetic.generate_lesion_case(0, seed=7, **LESION_SMALL),
-                  synthetic.generate_lesion_case(1, seed=8, **LESION_SMALL)):
+    for other in (lesions.generate_lesion_case(0, seed=7, **LESION_SMALL),
+                  lesions.generate_lesion_case(1, seed=8, **LESION_SMALL)):
         assert not np.array_equal(other[1], flair) and not np.array_equal(other[3], mask)
     # The same case from a writer of two and of three cases.
     from unet_jax.data.medical_io import read_volume
-    two = synthetic.write_lesion_phantoms(tmp_path / "two", num_cases=2, seed=7, progress=False, **LESION_SMALL)
-    three = synthetic.write_lesion_phantoms(tmp_path / "three", num_cases=3, seed=7, progress=False, **LESION_SMALL)
+    two = lesions.write_lesion_phantoms(tmp_path / "two", num_cases=2, seed=7, progress=False, **LESION_SMALL)
+    three = lesions.write_lesion_phantoms(tmp_path / "three", num_cases=3, seed=7, progress=False, **LESION_SMALL)
     assert three[:2] == two == ["case_0001", "case_0002"]
     for file in ("FLAIR.nii.gz", "T1.nii.gz", "lesions.nii.gz"):
         np.testing.assert_array_equal(read_volume(tmp_path / "two" / "case_0002" / file).array,
@@ -193,15 +175,15 @@ def test_lesion_case_is_deterministic_and_does_not_depend_on_the_number_of_cases
 def test_lesions_lie_in_white_matter_bright_on_flair_dark_on_t1():
     for _, flair, t1, mask, labels in _lesion_cases(4):
         lesion = mask > 0
-        white = (labels == synthetic._L_WHITE) & ~lesion
-        assert lesion.any() and (labels[lesion] == synthetic._L_WHITE).all()
+        white = (labels == lesions._L_WHITE) & ~lesion
+        assert lesion.any() and (labels[lesion] == lesions._L_WHITE).all()
         # Inside the head, never on its outer layer of voxels.
         head = flair > 0
         assert not (lesion & ~ndimage.binary_erosion(head)).any()
         # Tissue levels on the scale of the real data.
         assert 85 < flair[white].mean() < 115 and 0 <= flair.min() and flair.max() < 320
-        assert flair[labels == synthetic._L_GREY].mean() > flair[white].mean() + 10
-        assert flair[labels == synthetic._L_VENTRICLE].mean() < 60
+        assert flair[labels == lesions._L_GREY].mean() > flair[white].mean() + 10
+        assert flair[labels == lesions._L_VENTRICLE].mean() < 60
         # Like white-matter hyperintensities: clearly bright on FLAIR, dark on T1.
         assert flair[lesion].mean() > flair[white].mean() + 50
         assert t1[lesion].mean() < t1[white].mean() - 25
@@ -211,8 +193,8 @@ def test_lesions_are_mostly_periventricular():
     closer = []
     for _, _, _, mask, labels in _lesion_cases(6, shape=(48, 48, 16)):
         spacing = LESION_SMALL["spacing"]
-        to_ventricle = ndimage.distance_transform_edt(labels != synthetic._L_VENTRICLE, sampling=spacing)
-        white = (labels == synthetic._L_WHITE) & (mask == 0)
+        to_ventricle = ndimage.distance_transform_edt(labels != lesions._L_VENTRICLE, sampling=spacing)
+        white = (labels == lesions._L_WHITE) & (mask == 0)
         closer.append(to_ventricle[mask > 0].mean() < to_ventricle[white].mean())
     assert sum(closer) >= 5
 
@@ -220,11 +202,11 @@ def test_lesions_are_mostly_periventricular():
 def test_every_case_has_lesions_at_a_plausible_load_and_nothing_outside_the_head():
     components = []
     for _, flair, t1, mask, labels in _lesion_cases(6):
-        brain = labels >= synthetic._L_GREY
+        brain = labels >= lesions._L_GREY
         assert 0.003 <= mask.sum() / brain.sum() <= 0.03
         components.append(ndimage.label(mask)[1])
         # Skull-stripped: exactly 0 outside the head, non-zero inside; the head fills most of the view.
-        outside = labels == synthetic._L_BACKGROUND
+        outside = labels == lesions._L_BACKGROUND
         assert (flair[outside] == 0).all() and (t1[outside] == 0).all()
         assert (flair[~outside] > 0).mean() > 0.99
         extent = [np.ptp(np.nonzero((~outside).any(axis=tuple(a for a in range(3) if a != axis)))[0]) + 1
@@ -232,7 +214,7 @@ def test_every_case_has_lesions_at_a_plausible_load_and_nothing_outside_the_head
         assert all(e >= 0.75 * n for e, n in zip(extent, mask.shape)), extent
     assert min(components) >= 1 and np.mean(components) >= 2
     # Even a grid so coarse that lesions can fall between its voxels keeps one.
-    assert all(synthetic.generate_lesion_case(i, shape=(12, 12, 3))[3].any() for i in range(8))
+    assert all(lesions.generate_lesion_case(i, shape=(12, 12, 3))[3].any() for i in range(8))
 
 
 def test_lesion_anatomy_is_in_millimetres():
@@ -260,12 +242,12 @@ def test_write_lesion_phantoms_round_trip(tmp_path):
 
     out = tmp_path / "wmh"
     shape, spacing = (24, 28, 10), (0.9, 1.1, 2.5)
-    names = synthetic.write_lesion_phantoms(out, num_cases=2, shape=shape, spacing=spacing, seed=2, progress=False)
+    names = lesions.write_lesion_phantoms(out, num_cases=2, shape=shape, spacing=spacing, seed=2, progress=False)
     assert names == sorted(os.listdir(out)) == ["case_0001", "case_0002"]
     origin = -(np.array(shape) - 1) * np.array(spacing) / 2
     for index, name in enumerate(names):
         assert set(os.listdir(out / name)) == {"FLAIR.nii.gz", "T1.nii.gz", "lesions.nii.gz"}
-        _, flair, t1, mask = synthetic.generate_lesion_case(index, shape=shape, spacing=spacing, seed=2)
+        _, flair, t1, mask = lesions.generate_lesion_case(index, shape=shape, spacing=spacing, seed=2)
         for file, expected in (("FLAIR.nii.gz", flair), ("T1.nii.gz", t1), ("lesions.nii.gz", mask)):
             volume = read_volume(out / name / file)
             assert volume.array.shape == shape and volume.array.dtype == expected.dtype
@@ -280,16 +262,16 @@ def test_write_lesion_phantoms_round_trip(tmp_path):
 
 def test_write_lesion_phantoms_refuses_existing_output_then_replaces_it(tmp_path):
     out = tmp_path / "wmh"
-    synthetic.write_lesion_phantoms(out, num_cases=1, progress=False, **LESION_SMALL)
+    lesions.write_lesion_phantoms(out, num_cases=1, progress=False, **LESION_SMALL)
     before = _files(out)
     with pytest.raises(DataError, match=r"wmh: .*--overwrite"):
-        synthetic.write_lesion_phantoms(out, num_cases=2, progress=False, **LESION_SMALL)
+        lesions.write_lesion_phantoms(out, num_cases=2, progress=False, **LESION_SMALL)
     assert _files(out) == before and _siblings(out) == []
     (out / "stale.txt").write_text("left over")
     with pytest.raises(DataError, match=r"wmh: holds files that data_prep did not write"):
-        synthetic.write_lesion_phantoms(out, num_cases=2, overwrite=True, progress=False, **LESION_SMALL)
+        lesions.write_lesion_phantoms(out, num_cases=2, overwrite=True, progress=False, **LESION_SMALL)
     os.remove(out / "stale.txt")
-    names = synthetic.write_lesion_phantoms(out, num_cases=2, overwrite=True, progress=False, **LESION_SMALL)
+    names = lesions.write_lesion_phantoms(out, num_cases=2, overwrite=True, progress=False, **LESION_SMALL)
     assert sorted(os.listdir(out)) == names == ["case_0001", "case_0002"] and _siblings(out) == []
 
 
@@ -298,7 +280,7 @@ def test_write_lesion_phantoms_refuses_existing_output_then_replaces_it(tmp_path
 def test_generate_lesion_case_rejects_bad_arguments(bad):
     kwargs = {"index": 0, **LESION_SMALL, **bad}
     with pytest.raises(ValueError, match=next(iter(bad))):
-        synthetic.generate_lesion_case(kwargs.pop("index"), **kwargs)
+        lesions.generate_lesion_case(kwargs.pop("index"), **kwargs)
 
 
 # --- Chest CT phantoms (3-D, NIfTI, Hounsfield units) --------------------------
@@ -307,7 +289,7 @@ CHEST_SMALL = dict(shape=(64, 64, 12), spacing=(4.0, 4.0, 10.0))  # the default 
 
 
 def _chest_cases(n, seed=0):
-    return [synthetic.generate_chest_case(i, seed=seed, **CHEST_SMALL) for i in range(n)]
+    return [chest.generate_chest_case(i, seed=seed, **CHEST_SMALL) for i in range(n)]
 
 
 def test_chest_case_is_in_hounsfield_units():
@@ -359,18 +341,18 @@ def test_chest_middle_slices_show_two_lungs_left_and_right_and_the_ends_fewer():
 
 
 def test_chest_case_is_deterministic_per_seed_and_case():
-    _, ct, lungs = synthetic.generate_chest_case(1, seed=3, **CHEST_SMALL)
-    _, ct2, lungs2 = synthetic.generate_chest_case(1, seed=3, **CHEST_SMALL)
+    _, ct, lungs = chest.generate_chest_case(1, seed=3, **CHEST_SMALL)
+    _, ct2, lungs2 = chest.generate_chest_case(1, seed=3, **CHEST_SMALL)
     np.testing.assert_array_equal(ct, ct2)
     np.testing.assert_array_equal(lungs, lungs2)
-    for other in (synthetic.generate_chest_case(1, seed=4, **CHEST_SMALL),
-                  synthetic.generate_chest_case(0, seed=3, **CHEST_SMALL)):
+    for other in (chest.generate_chest_case(1, seed=4, **CHEST_SMALL),
+                  chest.generate_chest_case(0, seed=3, **CHEST_SMALL)):
         assert not np.array_equal(other[1], ct) and not np.array_equal(other[2], lungs)
 
 
 def test_chest_anatomy_does_not_depend_on_the_resolution():
-    _, _, coarse = synthetic.generate_chest_case(2, seed=1, **CHEST_SMALL)
-    _, _, fine = synthetic.generate_chest_case(2, seed=1, shape=(128, 128, 12), spacing=(2.0, 2.0, 10.0))
+    _, _, coarse = chest.generate_chest_case(2, seed=1, **CHEST_SMALL)
+    _, _, fine = chest.generate_chest_case(2, seed=1, shape=(128, 128, 12), spacing=(2.0, 2.0, 10.0))
     volume = coarse.sum() * 4 * 4, fine.sum() * 2 * 2
     assert 0.85 < volume[0] / volume[1] < 1.15
 
@@ -380,12 +362,12 @@ def test_write_chest_phantoms_round_trip(tmp_path):
 
     out = tmp_path / "chest"
     shape, spacing = (40, 36, 8), (5.0, 6.0, 12.0)
-    names = synthetic.write_chest_phantoms(out, num_cases=2, shape=shape, spacing=spacing, seed=2, progress=False)
+    names = chest.write_chest_phantoms(out, num_cases=2, shape=shape, spacing=spacing, seed=2, progress=False)
     assert names == sorted(os.listdir(out)) == ["chest_0001", "chest_0002"]
     origin = -(np.array(shape) - 1) * np.array(spacing) / 2
     for index, name in enumerate(names):
         assert set(os.listdir(out / name)) == {"ct.nii.gz", "lungs.nii.gz"}
-        _, ct, lungs = synthetic.generate_chest_case(index, shape=shape, spacing=spacing, seed=2)
+        _, ct, lungs = chest.generate_chest_case(index, shape=shape, spacing=spacing, seed=2)
         for file, expected in (("ct.nii.gz", ct), ("lungs.nii.gz", lungs)):
             volume = read_volume(out / name / file)
             assert volume.array.dtype == expected.dtype and volume.array.shape == shape
@@ -398,16 +380,16 @@ def test_write_chest_phantoms_round_trip(tmp_path):
 def test_write_chest_phantoms_refuses_existing_output_then_replaces_it(tmp_path):
     out = tmp_path / "chest"
     small = dict(shape=(32, 32, 4), spacing=(8.0, 8.0, 30.0))
-    synthetic.write_chest_phantoms(out, num_cases=1, progress=False, **small)
+    chest.write_chest_phantoms(out, num_cases=1, progress=False, **small)
     before = _files(out)
     with pytest.raises(DataError, match=r"chest: .*--overwrite"):
-        synthetic.write_chest_phantoms(out, num_cases=2, progress=False, **small)
+        chest.write_chest_phantoms(out, num_cases=2, progress=False, **small)
     assert _files(out) == before and _siblings(out) == []
     (out / "stale.txt").write_text("left over")
     with pytest.raises(DataError, match=r"chest: holds files that data_prep did not write"):
-        synthetic.write_chest_phantoms(out, num_cases=2, overwrite=True, progress=False, **small)
+        chest.write_chest_phantoms(out, num_cases=2, overwrite=True, progress=False, **small)
     os.remove(out / "stale.txt")
-    names = synthetic.write_chest_phantoms(out, num_cases=2, overwrite=True, progress=False, **small)
+    names = chest.write_chest_phantoms(out, num_cases=2, overwrite=True, progress=False, **small)
     assert sorted(os.listdir(out)) == names == ["chest_0001", "chest_0002"] and _siblings(out) == []
 
 
@@ -416,7 +398,7 @@ def test_write_chest_phantoms_refuses_existing_output_then_replaces_it(tmp_path)
 def test_generate_chest_case_rejects_bad_arguments(bad):
     kwargs = {"index": 0, **CHEST_SMALL, **bad}
     with pytest.raises(ValueError, match=next(iter(bad))):
-        synthetic.generate_chest_case(kwargs.pop("index"), **kwargs)
+        chest.generate_chest_case(kwargs.pop("index"), **kwargs)
 
 
 # --- Image pairs for contrast-map regression (PNG) -----------------------------
@@ -426,12 +408,12 @@ def test_write_pair_phantoms_layout_and_round_trip(tmp_path):
     from PIL import Image
 
     out = tmp_path / "pairs"
-    stems = synthetic.write_pair_phantoms(out, num_pairs=3, size=48, seed=1, progress=False)
+    stems = pairs.write_pair_phantoms(out, num_pairs=3, size=48, seed=1, progress=False)
     assert stems == ["p01", "p02", "p03"] and sorted(os.listdir(out)) == ["inputs", "targets"]
     for folder in ("inputs", "targets"):
         assert sorted(os.listdir(out / folder)) == [f"{s}.png" for s in stems]
     for index, stem in enumerate(stems):
-        image, target = synthetic.generate_pair(index, size=48, seed=1)
+        image, target = pairs.generate_pair(index, size=48, seed=1)
         assert image.dtype == target.dtype == np.uint8 and image.shape == target.shape == (48, 48)
         for folder, expected in (("inputs", image), ("targets", target)):
             with Image.open(out / folder / f"{stem}.png") as png:
@@ -441,7 +423,7 @@ def test_write_pair_phantoms_layout_and_round_trip(tmp_path):
 
 def test_pair_target_is_zero_outside_the_head_and_spread_over_the_8_bit_range():
     for index in range(4):
-        image, target, labels = synthetic._pair(index, 64, 0)
+        image, target, labels = pairs._pair(index, 64, 0)
         head = labels > 0
         assert head.any() and not head[0].any() and not head[-1].any()
         assert (target[~head] == 0).all()
@@ -451,7 +433,7 @@ def test_pair_target_is_zero_outside_the_head_and_spread_over_the_8_bit_range():
 
 def test_pair_target_is_not_a_pointwise_function_of_the_input():
     for index in range(3):
-        image, target, labels = synthetic._pair(index, 64, 0)
+        image, target, labels = pairs._pair(index, 64, 0)
         head = labels > 0
         spread = [np.ptp(target[head & (image == level)]) for level in np.unique(image[head])
                   if (head & (image == level)).sum() > 1]
@@ -462,9 +444,9 @@ def test_pair_enhancing_structures_show_in_the_input():
     """What enhances is visible in the input too: where the target is bright,
     the input departs from its tissue's usual level far more than elsewhere."""
     for index in range(4):
-        image, target, labels = synthetic._pair(index, 64, 0)
-        brain = np.isin(labels, (synthetic._P_GREY, synthetic._P_WHITE, synthetic._P_VENTRICLE))
-        usual = np.zeros(len(synthetic._PAIR_INPUT_LEVELS))
+        image, target, labels = pairs._pair(index, 64, 0)
+        brain = np.isin(labels, (pairs._P_GREY, pairs._P_WHITE, pairs._P_VENTRICLE))
+        usual = np.zeros(len(pairs._PAIR_INPUT_LEVELS))
         for tissue in np.unique(labels[brain]):
             usual[tissue] = np.median(image[(labels == tissue) & (target < 100)])
         departure = np.abs(image.astype(float) - usual[labels])
@@ -474,10 +456,10 @@ def test_pair_enhancing_structures_show_in_the_input():
 
 
 def test_pair_phantoms_are_deterministic_and_independent_of_their_number(tmp_path):
-    synthetic.write_pair_phantoms(tmp_path / "a", num_pairs=2, size=32, seed=3, progress=False)
-    synthetic.write_pair_phantoms(tmp_path / "b", num_pairs=2, size=32, seed=3, progress=False)
-    synthetic.write_pair_phantoms(tmp_path / "c", num_pairs=3, size=32, seed=3, progress=False)
-    synthetic.write_pair_phantoms(tmp_path / "d", num_pairs=2, size=32, seed=4, progress=False)
+    pairs.write_pair_phantoms(tmp_path / "a", num_pairs=2, size=32, seed=3, progress=False)
+    pairs.write_pair_phantoms(tmp_path / "b", num_pairs=2, size=32, seed=3, progress=False)
+    pairs.write_pair_phantoms(tmp_path / "c", num_pairs=3, size=32, seed=3, progress=False)
+    pairs.write_pair_phantoms(tmp_path / "d", num_pairs=2, size=32, seed=4, progress=False)
     a, c, d = _files(tmp_path / "a"), _files(tmp_path / "c"), _files(tmp_path / "d")
     assert a == _files(tmp_path / "b") and all(c[k] == v for k, v in a.items()) and len(c) == 6
     assert all(d[k] != v for k, v in a.items())
@@ -485,14 +467,14 @@ def test_pair_phantoms_are_deterministic_and_independent_of_their_number(tmp_pat
 
 def test_write_pair_phantoms_refuses_existing_output_then_replaces_it(tmp_path):
     out = tmp_path / "pairs"
-    synthetic.write_pair_phantoms(out, num_pairs=1, size=32, progress=False)
+    pairs.write_pair_phantoms(out, num_pairs=1, size=32, progress=False)
     before = _files(out)
     with pytest.raises(DataError, match=r"pairs: .*--overwrite"):
-        synthetic.write_pair_phantoms(out, num_pairs=2, size=32, progress=False)
+        pairs.write_pair_phantoms(out, num_pairs=2, size=32, progress=False)
     assert _files(out) == before and _siblings(out) == []
     (out / "inputs" / "scan.png").write_bytes(b"a picture of the user's")
     with pytest.raises(DataError, match=r"pairs: holds files that data_prep did not write"):
-        synthetic.write_pair_phantoms(out, num_pairs=2, size=32, overwrite=True, progress=False)
+        pairs.write_pair_phantoms(out, num_pairs=2, size=32, overwrite=True, progress=False)
     os.remove(out / "inputs" / "scan.png")
-    names = synthetic.write_pair_phantoms(out, num_pairs=2, size=32, overwrite=True, progress=False)
+    names = pairs.write_pair_phantoms(out, num_pairs=2, size=32, overwrite=True, progress=False)
     assert names == ["p01", "p02"] and len(_files(out)) == 4 and _siblings(out) == []

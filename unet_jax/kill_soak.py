@@ -1,24 +1,28 @@
 """Kill soak: a run killed with `kill -9` again and again, and resumed each
 time, must end with exactly the metrics of the same run left alone.
 
-  python -m unet_jax.benchmarks.kill_soak                     # the demo, tiny; 5 kills
-  python -m unet_jax.benchmarks.kill_soak --kills 8 --seed 3 -- --config=configs/demo.py --config.num_epochs=8
-  launch/kill_soak.sh                                          # the same, from bash
+  python -m unet_jax.kill_soak                     # the demo, tiny; 5 kills
+  python -m unet_jax.kill_soak --kills 8 --seed 3 -- --config=configs/demo.py --config.num_epochs=8
+  launch/kill_soak.sh                               # the same, from bash
 
 It trains the command (unet_jax.main's flags, its --workdir left out) in
-ROOT/A without interruption, timing its steps, validations and checkpoint
-saves from the log and the checkpoints folder. Then it trains it in ROOT/B
-and kills the whole process group with SIGKILL K times, each at a seeded
-random moment aimed at a step, a validation or a checkpoint save (the save
-is caught by orbax's temporary folder, `<step>.orbax-checkpoint-tmp-*`,
-appearing in checkpoints/), restarting the same command after each kill and
-finally letting it finish. Last it compares A's and B's test_metrics.json
+ROOT/A without interruption, timing its steps (from the log's step lines),
+validations and checkpoint saves (from the checkpoints folder). Then it
+trains it in ROOT/B and kills the whole process group with SIGKILL K times,
+each at a seeded random moment aimed at a step, a validation or a checkpoint
+save (the save is caught by orbax's temporary folder,
+`<step>.orbax-checkpoint-tmp-*`, appearing in checkpoints/), restarting the
+same command after each kill and finally letting it finish. Last it compares A's and B's test_metrics.json
 (every value, paths under the workdirs aside) and metrics.csv (every column
 but `seconds`): exactly, or within --atol. Exit status 0 when they agree.
+What it concludes comes from files and exit statuses: each run's exit status,
+its checkpoints folder (where a restart resumes: the newest finished
+checkpoint), metrics.csv (the epochs done) and test_metrics.json; the log
+only tells it when each step ends, to aim a kill, and what to quote.
 
 Without a --config= flag the training flags are overrides of DEMO_FLAGS (the
 demo at 32x32 with a 4-feature U-Net of depth 2, six epochs, a log line per
-step so that every kill can say where it landed). Phases are read from the
+step so that every kill can say where it landed). Steps are read from the
 log, so a run with a larger log_every_steps is killed less precisely. The
 runs share a persistent XLA compilation cache under ROOT (not a restart in B
 compiles again), and run on the CPU, where training is deterministic, unless
@@ -43,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP_MARK = "orbax-checkpoint-tmp"  # in the name of a checkpoint orbax is still writing
 DEMO_FLAGS = ["--config=configs/demo.py", "--config.model.features=4", "--config.model.depth=2",
               "--config.data.synthetic.size=32", "--config.num_epochs=6", "--config.log_every_steps=1"]
@@ -51,8 +55,8 @@ PHASES = ("step", "validation", "save")  # what a kill aims at, in the order the
 
 _ABSL = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [^\]]+\] (.*)$")
 _PROGRESS = re.compile(r"^(\[\d+\] (uptime|steps_per_sec)=|Setting work unit notes:)")  # no news of a phase
-_STEP_PATTERNS = (re.compile(r"^\[(\d+)\] train_"), re.compile(r"^Resumed at step (\d+) of"),
-                  re.compile(r"^Setting work unit notes: .*\((\d+)/\d+\)"))
+# clu's lines that say a step is done: its metric writer's and its progress report's.
+_STEP_PATTERNS = (re.compile(r"^\[(\d+)\] train_"), re.compile(r"^Setting work unit notes: .*\((\d+)/\d+\)"))
 
 
 # --- running the command -------------------------------------------------------
@@ -191,6 +195,27 @@ def checkpoint_folder(workdir: str) -> str:
     return os.path.join(workdir, "checkpoints")
 
 
+def finished_checkpoints(workdir: str) -> set[int]:
+    """The steps of the checkpoints orbax has finished."""
+    try:
+        return {int(name) for name in os.listdir(checkpoint_folder(workdir)) if name.isdigit()}
+    except FileNotFoundError:
+        return set()
+
+
+def resume_step(workdir: str) -> int | None:
+    """The step a run started now resumes at: its newest finished checkpoint (None: from the start)."""
+    return max(finished_checkpoints(workdir), default=None)
+
+
+def epochs_written(workdir: str) -> set[int]:
+    """The epochs metrics.csv holds a row of (written at each epoch's end)."""
+    try:
+        return {int(row["epoch"]) for row in _csv_rows(workdir)}
+    except FileNotFoundError:
+        return set()
+
+
 def tmp_checkpoints(workdir: str) -> set[str]:
     """The names of the checkpoints orbax has begun and not finished."""
     try:
@@ -226,7 +251,8 @@ def _step_of(name: str) -> int | None:
 class Watcher:
     """Follows a run's log file and checkpoints folder: the newest step done,
     the newest log line, the temporary and the finished checkpoints, and when
-    each was first seen."""
+    each was first seen; the step the run resumed at is its newest finished
+    checkpoint when it started."""
 
     def __init__(self, log_path: str, workdir: str, stale_tmp: dict[str, tuple[int, int]] | None = None):
         self.log_path, self.workdir = log_path, workdir
@@ -234,18 +260,14 @@ class Watcher:
         self.t0 = time.monotonic()
         self._offset, self._partial = 0, ""
         self.step: int | None = None  # the newest step the log says is done
-        self.resumed: int | None = None  # the step the run resumed at
         self.last_line = ""
-        self.epochs_logged: set[int] = set()
         self.tmp: set[str] = set()
         self.final: set[int] = set()
         self.step_seen: dict[int, float] = {}  # first sightings, seconds since start
         self.tmp_seen: dict[int, float] = {}
         self.final_seen: dict[int, float] = {}
-        try:  # the finished checkpoints of earlier runs
-            self.earlier = {int(n) for n in os.listdir(checkpoint_folder(workdir)) if n.isdigit()}
-        except FileNotFoundError:
-            self.earlier = set()
+        self.earlier = finished_checkpoints(workdir)  # of earlier runs
+        self.resumed = resume_step(workdir)  # the step the run resumes at (None: from the start)
 
     def poll(self) -> None:
         now = time.monotonic() - self.t0
@@ -271,12 +293,6 @@ class Watcher:
                     step = int(m.group(1))
                     self.step = step if self.step is None else max(self.step, step)
                     self.step_seen.setdefault(step, now)
-            m = re.match(r"^Resumed at step (\d+) of", message)
-            if m:
-                self.resumed = int(m.group(1))
-            m = re.match(r"^epoch (\d+)/\d+:", message)
-            if m:
-                self.epochs_logged.add(int(m.group(1)))
         try:
             names = os.listdir(checkpoint_folder(self.workdir))
         except FileNotFoundError:
@@ -298,7 +314,7 @@ class Watcher:
         if self.step is None:
             return "start-up (no step logged yet)"
         step, epoch = self.step, self.step // steps_per_epoch
-        if step % steps_per_epoch == 0 and step != self.resumed and epoch not in self.epochs_logged:
+        if step % steps_per_epoch == 0 and step != self.resumed and epoch not in epochs_written(self.workdir):
             if step not in self.final:
                 return f"validation of epoch {epoch} (after step {step})"
             return f"the end of epoch {epoch} (its checkpoint saved, its log and metrics.csv not yet written)"
@@ -474,16 +490,17 @@ class Soak:
         if rc != 0:
             raise RuntimeError(f"attempt {attempt} exited with status {rc}; its log ends:\n{tail(log)}")
 
-    def finish(self, workdir: str, attempt: int) -> None:
+    def finish(self, workdir: str, attempt: int, timings: Timings) -> None:
         log = os.path.join(self.root, f"B.{attempt}.log")
         self.say(f"B attempt {attempt}: runs to the end (log {log})")
         watcher = Watcher(log, workdir, tmp_identities(workdir))
         proc = start(main_command(self.flags, workdir), log, self.env)
         self.check_exit(self.watch(proc, watcher, time.monotonic() + 3600), log, attempt)
-        with open(log, errors="replace") as f:
-            resumed = re.search(r"Resumed at step \d+ of \d+ \(epoch \d+ of \d+\)", f.read())
-        self.say(f"B attempt {attempt}: done; " + (resumed.group(0) if resumed else "it did not resume (no checkpoint "
-                                                                                      "was left)"))
+        step = watcher.resumed
+        self.say(f"B attempt {attempt}: done; " + (
+            "it did not resume (no checkpoint was left)" if step is None else
+            f"Resumed at step {step} of {timings.total_steps} "
+            f"(epoch {min(step // timings.steps_per_epoch + 1, timings.epochs)} of {timings.epochs})"))
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -526,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         a, timings = soak.reference()
         b, reports, all_landed = soak.killed(timings)
         if all_landed:
-            soak.finish(b, len(reports) + 1)
+            soak.finish(b, len(reports) + 1, timings)
     except (RuntimeError, TimeoutError) as e:
         print(f"kill soak: FAILED: {e}", flush=True)
         return 1
