@@ -26,6 +26,7 @@ from unet_jax.data.medical_io import (Geometry, Volume, read_image, read_volume,
                                       write_volume)
 from unet_jax.data.tfrecord import decode_example
 from unet_jax.files import write_json
+from unet_jax.run import read_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -352,8 +353,8 @@ def test_an_external_cohort_is_prepared_into_one_split_and_evaluated(run_2d, pha
     external = str(tmp_path / "external")
     manifest = lgg.prepare(phantom_dir, external, val_fraction=0, test_fraction=1, progress=False, command="test")
     assert {k: v["num_patients"] for k, v in manifest["splits"].items()} == {"train": 0, "val": 0, "test": 6}
-    config, _ = train.read_run(run_2d)
-    summary = train.evaluate_workdir(config, run_2d, external, "test")
+    config, _ = read_run(run_2d)
+    summary = evaluate.evaluate_workdir(config, run_2d, external, "test")
     assert len(summary["patients"]) == 6
     config.data.data_dir = external
     with pytest.raises(ConfigError, match="has no training examples"):

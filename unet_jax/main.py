@@ -20,7 +20,7 @@ from absl import app, flags, logging  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from unet_jax import checkpoint, parallel, predict, train  # noqa: E402  (predict defines --input, --output, ...)
+from unet_jax import checkpoint, evaluate, parallel, predict, train  # noqa: E402  (predict defines --input, ...)
 from unet_jax.config_checks import ConfigError  # noqa: E402
 from unet_jax.data import DataError  # noqa: E402
 
@@ -67,7 +67,7 @@ def main(argv):
         if FLAGS.mode == "train":
             train.train_and_evaluate(config, FLAGS.workdir)
         else:
-            train.evaluate_workdir(config, FLAGS.workdir, FLAGS.data_dir or config.data.data_dir, FLAGS.split)
+            evaluate.evaluate_workdir(config, FLAGS.workdir, FLAGS.data_dir or config.data.data_dir, FLAGS.split)
     except (ConfigError, DataError, train.Diverged, checkpoint.SaveError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -71,7 +71,7 @@ import numpy as np
 from absl import flags, logging
 from tqdm import tqdm
 
-from unet_jax import inference, metrics, parallel, report, tasks, train
+from unet_jax import inference, metrics, parallel, report, tasks
 from unet_jax import postprocessing as postprocessing_lib
 from unet_jax.config_checks import ConfigError, input_shape
 from unet_jax.data import DataError, pipeline
@@ -80,6 +80,7 @@ from unet_jax.data.medical_io import (MAX_VOXELS, VOLUME_SUFFIXES, Geometry, Vol
                                       write_dicom_series, write_image, write_volume)
 from unet_jax.evaluate import as_slices
 from unet_jax.files import atomic_write, temporary_folder, write_json
+from unet_jax.run import Run, compile_eval_steps, read_run
 
 # Input preparation is data_prep's own code, so a new scan is read and
 # normalised exactly as the training data was.
@@ -143,12 +144,13 @@ class Predictor:
 
     def __init__(self, config, manifest: dict, state, mesh, *, tta: bool = False, lcc: bool = False,
                  postprocess: dict | None = None, batch_size: int | None = None, workdir: str | None = None,
-                 max_voxels: int = MAX_VOXELS):
+                 max_voxels: int = MAX_VOXELS, predict_step=None):
         """`state` is a TrainState of `config`'s model, or a list of them (an
         ensemble, windowed as `config` says); `postprocess` is a
         `postprocessing.choose` result to apply to the labels, `lcc` applies
         it to every class; `max_voxels` caps the scans read and the grids
-        resampled (a hostile header must not exhaust the memory)."""
+        resampled (a hostile header must not exhaust the memory);
+        `predict_step` is a `Run`'s (default: compiled here)."""
         self.config, self.manifest, self.mesh, self.max_voxels = config, manifest, mesh, max_voxels
         self.states = list(state) if isinstance(state, (list, tuple)) else [state]
         self.workdir = workdir  # where the run(s) came from (comma-separated), for the record
@@ -168,7 +170,7 @@ class Predictor:
             parallel.check_batch_size(self.batch_size, mesh.size, name="batch_size")
         except ValueError as e:
             raise ConfigError(f"--{e}") from None
-        self.predict_step = train.compile_steps(config, self.task, mesh)[2]
+        self.predict_step = predict_step or compile_eval_steps(config, self.task, mesh)[1]
 
     @classmethod
     def from_workdir(cls, workdir: str, **options) -> Predictor:
@@ -189,7 +191,7 @@ class Predictor:
         workdirs = [os.path.abspath(w) for w in workdirs]
         if not workdirs:
             raise ConfigError("--workdir: no run given; name a run's folder, or several separated by commas")
-        runs = [train.read_run(w) for w in workdirs]
+        runs = [read_run(w) for w in workdirs]
         first = ensemble_key(*runs[0])
         for workdir, run in zip(workdirs[1:], runs[1:]):
             key = ensemble_key(*run)
@@ -198,15 +200,15 @@ class Predictor:
                 raise ConfigError(f"--workdir: {workdirs[0]} and {workdir} differ in {differ} ({first[differ]} "
                                   f"against {key[differ]}); an ensemble takes runs of one task on the same data")
         mesh = mesh if mesh is not None else parallel.make_mesh()
-        states = [train.restore_best(config, w, mesh, input_shape(config, manifest))[0]
-                  for w, (config, manifest) in zip(workdirs, runs)]
+        opened = [Run.open(w, mesh, config=config, manifest=manifest) for w, (config, manifest) in zip(workdirs, runs)]
         auto = postprocessing == "auto" and not lcc and first["task"] == "segmentation"
         choice = postprocessing_lib.vote([postprocessing_lib.read(w) for w in workdirs]) if auto else None
         if choice is not None:
             logging.info("Post-processing from %s: %s.", ", ".join(os.path.join(w, postprocessing_lib.FILE)
                                                                    for w in workdirs), describe(choice))
-        return cls(*runs[0], states, mesh, tta=tta, lcc=lcc, postprocess=choice, batch_size=batch_size,
-                   workdir=",".join(workdirs), max_voxels=max_voxels)
+        return cls(*runs[0], [r.state for r in opened], mesh, tta=tta, lcc=lcc, postprocess=choice,
+                   batch_size=batch_size, workdir=",".join(workdirs), max_voxels=max_voxels,
+                   predict_step=opened[0].predict_step)
 
     def __call__(self, image: np.ndarray, spacing=None) -> tuple[np.ndarray, np.ndarray]:
         """(labels [*spatial], probabilities [*spatial, K]) of a raw image;
