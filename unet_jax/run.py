@@ -1,10 +1,11 @@
 """A run on disk: its workdir, its checkpoints, and a finished run opened again.
 
-Training makes and locks the workdir (`make_workdir`) and resumes from its
-newest readable checkpoint (`resume`); evaluation, prediction and the
-benchmarks open a finished run with `Run.open`: the config and data manifest
-it trained on, a checkpoint's TrainState on the device mesh (the best by
-default), and the jitted eval and predict steps that take it.
+Training makes and locks the workdir (`make_workdir`), builds the model and
+its state from the config (`build_model`, `initial_state`) and resumes from
+the newest readable checkpoint (`resume`); evaluation and prediction open a
+finished run with `Run.open`: the config and data manifest it trained on, a
+checkpoint's TrainState on the device mesh (the best by default), and the
+jitted eval and predict steps that take it.
 """
 
 from __future__ import annotations

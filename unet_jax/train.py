@@ -6,7 +6,7 @@ on), checkpoints/, TensorBoard events, metrics.csv, val_metrics.json and
 test_metrics.json (the best epoch per case), postprocessing.json (whether
 keeping each class's largest component helped on validation), and figures/
 all live there, and starting again with the same workdir resumes where it
-stopped.
+stopped (`unet_jax.run` makes, locks and resumes the workdir).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from unet_jax.config_checks import (ConfigError, best_metric, config_changes, de
 from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
 from unet_jax.files import atomic_write, write_json
+
 
 # --- setup -----------------------------------------------------------------
 
