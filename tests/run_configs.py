@@ -38,7 +38,7 @@ def volume_config(data_dir):
 
 def evaluate_split(workdir, split):
     """--mode=evaluate's Evaluation of a split of a run's own data, and its evaluator."""
-    run = Run.open(workdir)
-    evaluator = evaluate.make_evaluator(run.config, run.task, (run.eval_step, run.predict_step), run.mesh,
-                                        run.config.data.data_dir, split)
-    return evaluator(run.state), evaluator
+    opened = Run.open(workdir)
+    evaluator = evaluate.make_evaluator(opened.config, opened.task, (opened.eval_step, opened.predict_step),
+                                        opened.mesh, opened.config.data.data_dir, split)
+    return evaluator(opened.state), evaluator

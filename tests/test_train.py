@@ -20,7 +20,7 @@ from run_configs import tiny_config, volume_config
 from data_prep import lgg, synthetic
 from unet_jax import checkpoint, evaluate, parallel, run, tasks, train
 from unet_jax.config_checks import ConfigError, validate_config
-from unet_jax.data import pipeline
+from unet_jax.data import DataError, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -325,7 +325,7 @@ def test_evaluating_at_another_size_restores_from_the_training_shape(trained, pr
     assert summary["patients"][0]["num_slices"] == 4 and 0 <= summary["metrics"]["dice"] <= 1
     config = tiny_config(prepared_dir)
     config.model.bottleneck = "transformer"
-    with pytest.raises(train.DataError, match="transformer's position embeddings fit one size only"):
+    with pytest.raises(DataError, match="transformer's position embeddings fit one size only"):
         evaluate.evaluate_workdir(config, workdir, large, "test")
 
 

@@ -241,9 +241,9 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, data_dir: 
     if config.model.bottleneck == "transformer" and shape != trained:
         raise DataError(f"{data_dir}: images {shape} differ from the {trained} the run trained on, and the "
                         "transformer's position embeddings fit one size only; prepare the data at that size")
-    run = Run.open(workdir, mesh, config=config, manifest=trained_manifest)
-    evaluator = make_evaluator(config, run.task, (run.eval_step, run.predict_step), mesh, data_dir, split, fold) \
-        if manifest["splits"][split]["num_examples"] else None
+    opened = Run.open(workdir, mesh, config=config, manifest=trained_manifest)
+    evaluator = make_evaluator(config, opened.task, (opened.eval_step, opened.predict_step), mesh, data_dir, split,
+                               fold) if manifest["splits"][split]["num_examples"] else None
     name = f"evaluate_{os.path.basename(os.path.normpath(data_dir))}_{split}"
-    return test(run.task, run.state, workdir, name + ("_pathology" if config.data.get("eval_pathology") else ""),
-                run.epoch, evaluator, fold)
+    return test(opened.task, opened.state, workdir, name + ("_pathology" if config.data.get("eval_pathology") else ""),
+                opened.epoch, evaluator, fold)
