@@ -82,7 +82,7 @@ class Predictor:
             parallel.check_batch_size(self.batch_size, mesh.size, name="batch_size")
         except ValueError as e:
             raise ConfigError(f"--{e}") from None
-        self.predict_step = predict_step or compile_eval_steps(config, self.task, mesh)[1]
+        self.predict_step = compile_eval_steps(config, self.task, mesh)[1] if predict_step is None else predict_step
 
     @classmethod
     def from_workdir(cls, workdir: str, **options) -> Predictor:
