@@ -2,7 +2,8 @@
 inputs, so a run takes seconds on two cores."""
 
 from configs import default
-from unet_jax import parallel, tasks, train
+from unet_jax import evaluate
+from unet_jax.run import Run
 
 
 def tiny_config(data_dir):
@@ -37,10 +38,7 @@ def volume_config(data_dir):
 
 def evaluate_split(workdir, split):
     """--mode=evaluate's Evaluation of a split of a run's own data, and its evaluator."""
-    config, manifest = train.read_run(workdir)
-    mesh = parallel.make_mesh()
-    task = tasks.get_task(config)
-    state, _ = train.restore_best(config, workdir, mesh, train.input_shape(config, manifest))
-    evaluator = train.make_evaluator(config, task, train.compile_steps(config, task, mesh), mesh,
-                                     config.data.data_dir, split)
-    return evaluator(state), evaluator
+    opened = Run.open(workdir)
+    evaluator = evaluate.make_evaluator(opened.config, opened.task, (opened.eval_step, opened.predict_step),
+                                        opened.mesh, opened.config.data.data_dir, split)
+    return evaluator(opened.state), evaluator

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from unet_jax import auto_config, builders, train
+from unet_jax import auto_config, builders, run
 from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
 
@@ -40,7 +40,7 @@ def spatial_dims(model) -> int:
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_builds_its_model(path):
     config = load_config(path)
-    model = train.build_model(config)
+    model = run.build_model(config)
     shape = (1, 64, 64, 16, 3) if spatial_dims(model) == 3 else (1, 64, 64, 3)
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
     assert sum(x.size for x in jax.tree.leaves(variables["params"])) > 0
@@ -51,7 +51,7 @@ def test_config_builds_its_model(path):
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_builds_the_input_pipeline(path, prepared_dir, volume_dir, lesion_volume_dir):
     config = load_config(path)
-    volumes = spatial_dims(train.build_model(config)) == 3
+    volumes = spatial_dims(run.build_model(config)) == 3
     patches = builders.patch_options(config)
     data_dir = lesion_volume_dir if patches else volume_dir if volumes else prepared_dir
     ds = pipeline.train_dataset(data_dir, batch_size=2, seed=config.seed, normalization=config.data.normalization,

@@ -54,7 +54,7 @@ def test_main_prints_any_of_them_in_one_line_and_exits_2(error, mode, monkeypatc
         raise error(message)
 
     monkeypatch.setattr(main.train, "train_and_evaluate", fail)
-    monkeypatch.setattr(main.predict, "run_from_flags", fail)
+    monkeypatch.setattr(main.predict_cli, "run_from_flags", fail)
     monkeypatch.setattr(main, "FLAGS", types.SimpleNamespace(
         mode=mode, config=default.get_config() if mode == "train" else None, workdir=str(tmp_path), data_dir=None,
         split="test"))

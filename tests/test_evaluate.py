@@ -4,7 +4,7 @@ slices the figures show; whole volumes by sliding window, scored in mm."""
 import numpy as np
 import pytest
 
-from unet_jax import evaluate, metrics, parallel, report, tasks, train
+from unet_jax import evaluate, metrics, parallel, report, run, tasks, train
 from unet_jax.data import pipeline
 
 
@@ -58,9 +58,9 @@ def _volume_config(data_dir):
 def volume_evaluator(lesion_volume_dir):
     config = _volume_config(lesion_volume_dir)
     mesh, task = parallel.make_mesh(), tasks.get_task(config)
-    state = train.initial_state(config, train.build_model(config), mesh, (16, 16, 4, 2), 1)
-    evaluator = train.make_evaluator(config, task, train.compile_steps(config, task, mesh), mesh,
-                                     lesion_volume_dir, "val")
+    state = run.initial_state(config, run.build_model(config), mesh, (16, 16, 4, 2), 1)
+    evaluator = evaluate.make_evaluator(config, task, train.compile_steps(config, task, mesh), mesh,
+                                        lesion_volume_dir, "val")
     return evaluator, state, task
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from unet_jax import kill_soak, parallel, train
 from unet_jax.errors import ConfigError
+from unet_jax.run import make_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,8 +135,8 @@ def test_a_second_run_on_a_locked_workdir_fails_in_one_line_and_kill_9_frees_it(
     workdir = str(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import time
-from unet_jax import parallel, train
-train.make_workdir({workdir!r})
+from unet_jax.run import make_workdir
+make_workdir({workdir!r})
 print("locked", flush=True)
 time.sleep(600)
 """], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -144,7 +145,7 @@ time.sleep(600)
         held = (f"{workdir}: another run (pid {holder.pid} on host {socket.gethostname()}) is using this workdir; "
                 "wait for it or choose another --workdir")
         with pytest.raises(ConfigError) as raised:
-            train.make_workdir(workdir)
+            make_workdir(workdir)
         assert str(raised.value) == held
         done = subprocess.run([sys.executable, "-m", "unet_jax.main", *_flags(prepared_dir), f"--workdir={workdir}"],
                               cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
@@ -154,7 +155,7 @@ time.sleep(600)
     finally:
         holder.kill()  # SIGKILL: no chance to unlock, the kernel releases the lock
         holder.wait()
-    assert train.make_workdir(workdir) == workdir
+    assert make_workdir(workdir) == workdir
 
 
 @pytest.mark.slow

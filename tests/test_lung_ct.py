@@ -13,7 +13,7 @@ from run_configs import tiny_config
 from configs import lung_ct, lung_ct_no_pathology
 from data_prep import volumes
 from data_prep.phantoms import chest
-from unet_jax import builders, config_checks, train
+from unet_jax import builders, config_checks, evaluate, train
 from unet_jax.data import pipeline
 from unet_jax.data.pathology import PathologyOptions, lung_boxes
 from unet_jax.errors import ConfigError
@@ -108,7 +108,7 @@ def test_lung_configs_train_and_evaluate_with_pathology(module, chest_dir, tmp_p
     summary = train.train_and_evaluate(config, workdir)
     assert np.isfinite(summary["metrics"]["dice"])
     config.data.eval_pathology = True
-    result = train.evaluate_workdir(config, workdir, chest_dir, "test")
+    result = evaluate.evaluate_workdir(config, workdir, chest_dir, "test")
     name = f"evaluate_{os.path.basename(chest_dir)}_test_pathology"
     with open(os.path.join(workdir, f"{name}_metrics.json")) as f:
         assert json.load(f)["metrics"]["dice"] == pytest.approx(result["metrics"]["dice"])

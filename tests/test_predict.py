@@ -26,6 +26,7 @@ from unet_jax.data.medical_io import (Geometry, Volume, read_image, read_volume,
 from unet_jax.data.tfrecord import decode_example
 from unet_jax.errors import ConfigError, DataError
 from unet_jax.files import write_json
+from unet_jax.run import read_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -352,8 +353,8 @@ def test_an_external_cohort_is_prepared_into_one_split_and_evaluated(run_2d, pha
     external = str(tmp_path / "external")
     manifest = lgg.prepare(phantom_dir, external, val_fraction=0, test_fraction=1, progress=False, command="test")
     assert {k: v["num_patients"] for k, v in manifest["splits"].items()} == {"train": 0, "val": 0, "test": 6}
-    config, _ = train.read_run(run_2d)
-    summary = train.evaluate_workdir(config, run_2d, external, "test")
+    config, _ = read_run(run_2d)
+    summary = evaluate.evaluate_workdir(config, run_2d, external, "test")
     assert len(summary["patients"]) == 6
     config.data.data_dir = external
     with pytest.raises(ConfigError, match="has no training examples"):
@@ -382,7 +383,7 @@ def test_two_scans_with_one_case_name_are_refused_naming_both(tmp_path):
 
 def _kaggle_outputs(tmp_path):
     """A kaggle_3m scan of two 8x8 slices and its (empty) prediction, to write without a model."""
-    scan = predict.Scan("P1", "kaggle", (str(tmp_path / "P1"),), str(tmp_path / "P1"), "P1")
+    scan = predict.KaggleScan("P1", (str(tmp_path / "P1"),), str(tmp_path / "P1"), "P1")
     loaded = predict.LoadedScan(np.zeros((8, 8, 2, 3), np.uint8), None, slice_numbers=[1, 2])
     prediction = predict.Prediction(np.zeros((8, 8, 2), np.uint8), np.zeros((8, 8, 2, 1), np.float32), [])
     return scan, loaded, prediction
@@ -393,7 +394,7 @@ def test_overwrite_replaces_only_folders_predict_wrote(tmp_path):
     mask = tmp_path / "out" / "P1"
     mask.mkdir(parents=True)
     (mask / "notes.txt").write_text("a person's file")
-    write = functools.partial(predict.write_outputs, scan, loaded, prediction, {"mask": str(mask)}, num_classes=2,
+    write = functools.partial(scan.write, loaded, prediction, {"mask": str(mask)}, task=tasks.Segmentation(),
                               overwrite=True, save_probabilities=False)
     with pytest.raises(DataError, match=r"P1: not written by unet_jax.predict \(no \.unet_jax_predict") as error:
         write()
@@ -438,19 +439,19 @@ def test_regression_pictures_keep_their_range_and_large_outputs_stay_finite(tmp_
     dtype = np.uint16 if bits == 16 else np.uint8
     path = tmp_path / "x.png"
     write_image(str(path), np.zeros((2, 3), dtype))
-    scan = predict.Scan("x", "image", (str(path),), str(tmp_path), "x")
+    scan = predict.PictureScan("x", (str(path),), str(tmp_path), "x")
     outputs = np.array([[0.0, 254.6, 300.0], [1000.0, 40000.4, 70000.0]], np.float32)
     prediction = predict.Prediction(outputs, outputs[..., None], [])
     mask = str(tmp_path / "out" / "x_mask.png")
-    predict.write_outputs(scan, predict.LoadedScan(read_image(str(path)), None), prediction, {"mask": mask},
-                          num_classes=0, overwrite=False, save_probabilities=False)
+    scan.write(predict.LoadedScan(read_image(str(path)), None), prediction, {"mask": mask}, task=tasks.Regression(),
+               overwrite=False, save_probabilities=False)
     written = read_image(mask)[..., 0]
     assert written.dtype == dtype
     expected = np.clip(np.round(outputs), 0, np.iinfo(dtype).max)
     np.testing.assert_array_equal(written, expected)
     # An 8-bit input to a run trained on 16-bit targets: its outputs are in 16-bit units too.
-    predict.write_outputs(scan, predict.LoadedScan(np.zeros((2, 3, 1), np.uint8), None), prediction, {"mask": mask},
-                          num_classes=0, overwrite=True, save_probabilities=False, sixteen_bit=True)
+    scan.write(predict.LoadedScan(np.zeros((2, 3, 1), np.uint8), None), prediction, {"mask": mask},
+               task=tasks.Regression(), overwrite=True, save_probabilities=False, sixteen_bit=True)
     np.testing.assert_array_equal(read_image(mask)[..., 0], np.clip(np.round(outputs), 0, 65535))
 
 

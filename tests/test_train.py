@@ -3,7 +3,6 @@ workdir contents, best-epoch choice, resume after an interruption, evaluate
 mode, and the command line's one-line errors."""
 
 import csv
-import errno
 import itertools
 import json
 import logging
@@ -13,7 +12,6 @@ import signal
 import subprocess
 import sys
 
-import grain
 import jax
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ from run_configs import tiny_config, volume_config
 from data_prep import lgg
 from data_prep.phantoms import lesions
 from data_prep.phantoms import lgg as lgg_phantoms
-from unet_jax import checkpoint, parallel, tasks, train
+from unet_jax import checkpoint, evaluate, parallel, run, tasks, train
 from unet_jax.config_checks import validate_config
 from unet_jax.data import pipeline
 from unet_jax.errors import ConfigError, DataError, Diverged, SaveError
@@ -130,7 +128,7 @@ def test_evaluate_mode_on_another_prepared_folder(trained, prepared_dir, tmp_pat
     workdir, _ = trained
     other = _other_patients(tmp_path, "other", num_patients=3, num_slices=8, size=32, seed=5, val_fraction=0.34,
                             test_fraction=0.34)
-    summary = train.evaluate_workdir(tiny_config(prepared_dir), workdir, other, "test")
+    summary = evaluate.evaluate_workdir(tiny_config(prepared_dir), workdir, other, "test")
     out = json.load(open(os.path.join(workdir, "evaluate_other_prepared_test_metrics.json")))
     assert out["data_dir"] == other and out["metrics"] == summary["metrics"]
     assert out["best_epoch"] == json.load(open(os.path.join(workdir, "test_metrics.json")))["best_epoch"]
@@ -191,7 +189,7 @@ def test_eval_batch_size_must_split_over_the_devices(trained, prepared_dir):
     config = tiny_config(prepared_dir)
     config.eval_batch_size = 6  # 4 simulated devices
     with pytest.raises(ConfigError, match="eval_batch_size=6 must be a positive multiple of the 4 devices"):
-        train.evaluate_workdir(config, workdir, prepared_dir, "test")
+        evaluate.evaluate_workdir(config, workdir, prepared_dir, "test")
 
 
 @pytest.mark.slow
@@ -334,12 +332,12 @@ def test_evaluating_at_another_size_restores_from_the_training_shape(trained, pr
     workdir, _ = trained
     large = _other_patients(tmp_path, "large", num_patients=2, num_slices=4, size=64, seed=3, val_fraction=0,
                             test_fraction=0.5)
-    summary = train.evaluate_workdir(tiny_config(prepared_dir), workdir, large, "test")
+    summary = evaluate.evaluate_workdir(tiny_config(prepared_dir), workdir, large, "test")
     assert summary["patients"][0]["num_slices"] == 4 and 0 <= summary["metrics"]["dice"] <= 1
     config = tiny_config(prepared_dir)
     config.model.bottleneck = "transformer"
     with pytest.raises(DataError, match="transformer's position embeddings fit one size only"):
-        train.evaluate_workdir(config, workdir, large, "test")
+        evaluate.evaluate_workdir(config, workdir, large, "test")
 
 
 @pytest.mark.slow
@@ -348,7 +346,7 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(trained, prepared_
     config = tiny_config(prepared_dir)
     config.model.attention = True  # gate_<level> modules the checkpoint does not have
     with pytest.raises(ConfigError, match="holds another model than this config builds"):
-        train.evaluate_workdir(config, workdir, prepared_dir, "test")
+        evaluate.evaluate_workdir(config, workdir, prepared_dir, "test")
 
 
 @pytest.mark.slow
@@ -456,73 +454,6 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(prepared_dir
         train.train_and_evaluate(config, workdir)
 
 
-def _two_steps(folder, **manager_options):
-    """A manager over checkpoints of steps 1 (the best) and 2 (the latest) of a tiny pytree."""
-    manager = checkpoint.make_manager(str(folder), best_metric="val_dice", **manager_options)
-    data_iter = iter(grain.MapDataset.range(8).to_iter_dataset())
-    for step, dice in ((1, 0.5), (2, 0.4)):
-        if step in manager.all_steps():  # a second call writes step 2 again
-            continue
-        checkpoint.save(manager, step, {"w": np.full(4, step, np.float32)}, data_iter, [{"step": step}],
-                        {"val_dice": dice})
-    return manager, data_iter
-
-
-@pytest.mark.parametrize("error", [
-    OSError(errno.EIO, os.strerror(errno.EIO)), PermissionError(errno.EACCES, os.strerror(errno.EACCES)),
-    ValueError("UNKNOWN: Error reading local file \"x/state/d/1f\": [OS error: Input/output error]")],
-    ids=["eio", "eacces", "tensorstore_eio"])
-def test_a_failing_disk_on_resume_is_one_line_and_changes_nothing(tmp_path, monkeypatch, error):
-    """A read error of the disk says nothing about the checkpoint: the run
-    stops in one line naming the step folder, with every checkpoint left."""
-    manager, data_iter = _two_steps(tmp_path / "ckpt")
-    before = sorted(os.listdir(tmp_path / "ckpt"))
-
-    def failing(step, *args, **kwargs):
-        raise error
-    monkeypatch.setattr(manager, "restore", failing)
-    with pytest.raises(ConfigError) as raised:
-        train.resume(manager, {"w": np.zeros(4, np.float32)}, data_iter)
-    message = str(raised.value)
-    assert message.startswith(f"{tmp_path / 'ckpt' / '2'}: cannot read the checkpoint (") and "\n" not in message
-    assert os.strerror(error.errno if isinstance(error, OSError) else errno.EIO) in message
-    assert "fix the disk or permissions" in message
-    assert sorted(os.listdir(tmp_path / "ckpt")) == before == ["1", "2"]
-
-
-def test_a_damaged_step_is_set_aside_and_orbax_no_longer_counts_it(tmp_path):
-    """A cut checkpoint is renamed <step>.damaged (then .damaged-2) for the
-    user to inspect; orbax, now and in a new manager, does not take it for a step."""
-    folder = tmp_path / "ckpt"
-    for attempt, aside in ((1, "2.damaged"), (2, "2.damaged-2")):
-        manager, data_iter = _two_steps(folder)
-        for f in (folder / "2" / "data_iter").glob("*.json"):
-            os.truncate(f, f.stat().st_size // 2)
-        state, history = train.resume(manager, {"w": np.zeros(4, np.float32)}, data_iter)
-        assert state["w"][0] == 1 and history == [{"step": 1}]
-        assert (folder / aside / "data_iter").is_dir()
-        assert manager.all_steps() == [1] and manager.latest_step() == 1
-        assert checkpoint.make_manager(str(folder), best_metric="val_dice").all_steps() == [1]
-    assert sorted(os.listdir(folder)) == ["1", "2.damaged", "2.damaged-2"]
-
-
-def test_a_save_cut_short_leaves_no_temporary_folder_to_a_resumed_run(tmp_path):
-    """orbax's temporary folder of a save killed midway is removed when
-    training starts again (not by a reader such as evaluate), and the same
-    step saves anew."""
-    folder = tmp_path / "ckpt"
-    manager, data_iter = _two_steps(folder)
-    tmp = folder / "3.orbax-checkpoint-tmp-1234567"
-    (tmp / "state").mkdir(parents=True)
-    checkpoint.make_manager(str(folder), best_metric="val_dice").wait_until_finished()
-    assert tmp.is_dir()
-    manager = checkpoint.make_manager(str(folder), best_metric="val_dice", training=True)
-    state, _ = train.resume(manager, {"w": np.zeros(4, np.float32)}, data_iter)
-    checkpoint.save(manager, 3, state, data_iter, [], {"val_dice": 0.6})
-    assert not tmp.exists() and manager.all_steps() == [3]
-    assert sorted(os.listdir(folder)) == ["3"]
-
-
 @pytest.mark.slow
 def test_resuming_with_a_changed_config_is_refused_unless_allowed(prepared_dir, tmp_path, caplog):
     """A longer num_epochs changes the schedule of a half-done run: refused in
@@ -567,7 +498,7 @@ def test_predict_on_a_workdir_without_a_good_config_is_one_line(damaged_copy, pr
         with open(path, "w") as f:
             f.write(damage)
     with pytest.raises(ConfigError, match=message):
-        train.read_run(damaged_copy)
+        run.read_run(damaged_copy)
     scan = tmp_path / "scan.png"
     scan.write_bytes(b"")
     result = subprocess.run([sys.executable, "-m", "unet_jax.main", "--mode=predict", f"--workdir={damaged_copy}",
@@ -581,13 +512,13 @@ def test_predict_on_a_workdir_without_a_good_config_is_one_line(damaged_copy, pr
 @pytest.mark.slow
 def test_a_cut_best_checkpoint_is_one_line_for_evaluate(damaged_copy):
     folder = os.path.join(damaged_copy, "checkpoints")
-    config, manifest = train.read_run(damaged_copy)
+    config, manifest = run.read_run(damaged_copy)
     best = checkpoint.make_manager(folder, best_metric="val_dice").best_step()
     for root, _, names in os.walk(os.path.join(folder, str(best), "state")):
         for name in names:
             os.truncate(os.path.join(root, name), os.path.getsize(os.path.join(root, name)) // 2)
     with pytest.raises(ConfigError) as raised:
-        train.restore_best(config, damaged_copy, parallel.make_mesh(), train.input_shape(config, manifest))
+        run.restore_best(config, damaged_copy, parallel.make_mesh(), train.input_shape(config, manifest))
     assert str(raised.value).startswith(f"{os.path.join(folder, str(best))}: the best checkpoint is damaged (")
     assert "\n" not in str(raised.value) and "--mode=evaluate and predict need it" in str(raised.value)
     assert os.path.isdir(os.path.join(folder, str(best)))  # a reader sets nothing aside
@@ -595,7 +526,26 @@ def test_a_cut_best_checkpoint_is_one_line_for_evaluate(damaged_copy):
         for name in names:
             os.truncate(os.path.join(root, name), 0)
     with pytest.raises(ConfigError, match="a checkpoint's metadata is unreadable"):
-        train.restore_best(config, damaged_copy, parallel.make_mesh(), train.input_shape(config, manifest))
+        run.restore_best(config, damaged_copy, parallel.make_mesh(), train.input_shape(config, manifest))
+
+
+@pytest.mark.slow
+def test_run_open_gives_the_best_or_a_chosen_checkpoint_and_its_steps(trained):
+    workdir, summary = trained
+    opened = run.Run.open(workdir)
+    assert opened.workdir == workdir and opened.epoch == summary["best_epoch"]
+    assert opened.config.to_dict() == run.read_run(workdir)[0].to_dict()
+    assert opened.manifest == json.load(open(os.path.join(workdir, "train_manifest.json")))
+    assert opened.task == tasks.get_task(opened.config)
+    best, _ = run.restore_best(opened.config, workdir, opened.mesh, (32, 32, 3))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(opened.state.params), jax.tree.leaves(best.params)))
+    outputs = opened.predict_step(opened.state, np.zeros((4, 32, 32, 3), np.float32))
+    assert outputs.shape == (4, 32, 32, 1) and np.isfinite(np.asarray(outputs)).all()
+    first = min(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
+    chosen = run.Run.open(workdir, opened.mesh, step=first)
+    assert chosen.epoch == next(int(r["epoch"]) for r in _rows(workdir) if int(r["step"]) == first)
+    with pytest.raises(ConfigError, match=r"checkpoints: no checkpoint of step 999; choose one of "):
+        run.Run.open(workdir, opened.mesh, step=999)
 
 
 def _poisoned(steps_to_poison):
@@ -638,9 +588,9 @@ def test_nan_batches_are_skipped_and_too_many_in_a_row_stop_with_one_line(prepar
     folder = os.path.join(workdir, "checkpoints")
     assert sorted(int(s) for s in os.listdir(folder) if s.isdigit()) == [6]  # nothing saved after the NaNs
     config.max_nonfinite_steps = 10
-    state = train.initial_state(config, train.build_model(config), parallel.make_mesh(), (32, 32, 3), 1)
+    state = run.initial_state(config, run.build_model(config), parallel.make_mesh(), (32, 32, 3), 1)
     manager = train.checkpoint.make_manager(folder, best_metric="val_dice")
-    (restored, _), _ = train.restore(manager, 6, (state, tasks.get_task(config).empty_metrics()))
+    (restored, _), _ = run.restore(manager, 6, (state, tasks.get_task(config).empty_metrics()))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params))
 
 

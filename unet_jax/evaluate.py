@@ -4,7 +4,9 @@ per-patient tables on reassembled volumes, and the slices behind the figures.
 An `Evaluator` (records as the model sees them: slices, or fixed-size
 volumes) or a `VolumeEvaluator` (whole volumes of any size, by sliding window)
 is built once per split and run (validation every epoch, the test once): the
-dataset and the jitted step are made once, not per call.
+dataset and the jitted step are made once, not per call. `test` writes an
+evaluation's `<name>_metrics.json` and figure; `evaluate_workdir` is
+--mode=evaluate: a finished run's best checkpoint on a split of any prepared folder.
 """
 
 from __future__ import annotations
@@ -15,14 +17,20 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
-from unet_jax import inference, parallel
+from unet_jax import auto_config, inference, parallel
 from unet_jax import metrics as metrics_lib
+from unet_jax.builders import input_shape, pathology_options, window_options
+from unet_jax.config_checks import validate_config
 from unet_jax.data import pipeline
 from unet_jax.data.pathology import PathologyOptions
-from unet_jax.errors import DataError
+from unet_jax.errors import ConfigError, DataError
+from unet_jax.files import write_json
+from unet_jax.run import TRAIN_MANIFEST, Run
 from unet_jax.tasks import Task
 
 # Metadata every batch carries beside image and mask.
@@ -170,3 +178,74 @@ class VolumeEvaluator:
         result = {k: float(v) for k, v in totals.compute().items()}
         result.update(metrics_lib.mean_over_patients(table, self.task.case_metrics))
         return Evaluation(self.split, result, table, volumes, images, self.display_channel)
+
+
+# --- evaluating a run -----------------------------------------------------------------
+
+def make_evaluator(config, task, compiled, mesh, data_dir: str, split: str, fold: int | None = None):
+    """An `Evaluator` of the records, or with patch training a `VolumeEvaluator`
+    of whole volumes by sliding window, of `split` (of cross-validation fold
+    `fold`'s cases, if given); `compiled` ends with the jitted eval and predict
+    steps (`train.compile_steps`' result, or a `Run`'s pair)."""
+    eval_step, predict_step = compiled[-2:]
+    window = window_options(config)
+    pathology = pathology_options(config, evaluation=True)
+    if window is None:
+        return Evaluator(task, eval_step, data_dir, split, batch_size=config.eval_batch_size,
+                         normalization=config.data.normalization, mesh=mesh, pathology=pathology, seed=config.seed,
+                         fold=fold)
+    return VolumeEvaluator(task, predict_step, data_dir, split, batch_size=config.eval_batch_size,
+                           normalization=config.data.normalization, mesh=mesh, window=window, pathology=pathology,
+                           seed=config.seed, fold=fold)
+
+
+def test(task, state, workdir: str, name: str, best_epoch: int | None, evaluator: Evaluator | None,
+         fold: int | None = None) -> dict:
+    """Evaluates `state` and writes `<name>_metrics.json` (with the
+    cross-validation `fold` the run trained on) and the task's figure; without
+    an evaluator (a split without examples) says that nothing was tested."""
+    summary = {"best_epoch": best_epoch, "fold": fold, "metrics": {}, "patients": []}
+    if evaluator is None:
+        logging.warning("%s: the split has no examples, so nothing was tested; the best epoch is %s.", name,
+                        best_epoch)
+        summary["note"] = "the split has no examples: nothing was tested"
+    else:
+        ev = evaluator(state)
+        summary.update(data_dir=evaluator.data_dir, **ev.summary())
+        logging.info("%s on %s: %s", name, ev.split, ", ".join(f"{k}={v:.4f}" for k, v in ev.metrics.items()))
+        if jax.process_index() == 0:
+            task.figure(ev.patients, ev.volumes, ev.images,
+                        os.path.join(workdir, "figures", f"{name}_{task.figure_name}.png"),
+                        channel_label=f"channel {ev.display_channel}")
+    if jax.process_index() == 0:
+        write_json(os.path.join(workdir, f"{name}_metrics.json"), summary)
+    return summary
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, data_dir: str, split: str) -> dict:
+    """Restores a workdir's best checkpoint and evaluates it on a split of any prepared folder."""
+    workdir, mesh = os.path.abspath(workdir), parallel.make_mesh()
+    config = auto_config.apply_plans(config)
+    # The run's own folder is seen through its fold, so --split=val is the fold's validation cases.
+    fold = config.data.get("fold") if os.path.abspath(data_dir) == os.path.abspath(config.data.data_dir) else None
+    manifest = pipeline.read_manifest(data_dir, fold=fold)
+    validate_config(config, manifest, num_devices=mesh.size, mode="evaluate")
+    if split not in manifest["splits"]:
+        raise DataError(f"{data_dir}: no split {split!r}; the manifest has {', '.join(manifest['splits'])}")
+    if not os.path.exists(os.path.join(workdir, TRAIN_MANIFEST)):
+        raise ConfigError(f"{workdir}: no {TRAIN_MANIFEST}, so no training run finished an epoch here; "
+                          "train first with --mode=train")
+    trained_manifest = pipeline.read_manifest(workdir, TRAIN_MANIFEST)
+    trained, shape = input_shape(config, trained_manifest), input_shape(config, manifest)
+    if len(shape) != len(trained) or shape[-1] != trained[-1]:
+        raise DataError(f"{data_dir}: images {shape} do not match the {trained} the run trained on; "
+                        "prepare the data with the same channels and layout")
+    if config.model.bottleneck == "transformer" and shape != trained:
+        raise DataError(f"{data_dir}: images {shape} differ from the {trained} the run trained on, and the "
+                        "transformer's position embeddings fit one size only; prepare the data at that size")
+    opened = Run.open(workdir, mesh, config=config, manifest=trained_manifest)
+    evaluator = make_evaluator(config, opened.task, (opened.eval_step, opened.predict_step), mesh, data_dir, split,
+                               fold) if manifest["splits"][split]["num_examples"] else None
+    name = f"evaluate_{os.path.basename(os.path.normpath(data_dir))}_{split}"
+    return test(opened.task, opened.state, workdir, name + ("_pathology" if config.data.get("eval_pathology") else ""),
+                opened.epoch, evaluator, fold)

@@ -20,8 +20,9 @@ from absl import app, flags, logging  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from unet_jax import checkpoint, parallel, phantoms, predict, train  # noqa: E402  (predict defines --input, ...)
-from unet_jax.errors import ConfigError, UnetJaxError  # noqa: E402
+from unet_jax import checkpoint, evaluate, parallel, phantoms, train  # noqa: E402
+from unet_jax.errors import UnetJaxError  # noqa: E402
+from unet_jax.predict import cli as predict_cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -33,6 +34,7 @@ flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
 flags.DEFINE_string("data_dir", None, "evaluate: prepared data folder (default: the config's).")
 flags.DEFINE_string("split", "test", "evaluate: which split of --data_dir.")
 flags.mark_flags_as_required(["workdir"])
+predict_cli.define_flags()  # --input, --output, ... of --mode=predict
 
 
 def _quiet_checkpoint_logs(record: std_logging.LogRecord) -> bool:
@@ -47,12 +49,7 @@ def main(argv):
     if FLAGS.mode == "predict":
         if FLAGS.config is not None:
             logging.warning("--mode=predict uses the run's own config.json in --workdir; --config is ignored.")
-        try:
-            parallel.initialize_distributed()
-            predict.run_from_flags(FLAGS.workdir)
-        except UnetJaxError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+        predict_cli.main(argv)
         return
     if FLAGS.config is None:
         raise app.UsageError("--config is required for --mode=train and --mode=evaluate")
@@ -66,7 +63,7 @@ def main(argv):
         if FLAGS.mode == "train":
             train.train_and_evaluate(config, FLAGS.workdir)
         else:
-            train.evaluate_workdir(config, FLAGS.workdir, FLAGS.data_dir or config.data.data_dir, FLAGS.split)
+            evaluate.evaluate_workdir(config, FLAGS.workdir, FLAGS.data_dir or config.data.data_dir, FLAGS.split)
     except UnetJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,6 +1,6 @@
 """TrainState, the optimiser, and the pure train and eval steps.
 
-`train.py` jits these with shardings (parameters replicated, batch sharded);
+`train.py` and `run.py` jit these with shardings (parameters replicated, batch sharded);
 nothing here knows about devices, files or configs.
 """
 

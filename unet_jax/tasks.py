@@ -32,6 +32,15 @@ class Task:
     default_best_metric: ClassVar[str]
     figure_name: ClassVar[str]  # figures/<evaluation name>_<figure_name>.png
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
+    # What `finalize` gives, and so what predict writes: class labels (masks) or a regression's outputs (images).
+    output_dtype: ClassVar[type] = np.uint8
+
+    @property
+    def float_outputs(self) -> bool:
+        """Whether a prediction is a float image in the target's units rather
+        than class labels: predict then writes float volumes and TIFFs (PNGs
+        rounded), sums no lesions and draws the regression figure."""
+        return np.dtype(self.output_dtype).kind == "f"
 
     def loss(self, name: str) -> losses.LossFn:
         """The loss registered under `name`; ValueError naming the valid ones."""
@@ -168,6 +177,7 @@ class Regression(Task):
     case_metrics: ClassVar = ("soft_jaccard_3d", "mae_3d", "rmse_3d", "psnr_3d", "ssim_3d")
     default_best_metric: ClassVar = "val_soft_jaccard"
     figure_name: ClassVar = "predictions"
+    output_dtype: ClassVar = np.float32
     lower_is_better: ClassVar = frozenset({"loss", "mae", "rmse", "mae_3d", "rmse_3d"})
 
     def output_problem(self, out_channels, manifest):

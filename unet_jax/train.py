@@ -6,19 +6,16 @@ on), checkpoints/, TensorBoard events, metrics.csv, val_metrics.json and
 test_metrics.json (the best epoch per case), postprocessing.json (whether
 keeping each class's largest component helped on validation), and figures/
 all live there, and starting again with the same workdir resumes where it
-stopped.
+stopped (`unet_jax.run` makes, locks and resumes the workdir).
 """
 
 from __future__ import annotations
 
 import csv
-import fcntl
 import functools
 import json
 import os
 import signal
-import socket
-import tempfile
 import time
 from typing import Any
 
@@ -26,43 +23,19 @@ import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
-from jax.experimental import multihost_utils
 
-from unet_jax import auto_config, checkpoint, evaluate, parallel, postprocessing, report, steps, tasks
-from unet_jax.builders import (best_metric, device_augment, input_shape, model_from_config, pathology_options,
-                               patch_options, window_options)
-from unet_jax.config_checks import check_run_config, config_changes, flat_config, validate_config
+from unet_jax import auto_config, checkpoint, evaluate, parallel, postprocessing, report, run, steps, tasks
+from unet_jax.builders import best_metric, device_augment, input_shape, pathology_options, patch_options
+from unet_jax.config_checks import config_changes, flat_config, validate_config
 from unet_jax.data import pipeline
 from unet_jax.data.augment import AugmentOptions
-from unet_jax.errors import ConfigError, Damaged, DataError, Diverged
+from unet_jax.errors import ConfigError, Diverged
 from unet_jax.files import atomic_write, write_json
-from unet_jax.models.unet import UNet
-
-TRAIN_MANIFEST = "train_manifest.json"  # the manifest of the data a run trained on, in its workdir
 
 
 # --- setup -----------------------------------------------------------------
-
-def build_model(config: ml_collections.ConfigDict) -> UNet:
-    return model_from_config(config, dtype=jnp.bfloat16 if config.mixed_precision else jnp.float32)
-
-
-def initial_state(config, model, mesh, image_shape, total_steps: int) -> steps.TrainState:
-    """A fresh TrainState, replicated over the mesh."""
-    tx = steps.make_optimizer(config.learning_rate, total_steps=total_steps,
-                              warmup_steps=config.warmup_steps, schedule=config.lr_schedule,
-                              weight_decay=config.weight_decay, clip_norm=config.clip_norm,
-                              optimizer=config.get("optimizer", "adamw"), momentum=config.get("momentum", 0.99))
-    init = jax.jit(functools.partial(steps.create_train_state, model, tx), out_shardings=parallel.replicated(mesh))
-    args = (jax.random.PRNGKey(config.seed), jnp.zeros((1, *image_shape), jnp.float32))
-    # It runs once: on a CPU, XLA's optimisation passes cost more than they save
-    # (11 s against 5 s for the classic U-Net's initialisation).
-    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-    return init.lower(*args).compile(compiler_options=options)(*args)
-
 
 def _train_step_and_stop(state, batch, stop, **kwargs):
     """`steps.train_step`, and whether any process asked to stop (`stop`: a
@@ -74,38 +47,17 @@ def _train_step_and_stop(state, batch, stop, **kwargs):
 
 
 def compile_steps(config, task: tasks.Task, mesh):
-    """The jitted train, eval and predict steps: state replicated, batch sharded
-    on `data`; the train step takes and agrees a stop flag too (`StopRequest`)."""
-    loss_fn = task.loss(config.loss)
+    """The jitted train step, state replicated and batch sharded on `data`,
+    which takes and agrees a stop flag too (`StopRequest`), and
+    `run.compile_eval_steps`' eval and predict steps."""
     repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     train_step = jax.jit(
-        functools.partial(_train_step_and_stop, loss_fn=loss_fn, metrics_fn=task.batch_metrics,
+        functools.partial(_train_step_and_stop, loss_fn=task.loss(config.loss), metrics_fn=task.batch_metrics,
                           grad_accum_steps=config.grad_accum_steps,
                           aux_weights=tuple(config.deep_supervision_weights),
                           augment_fn=device_augment(config, task)),
         in_shardings=(repl, data, data), out_shardings=(repl, repl, repl), donate_argnums=0)
-    eval_step = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn, metrics_fn=task.batch_metrics,
-                                          predict_fn=task.predict),
-                        in_shardings=(repl, data), out_shardings=(repl, data))
-    predict_step = jax.jit(functools.partial(steps.predict_step, output_fn=task.window_output),
-                           in_shardings=(repl, data), out_shardings=data)
-    return train_step, eval_step, predict_step
-
-
-def make_evaluator(config, task, compiled, mesh, data_dir: str, split: str, fold: int | None = None):
-    """An `Evaluator` of the records, or with patch training a `VolumeEvaluator`
-    of whole volumes by sliding window, of `split` (of cross-validation fold
-    `fold`'s cases, if given); `compiled` is `compile_steps`' result."""
-    _, eval_step, predict_step = compiled
-    window = window_options(config)
-    pathology = pathology_options(config, evaluation=True)
-    if window is None:
-        return evaluate.Evaluator(task, eval_step, data_dir, split, batch_size=config.eval_batch_size,
-                                  normalization=config.data.normalization, mesh=mesh, pathology=pathology,
-                                  seed=config.seed, fold=fold)
-    return evaluate.VolumeEvaluator(task, predict_step, data_dir, split, batch_size=config.eval_batch_size,
-                                    normalization=config.data.normalization, mesh=mesh, window=window,
-                                    pathology=pathology, seed=config.seed, fold=fold)
+    return train_step, *run.compile_eval_steps(config, task, mesh)
 
 
 def train_iterator(config, mesh) -> grain.DatasetIterator:
@@ -123,50 +75,6 @@ def train_iterator(config, mesh) -> grain.DatasetIterator:
                                 shard_count=jax.process_count())
     return pipeline.make_iterator(ds, pipeline.LoaderOptions(
         num_workers=config.data.num_workers, prefetch_buffer_size=config.data.prefetch_buffer_size))
-
-
-# The workdirs this process locked, with their open .lock files: a lock lasts
-# as long as its file is open, so for the rest of the process.
-_workdir_locks: dict[str, Any] = {}
-
-
-def make_workdir(workdir: str) -> str:
-    """The workdir as an absolute path, with its figures/ folder, locked by
-    process 0 so that two runs never write one workdir; ConfigError naming
-    the folder when it cannot be written or another run holds it."""
-    workdir = os.path.abspath(workdir)
-    try:
-        os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
-        with tempfile.TemporaryFile(dir=workdir):  # an existing folder may still be read-only
-            pass
-    except OSError as e:
-        raise ConfigError(f"--workdir={workdir}: cannot write there ({e.strerror}); choose a folder you can "
-                          "write to") from None
-    if jax.process_index() == 0 and workdir not in _workdir_locks:  # every process of a run shares the workdir
-        _workdir_locks[workdir] = _lock_workdir(workdir)
-    return workdir
-
-
-def _lock_workdir(workdir: str):
-    """`<workdir>/.lock`, open and under an exclusive flock that names its
-    holder inside. The kernel drops the lock when the process ends, however
-    it ends (kill -9 too), so a lock is never stale."""
-    lock = open(os.path.join(workdir, ".lock"), "a+")  # not "w": that would erase the holder's name
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip()
-        lock.close()
-        raise ConfigError(f"{workdir}: another run ({holder or 'its process is starting'}) is using this workdir; "
-                          "wait for it or choose another --workdir") from None
-    except OSError as e:  # a filesystem without flock (some NFS and Lustre mounts)
-        logging.warning("%s: cannot lock the workdir (%s); make sure that no other run uses it.", workdir, e.strerror)
-        return lock
-    lock.truncate(0)
-    lock.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-    lock.flush()
-    return lock
 
 
 class StopRequest:
@@ -247,100 +155,6 @@ def check_finite(state: steps.TrainState, step: int, reported: int, config, mana
     return skipped
 
 
-def restore(manager, step: int, template, data_iter=None):
-    """`checkpoint.restore`, with a checkpoint of another model (another config,
-    or module names of an older unet_jax) and a failing disk refused in one
-    line; `Damaged` when the step's files cannot be decoded."""
-    folder = os.path.join(str(manager.directory), str(step))
-    try:
-        return checkpoint.restore(manager, step, template, data_iter)
-    except Exception as e:  # noqa: BLE001  (orbax, tensorstore and JSON each raise their own errors)
-        if isinstance(e, ValueError) and "do not match" in str(e):  # orbax's words for a tree of another structure
-            raise ConfigError(f"{manager.directory}: the checkpoint of step {step} holds another model than this "
-                              "config builds (another config, or an older unet_jax); use a new --workdir") from None
-        if (words := checkpoint.read_failure(e)) is not None:
-            raise ConfigError(f"{folder}: cannot read the checkpoint ({words}); nothing was changed: fix the disk or "
-                              "permissions, then run the same command") from None
-        if checkpoint.is_damage(e):
-            raise Damaged((str(e).strip().splitlines() or [type(e).__name__])[0][:200]) from e
-        raise
-
-
-def open_checkpoints(folder: str, metric: str, mode: str, training: bool = False):
-    """`checkpoint.make_manager`, with a step's unreadable metadata (which orbax
-    reads up front) refused in one line."""
-    try:
-        return checkpoint.make_manager(folder, best_metric=metric, best_mode=mode, training=training)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{folder}: a checkpoint's metadata is unreadable ({e}); move the damaged step folder "
-                          "(the one named in the log above) away to use another") from None
-
-
-def _restore_best(manager, best: int, template):
-    """`restore` of the best step, whose damage is a ConfigError: testing,
-    evaluate and predict need that very checkpoint."""
-    try:
-        return restore(manager, best, template)
-    except Damaged as e:
-        raise ConfigError(f"{os.path.join(str(manager.directory), str(best))}: the best checkpoint is damaged ({e}); "
-                          "testing, --mode=evaluate and predict need it: move that folder away to use the best of the "
-                          "checkpoints left, or train again in a new --workdir") from None
-
-
-# How each process fared restoring a step; all processes go on from the worst.
-_RESTORED, _DAMAGED, _FAILED = 0, 1, 2
-
-
-def _worst(outcome: int) -> int:
-    """The worst outcome over all processes, so that they all resume from one step."""
-    if jax.process_count() == 1:
-        return outcome
-    return int(multihost_utils.process_allgather(np.int32(outcome)).max())
-
-
-def resume(manager, template, data_iter) -> tuple[Any, list[dict]]:
-    """Restores the newest readable checkpoint, and the iterator in place.
-
-    One whose files cannot be decoded (a kill during its write, a truncated or
-    edited file) is named in one line, set aside as `<step>.damaged` for the
-    user to inspect, and the one before it used, so a run never crashes on it
-    or starts again from zero. A failing disk (EIO, EACCES, ...) is a
-    ConfigError with nothing renamed: the checkpoint may well be whole. All
-    processes resume from the same step. ConfigError when none can be read.
-    """
-    steps, damaged = sorted(manager.all_steps(), reverse=True), []
-    for i, step in enumerate(steps):
-        restored, problem = None, None
-        try:
-            restored = restore(manager, step, template, data_iter)
-        except (Damaged, ConfigError) as e:
-            problem = e
-        outcome = _worst(_RESTORED if problem is None else _DAMAGED if isinstance(problem, Damaged)
-                         else _FAILED)
-        if outcome == _FAILED:
-            if isinstance(problem, ConfigError):
-                raise problem
-            raise ConfigError(f"{manager.directory}: another process could not read the checkpoint of step {step} "
-                              "(see its error); nothing was changed")
-        if outcome == _DAMAGED:
-            reason = str(problem) if problem is not None else "unreadable on another process"
-            older = f"resuming from step {steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint is left"
-            logging.warning("%s: the checkpoint of step %d is unreadable (%s); %s.", manager.directory, step, reason,
-                            older)
-            damaged.append(step)
-            continue
-        if damaged:  # training passes these steps again and saves them anew
-            if jax.process_index() == 0:
-                for bad in damaged:
-                    logging.warning("Set the damaged checkpoint aside as %s.", checkpoint.set_aside(manager, bad))
-            if jax.process_count() > 1:
-                multihost_utils.sync_global_devices("damaged checkpoints set aside")
-            manager.reload()
-        return restored
-    raise ConfigError(f"{manager.directory}: no checkpoint here can be read (see the warnings above); move the "
-                      "folder away to train from the start")
-
-
 def csv_columns(task: tasks.Task) -> list[str]:
     """metrics.csv's columns, derived from what the task computes."""
     train = [f"train_{n}" for n in task.collection.__annotations__]
@@ -392,27 +206,6 @@ def log_epoch_time(writer, step: int, training: float, input_wait: float, valida
                                 "time/validation_seconds": validation})
 
 
-def test(task, state, workdir: str, name: str, best_epoch: int | None, evaluator: evaluate.Evaluator | None,
-         fold: int | None = None) -> dict:
-    """Evaluates `state` and writes `<name>_metrics.json` (with the
-    cross-validation `fold` the run trained on) and the task's figure; without
-    an evaluator (a split without examples) says that nothing was tested."""
-    summary = {"best_epoch": best_epoch, "fold": fold, "metrics": {}, "patients": []}
-    if evaluator is None:
-        logging.warning("%s: the split has no examples, so nothing was tested; the best epoch is %s.", name,
-                        best_epoch)
-        summary["note"] = "the split has no examples: nothing was tested"
-    else:
-        ev = evaluator(state)
-        summary.update(data_dir=evaluator.data_dir, **ev.summary())
-        logging.info("%s on %s: %s", name, ev.split, ", ".join(f"{k}={v:.4f}" for k, v in ev.metrics.items()))
-        if jax.process_index() == 0:
-            task.figure(ev.patients, ev.volumes, ev.images,
-                        os.path.join(workdir, "figures", f"{name}_{task.figure_name}.png"),
-                        channel_label=f"channel {ev.display_channel}")
-    if jax.process_index() == 0:
-        write_json(os.path.join(workdir, f"{name}_metrics.json"), summary)
-    return summary
 
 
 # --- the run -----------------------------------------------------------------
@@ -429,24 +222,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     mesh = parallel.make_mesh()
     validate_config(config, manifest, num_devices=mesh.size)
     task, (metric, mode) = tasks.get_task(config), best_metric(config)
-    workdir = make_workdir(workdir)
+    workdir = run.make_workdir(workdir)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     examples = manifest["splits"]["train"]["num_examples"] * (config.data.patches_per_volume if config.data.patch_size
                                                               else 1)
     steps_per_epoch = examples // config.batch_size
     total_steps = steps_per_epoch * config.num_epochs
     train_iter = train_iterator(config, mesh)
-    state = initial_state(config, build_model(config), mesh, input_shape(config, manifest), total_steps)
+    state = run.initial_state(config, run.build_model(config), mesh, input_shape(config, manifest), total_steps)
     compiled = compile_steps(config, task, mesh)
     train_step = compiled[0]
-    validator = make_evaluator(config, task, compiled, mesh, config.data.data_dir, "val", fold)
+    validator = evaluate.make_evaluator(config, task, compiled, mesh, config.data.data_dir, "val", fold)
     folder = os.path.join(workdir, "checkpoints")
-    manager = open_checkpoints(folder, metric, mode, training=True)
+    manager = run.open_checkpoints(folder, metric, mode, training=True)
     empty_metrics = jax.device_put(task.empty_metrics(), parallel.replicated(mesh))  # like the step's outputs
     train_metrics, window, history = empty_metrics, empty_metrics, []
     if manager.latest_step() is not None:
         check_resumed_config(config, workdir)
-        (state, train_metrics), history = resume(manager, (state, train_metrics), train_iter)
+        (state, train_metrics), history = run.resume(manager, (state, train_metrics), train_iter)
         logging.info("Resumed at step %d of %d (epoch %d of %d).", int(state.step), total_steps,
                      min(int(state.step) // steps_per_epoch + 1, config.num_epochs), config.num_epochs)
     else:
@@ -455,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             config.to_dict(), lambda v: v if isinstance(v, (int, float, str, bool)) else str(v)))
     if jax.process_index() == 0:
         write_json(os.path.join(workdir, "config.json"), config.to_dict())
-        write_json(os.path.join(workdir, TRAIN_MANIFEST), manifest)
+        write_json(os.path.join(workdir, run.TRAIN_MANIFEST), manifest)
     report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                                       every_steps=config.log_every_steps)
     start_step = int(state.step)  # counted on the host from here: reading state.step would sync every step
@@ -501,18 +294,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
 
     # ---- test the best epoch
     best = manager.best_step()
-    (state, _), _ = _restore_best(manager, best, (state, empty_metrics))
+    (state, _), _ = run.restore_needed(manager, best, (state, empty_metrics))
     if jax.process_index() == 0:
         report.plot_learning_curves(history, os.path.join(workdir, "figures", "learning_curves.png"),
                                     best_epoch=best // steps_per_epoch)
-    validated = test(task, state, workdir, "val", best // steps_per_epoch, validator, fold=fold)
+    validated = evaluate.test(task, state, workdir, "val", best // steps_per_epoch, validator, fold=fold)
     if task.name == "segmentation" and jax.process_index() == 0:
         postprocessing.write(workdir, postprocessing.choose(
             validated["patients"], task.num_classes,
             chosen_on=f"validation{'' if fold is None else f' of fold {fold}'}: {len(validated['patients'])} cases"))
-    summary = test(task, state, workdir, "test", best // steps_per_epoch,
-                   make_evaluator(config, task, compiled, mesh, config.data.data_dir, "test")
-                   if manifest["splits"].get("test", {}).get("num_examples") else None)
+    summary = evaluate.test(task, state, workdir, "test", best // steps_per_epoch,
+                            evaluate.make_evaluator(config, task, compiled, mesh, config.data.data_dir, "test")
+                            if manifest["splits"].get("test", {}).get("num_examples") else None)
     writer.write_scalars(best, scalars("test", summary["metrics"]))
     writer.close()
     return summary
@@ -541,77 +334,3 @@ def check_resumed_config(config: ml_collections.ConfigDict, workdir: str) -> Non
     raise ConfigError(f"{path}: this run's config differs from the one it started with ({listed}); run the same "
                       "command as before, choose a new --workdir, or pass --config.allow_changed_config=True to "
                       "resume with the new config")
-
-
-def _tuples(value):
-    """JSON lists back to the tuples a config holds (sizes, ranges)."""
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def read_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """A run's config (config.json) and the manifest of the data it trained on,
-    as the workdir keeps them; ConfigError in one line when they are absent,
-    or the config is not one that unet_jax wrote."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path) or not os.path.exists(os.path.join(workdir, TRAIN_MANIFEST)):
-        raise ConfigError(f"{workdir}: no config.json and {TRAIN_MANIFEST}; point --workdir at the folder of a run "
-                          "that unet_jax.main --mode=train wrote")
-    try:
-        with open(path) as f:
-            values = json.load(f)
-    except ValueError as e:  # not JSON, or not UTF-8
-        raise ConfigError(f"{path}: not valid JSON ({str(e).splitlines()[0]}); restore it from the run's config "
-                          "file") from None
-    check_run_config(values, path)
-    return ml_collections.ConfigDict(_tuples(values)), pipeline.read_manifest(workdir, TRAIN_MANIFEST)
-
-
-def restore_best(config: ml_collections.ConfigDict, workdir: str, mesh, image_shape) -> tuple[steps.TrainState, int | None]:
-    """The best checkpoint's TrainState of a run (built for inputs of
-    `image_shape`, the training shape), replicated over `mesh`, and its epoch;
-    ConfigError in one line when the workdir holds none."""
-    task, (metric, mode) = tasks.get_task(config), best_metric(config)
-    folder = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(folder):
-        raise ConfigError(f"{folder}: no checkpoints; is {workdir} the --workdir of a run? Train first with "
-                          "--mode=train")
-    manager = open_checkpoints(folder, metric, mode)
-    best = manager.best_step()
-    if best is None:
-        raise ConfigError(f"{folder}: no checkpoint with validation metrics (no epoch finished); train first with "
-                          "--mode=train")
-    template = initial_state(config, build_model(config), mesh, image_shape, 1)
-    (state, _), history = _restore_best(manager, best, (template, task.empty_metrics()))
-    return state, next((row["epoch"] for row in history if row["step"] == best), None)
-
-
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, data_dir: str, split: str) -> dict:
-    """Restores a workdir's best checkpoint and evaluates it on a split of any prepared folder."""
-    workdir, mesh = os.path.abspath(workdir), parallel.make_mesh()
-    config = auto_config.apply_plans(config)
-    # The run's own folder is seen through its fold, so --split=val is the fold's validation cases.
-    fold = config.data.get("fold") if os.path.abspath(data_dir) == os.path.abspath(config.data.data_dir) else None
-    manifest = pipeline.read_manifest(data_dir, fold=fold)
-    validate_config(config, manifest, num_devices=mesh.size, mode="evaluate")
-    if split not in manifest["splits"]:
-        raise DataError(f"{data_dir}: no split {split!r}; the manifest has {', '.join(manifest['splits'])}")
-    if not os.path.exists(os.path.join(workdir, TRAIN_MANIFEST)):
-        raise ConfigError(f"{workdir}: no {TRAIN_MANIFEST}, so no training run finished an epoch here; "
-                          "train first with --mode=train")
-    trained_manifest = pipeline.read_manifest(workdir, TRAIN_MANIFEST)
-    trained, shape = input_shape(config, trained_manifest), input_shape(config, manifest)
-    if len(shape) != len(trained) or shape[-1] != trained[-1]:
-        raise DataError(f"{data_dir}: images {shape} do not match the {trained} the run trained on; "
-                        "prepare the data with the same channels and layout")
-    if config.model.bottleneck == "transformer" and shape != trained:
-        raise DataError(f"{data_dir}: images {shape} differ from the {trained} the run trained on, and the "
-                        "transformer's position embeddings fit one size only; prepare the data at that size")
-    task = tasks.get_task(config)
-    state, best_epoch = restore_best(config, workdir, mesh, trained)
-    evaluator = make_evaluator(config, task, compile_steps(config, task, mesh), mesh, data_dir, split, fold) \
-        if manifest["splits"][split]["num_examples"] else None
-    name = f"evaluate_{os.path.basename(os.path.normpath(data_dir))}_{split}"
-    return test(task, state, workdir, name + ("_pathology" if config.data.get("eval_pathology") else ""),
-                best_epoch, evaluator, fold)

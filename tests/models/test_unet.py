@@ -214,13 +214,13 @@ def test_variant_config_parameter_counts(config_name, expected):
     # account for the differences.
     import importlib
 
-    from unet_jax import train
+    from unet_jax import run
 
     config = importlib.import_module(f"configs.{config_name}").get_config()
     # 256x256 LGG slices (the transformer's position embeddings depend on the
     # size), 128x128x16 volumes for the 3-D config.
     shape = (1, 128, 128, 16, 3) if config_name == "lgg_3d" else (1, 256, 256, 3)
-    assert _params(train.build_model(config), shape) == expected
+    assert _params(run.build_model(config), shape) == expected
 
 
 @pytest.mark.slow

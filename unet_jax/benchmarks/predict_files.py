@@ -113,20 +113,20 @@ def wmh_config(patch=None, features: int | None = None):
 
 def build_predictor(config, manifest: dict, *, tta: bool, batch_size: int | None):
     """A Predictor of `config` with randomly initialised parameters (no workdir)."""
-    from unet_jax import parallel, train
+    from unet_jax import parallel, run
     from unet_jax.builders import input_shape
     from unet_jax.predict import Predictor
 
     mesh = parallel.make_mesh()
-    model = train.build_model(config)
-    state = train.initial_state(config, model, mesh, input_shape(config, manifest), total_steps=1)
+    model = run.build_model(config)
+    state = run.initial_state(config, model, mesh, input_shape(config, manifest), total_steps=1)
     return Predictor(config, manifest, state, mesh, tta=tta, batch_size=batch_size)
 
 
 def torch_model_spec(config) -> dict:
     """What the PyTorch side needs to build the same U-Net; ValueError for
     variants torch_unet_reference.py cannot mirror."""
-    from unet_jax.train import build_model
+    from unet_jax.run import build_model
 
     model = build_model(config)
     convs = model.level_convs()

@@ -26,6 +26,7 @@ from configs import demo
 from unet_jax import phantoms, train
 from unet_jax.benchmarks.train_step import measure
 from unet_jax.files import atomic_write, write_json
+from unet_jax.run import build_model
 
 VARIANTS = ["lgg", "lgg_res_attention", "lgg_keras_model1", "lgg_keras_model2", "lgg_transunet", "lgg_3d"]
 # What the source documents report (None: not reported).
@@ -39,13 +40,13 @@ def load(name: str):
 
 
 def is_3d(config) -> bool:
-    return len(train.build_model(config).level_kernels(2)[0]) == 3
+    return len(build_model(config).level_kernels(2)[0]) == 3
 
 
 def count_params(config) -> int:
     """Parameters at the variant's native input: 256x256x3 slices, 128x128x16x3 volumes."""
     shape = (1, 128, 128, DEPTH_3D, 3) if is_3d(config) else (1, 256, 256, 3)
-    variables = jax.eval_shape(train.build_model(config).init, jax.random.PRNGKey(0), jnp.zeros(shape))
+    variables = jax.eval_shape(build_model(config).init, jax.random.PRNGKey(0), jnp.zeros(shape))
     return int(sum(x.size for x in jax.tree.leaves(variables["params"])))
 
 
@@ -82,7 +83,7 @@ def main() -> None:
         row = {"variant": name, "params": count_params(config), "reported_params": REPORTED_PARAMS.get(name)}
         if args.steps:
             shape = (args.size, args.size, DEPTH_3D, 3) if is_3d(config) else (args.size, args.size, 3)
-            m = measure(train.build_model(config), shape, args.batch, steps_timed=args.steps, warmup=1)
+            m = measure(build_model(config), shape, args.batch, steps_timed=args.steps, warmup=1)
             row.update(throughput_shape=list(shape), examples_per_s=round(m["images_per_s"], 3),
                        slices_per_s=round(m["images_per_s"] * (DEPTH_3D if is_3d(config) else 1), 3))
         if args.epochs:

@@ -44,7 +44,7 @@ WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 ANATOMICAL_PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}  # the world axis each plane is normal to
 # File endings of 2-D pictures; TIFF goes through tifffile, the rest through Pillow.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_TIFF_SUFFIXES = (".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff")
 # The default cap on the voxels (spatial sizes times channels) of one image read or one resampled grid: a
 # header is untrusted, and a few bytes can claim terabytes (8 GiB of float32 at the cap).
 MAX_VOXELS = 2**31
@@ -412,7 +412,7 @@ def read_image(path: str, *, max_voxels: int = MAX_VOXELS) -> np.ndarray:
     claims over `max_voxels` values (checked before decoding)."""
     path = os.fspath(path)
     try:
-        array, alpha = (_read_tiff if path.lower().endswith(_TIFF_SUFFIXES) else _read_pillow)(path, max_voxels)
+        array, alpha = (_read_tiff if path.lower().endswith(TIFF_SUFFIXES) else _read_pillow)(path, max_voxels)
     except DataError:
         raise
     except Exception as e:  # Pillow and tifffile raise many types for missing or damaged files
@@ -498,7 +498,7 @@ def write_image(path: str, array: np.ndarray) -> None:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     channels = array.shape[2] if array.ndim == 3 else 1
-    if lower.endswith(_TIFF_SUFFIXES):
+    if lower.endswith(TIFF_SUFFIXES):
         rgb = array.dtype.kind in "ui" and channels in (3, 4)
         with atomic_write(path, "wb") as f:
             tifffile.imwrite(f, array, photometric="rgb" if rgb else "minisblack", planarconfig="contig",
