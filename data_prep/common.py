@@ -217,8 +217,12 @@ def _module_name() -> str:
     return spec.name if spec is not None else sys.argv[0]
 
 
-def write_manifest(out_dir: str, manifest: dict) -> None:
-    """Writes manifest.json (temporary name, then rename)."""
+def write_manifest(out_dir: str, manifest: dict, problems: Sequence[Problem], ids: Pseudonyms | None) -> None:
+    """Adds the skipped files to `manifest` (under pseudonyms with --anonymise, whose map is then saved beside the
+    source) and writes it as manifest.json (temporary name, then rename)."""
+    manifest["skipped"] = ids.skipped(problems) if ids else [{"file": p.file, "reason": p.reason} for p in problems]
+    if ids:
+        ids.save()
     write_json(os.path.join(out_dir, MANIFEST), {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **manifest})
 
 

@@ -223,11 +223,8 @@ def prepare(data_dir: str, out_dir: str, *, val_fraction: float = 0.18, test_fra
             "split": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
                       "num_folds": num_folds, "fold": fold},
             "splits": splits,
-            "skipped": ids.skipped(problems) if ids else [{"file": p.file, "reason": p.reason} for p in problems],
         }
-        if ids:
-            ids.save()
-        common.write_manifest(tmp, manifest)
+        common.write_manifest(tmp, manifest, problems, ids)
     return manifest
 
 

@@ -501,11 +501,8 @@ def prepare(data_dir: str, out_dir: str, *, task: str = "segmentation", images: 
                       "test_cases": [public[c] for c in common.comma_list(test_cases)],
                       "patient_regex": patient_regex or None},
             "splits": splits,
-            "skipped": ids.skipped(problems) if ids else [{"file": p.file, "reason": p.reason} for p in problems],
         }
-        if ids:
-            ids.save()
-        common.write_manifest(tmp, manifest)
+        common.write_manifest(tmp, manifest, problems, ids)
     return manifest
 
 

@@ -258,7 +258,6 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
             "splits": splits,
             "throughput": {"cases_per_second": round(len(cases) / seconds, 3),
                            "source_mb_per_second": round(num_bytes / 1e6 / seconds, 2)},
-            "skipped": ids.skipped(problems) if ids else [{"file": p.file, "reason": p.reason} for p in problems],
         }
         if folds:
             kept = {p["patient"] for p in splits["train"]["patients"]}  # --skip_bad may have dropped some
@@ -270,9 +269,7 @@ def prepare(data_dir: str, out_dir: str, *, layout: str = "auto", channels: str 
                                                        "fingerprint": fingerprint})
         elif plans:
             shutil.copyfile(plans, os.path.join(tmp, PLANS_FILE))
-        if ids:
-            ids.save()
-        common.write_manifest(tmp, manifest)
+        common.write_manifest(tmp, manifest, problems, ids)
     return manifest
 
 

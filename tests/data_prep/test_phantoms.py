@@ -260,21 +260,6 @@ def test_write_lesion_phantoms_round_trip(tmp_path):
             np.testing.assert_allclose(volume.geometry.direction, np.eye(3).ravel(), atol=1e-6)
 
 
-def test_write_lesion_phantoms_refuses_existing_output_then_replaces_it(tmp_path):
-    out = tmp_path / "wmh"
-    lesions.write_lesion_phantoms(out, num_cases=1, progress=False, **LESION_SMALL)
-    before = _files(out)
-    with pytest.raises(DataError, match=r"wmh: .*--overwrite"):
-        lesions.write_lesion_phantoms(out, num_cases=2, progress=False, **LESION_SMALL)
-    assert _files(out) == before and _siblings(out) == []
-    (out / "stale.txt").write_text("left over")
-    with pytest.raises(DataError, match=r"wmh: holds files that data_prep did not write"):
-        lesions.write_lesion_phantoms(out, num_cases=2, overwrite=True, progress=False, **LESION_SMALL)
-    os.remove(out / "stale.txt")
-    names = lesions.write_lesion_phantoms(out, num_cases=2, overwrite=True, progress=False, **LESION_SMALL)
-    assert sorted(os.listdir(out)) == names == ["case_0001", "case_0002"] and _siblings(out) == []
-
-
 @pytest.mark.parametrize("bad", [dict(index=-1), dict(index=9999), dict(shape=(32, 32)), dict(shape=(32, 0, 12)),
                                  dict(spacing=(1.0, 0.0, 3.0)), dict(spacing=(1.0, 1.0, float("nan")))])
 def test_generate_lesion_case_rejects_bad_arguments(bad):
@@ -377,20 +362,22 @@ def test_write_chest_phantoms_round_trip(tmp_path):
             np.testing.assert_allclose(volume.geometry.direction, np.eye(3).ravel(), atol=1e-6)
 
 
-def test_write_chest_phantoms_refuses_existing_output_then_replaces_it(tmp_path):
-    out = tmp_path / "chest"
-    small = dict(shape=(32, 32, 4), spacing=(8.0, 8.0, 30.0))
-    chest.write_chest_phantoms(out, num_cases=1, progress=False, **small)
+@pytest.mark.parametrize("write, small, prefix", [
+    (lesions.write_lesion_phantoms, LESION_SMALL, "case"),
+    (chest.write_chest_phantoms, dict(shape=(32, 32, 4), spacing=(8.0, 8.0, 30.0)), "chest")])
+def test_3d_phantom_writers_refuse_existing_output_then_replace_it(tmp_path, write, small, prefix):
+    out = tmp_path / "phantoms"
+    write(out, num_cases=1, progress=False, **small)
     before = _files(out)
-    with pytest.raises(DataError, match=r"chest: .*--overwrite"):
-        chest.write_chest_phantoms(out, num_cases=2, progress=False, **small)
+    with pytest.raises(DataError, match=r"phantoms: .*--overwrite"):
+        write(out, num_cases=2, progress=False, **small)
     assert _files(out) == before and _siblings(out) == []
     (out / "stale.txt").write_text("left over")
-    with pytest.raises(DataError, match=r"chest: holds files that data_prep did not write"):
-        chest.write_chest_phantoms(out, num_cases=2, overwrite=True, progress=False, **small)
+    with pytest.raises(DataError, match=r"phantoms: holds files that data_prep did not write"):
+        write(out, num_cases=2, overwrite=True, progress=False, **small)
     os.remove(out / "stale.txt")
-    names = chest.write_chest_phantoms(out, num_cases=2, overwrite=True, progress=False, **small)
-    assert sorted(os.listdir(out)) == names == ["chest_0001", "chest_0002"] and _siblings(out) == []
+    names = write(out, num_cases=2, overwrite=True, progress=False, **small)
+    assert sorted(os.listdir(out)) == names == [f"{prefix}_0001", f"{prefix}_0002"] and _siblings(out) == []
 
 
 @pytest.mark.parametrize("bad", [dict(index=-1), dict(index=9999), dict(shape=(32, 32)), dict(shape=(32, 0, 12)),
