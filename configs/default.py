@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         out_channels=1, features=32, depth=4, num_convs=2, decoder_num_convs=2, norm="batch", block="plain",
         attention=False, upsample="transpose", deep_supervision=0, bottleneck="conv",
+        conv_impl="auto",  # "xla", or "gemm": weight gradients as matmuls; "auto": gemm on a CPU
         # Sizes of bottleneck="transformer" (ViT-B), patch_size on the deepest encoder map.
         transformer=dict(hidden=768, num_layers=12, num_heads=12, mlp_dim=3072, dropout=0.1, patch_size=1)))
 

@@ -29,10 +29,11 @@ AUGMENT_ON = ("host", "device")
 
 # Keys a run's config.json may lack: the code reads them with a default, for runs written before they existed.
 OPTIONAL_KEYS = frozenset({"optimizer", "momentum", "plans", "allow_changed_config", "model.deep_supervision",
-                           "data.augment_on", "data.pathology", "data.eval_pathology", "data.fold"})
+                           "data.augment_on", "data.pathology", "data.eval_pathology", "data.fold", "model.conv_impl"})
 # Keys whose change on a resume keeps the run's meaning: where it stops, how often it logs, how many
-# preview images its figures show, and the switch itself.
-RESUME_IGNORES = frozenset({"halt_after_steps", "log_every_steps", "num_preview_images", "allow_changed_config"})
+# preview images its figures show, the convolution's implementation, and the switch itself.
+RESUME_IGNORES = frozenset({"halt_after_steps", "log_every_steps", "num_preview_images", "model.conv_impl",
+                            "allow_changed_config"})
 NOT_A_RUN = ("this is not a unet_jax workdir or it was written by another version; point --workdir at a run "
              "folder")
 

@@ -285,7 +285,7 @@ def test_submodules_are_named_by_role_and_level():
 
 @pytest.mark.parametrize("padding", ["SAME", ((1, 1), (0, 2), (0, 0))])
 def test_in_plane_conv_equals_the_3d_convolution_and_its_gradients(padding):
-    from unet_jax.models.layers import in_plane_conv
+    from unet_jax.models.conv import in_plane_conv
 
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 5, 3))
     k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 1, 3, 4))

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unet_jax import losses, parallel, steps
+from unet_jax.models.conv import CONV_IMPLS
 from unet_jax.models.unet import UNet
 
 
@@ -94,21 +95,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--mixed_precision", action="store_true")
+    parser.add_argument("--conv_impl", nargs="+", default=["auto"], choices=CONV_IMPLS,
+                        help="convolution(s) to time, e.g. `xla gemm` for before and after (unet_jax.models.conv)")
     parser.add_argument("--torch_reference", default="", help="path of torch_unet_reference.py to run alongside")
     parser.add_argument("--torch_threads", type=int, default=0)
     args = parser.parse_args()
     for size in args.sizes:
-        model = UNet(features=args.features, dtype=jnp.bfloat16 if args.mixed_precision else jnp.float32)
-        ours = {**measure(model, (size, size, 3), args.batch, steps_timed=args.steps, warmup=args.warmup),
-                "size": size, "features": args.features, "mixed_precision": args.mixed_precision}
-        print(json.dumps(ours), flush=True)
+        rows = {}
+        for impl in args.conv_impl:
+            model = UNet(features=args.features, dtype=jnp.bfloat16 if args.mixed_precision else jnp.float32,
+                         conv_impl=impl)
+            rows[impl] = {**measure(model, (size, size, 3), args.batch, steps_timed=args.steps, warmup=args.warmup),
+                          "size": size, "features": args.features, "mixed_precision": args.mixed_precision,
+                          "conv_impl": impl}
+            print(json.dumps(rows[impl]), flush=True)
         if args.torch_reference:
             ref = torch_reference(args.torch_reference, size, args.batch, args.steps, args.warmup,
                                   args.torch_threads)
             print(json.dumps(ref), flush=True)
-            print(json.dumps({"size": size, "batch": args.batch,
-                              "jax_over_torch": round(ours["images_per_s"] / ref["images_per_s"], 3)}),
-                  flush=True)
+            for impl, ours in rows.items():
+                print(json.dumps({"size": size, "batch": args.batch, "conv_impl": impl,
+                                  "jax_over_torch": round(ours["images_per_s"] / ref["images_per_s"], 3)}),
+                      flush=True)
 
 
 if __name__ == "__main__":

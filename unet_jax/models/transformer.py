@@ -10,6 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from unet_jax.models.conv import conv_general_dilated
 from unet_jax.models.layers import ConvBlock, UpConv
 
 
@@ -72,6 +73,7 @@ class TransformerBottleneck(nn.Module):
     options: TransformerOptions = TransformerOptions()
     norm: str = "batch"
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # see unet_jax.models.conv
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -83,7 +85,7 @@ class TransformerBottleneck(nn.Module):
             raise ValueError(f"bottleneck map {x.shape[1:-1]} is not divisible by "
                              f"transformer.patch_size={o.patch_size}")
         x = nn.Conv(o.hidden, patch, strides=patch, padding="VALID", dtype=self.dtype,
-                    name="patch_embedding")(x)
+                    conv_general_dilated=conv_general_dilated(self.conv_impl), name="patch_embedding")(x)
         grid = x.shape[1:-1]
         tokens = x.reshape(x.shape[0], -1, o.hidden)
         position = self.param("position_embedding", nn.initializers.normal(0.02), tokens.shape[1:])
@@ -95,4 +97,5 @@ class TransformerBottleneck(nn.Module):
         x = tokens.reshape(tokens.shape[0], *grid, o.hidden)
         if o.patch_size > 1:
             x = UpConv(o.hidden, patch, self.dtype, name="unpatch")(x)
-        return ConvBlock(self.features, 1, (3,) * ndim, self.norm, self.dtype, name="to_features")(x, train)
+        return ConvBlock(self.features, 1, (3,) * ndim, self.norm, self.dtype, self.conv_impl,
+                         name="to_features")(x, train)

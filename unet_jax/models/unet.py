@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unet_jax.models.conv import CONV_IMPLS, conv_general_dilated
 from unet_jax.models.layers import BLOCKS, NORMS, UPSAMPLERS, AttentionGate, max_pool
 from unet_jax.models.transformer import TransformerBottleneck, TransformerOptions
 
@@ -69,6 +70,7 @@ class UNet(nn.Module):
     bottleneck: str = "conv"            # "conv" block or "transformer" (TransUNet style)
     transformer: TransformerOptions = TransformerOptions()  # used by the transformer bottleneck
     dtype: Any = jnp.float32            # compute dtype; parameters stay float32
+    conv_impl: str = "auto"             # "auto", "xla" or "gemm": see unet_jax.models.conv
 
     def level_strides(self, ndim: int) -> list[tuple[int, ...]]:
         """Pooling strides of each of the `depth` levels."""
@@ -93,7 +95,8 @@ class UNet(nn.Module):
         ndim = len(spatial)
         for name, value, allowed in (("block", self.block, tuple(BLOCKS)), ("norm", self.norm, NORMS),
                                      ("upsample", self.upsample, tuple(UPSAMPLERS)),
-                                     ("bottleneck", self.bottleneck, BOTTLENECKS)):
+                                     ("bottleneck", self.bottleneck, BOTTLENECKS),
+                                     ("conv_impl", self.conv_impl, CONV_IMPLS)):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
         for name in ("out_channels", "features", "depth", "decoder_num_convs"):
@@ -123,7 +126,8 @@ class UNet(nn.Module):
         ndim = x.ndim - 2
         self.check(x.shape[1:-1])
         kernels, strides, convs = self.level_kernels(ndim), self.level_strides(ndim), self.level_convs()
-        block = functools.partial(BLOCKS[self.block], norm=self.norm, dtype=self.dtype)
+        block = functools.partial(BLOCKS[self.block], norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl)
+        conv = functools.partial(nn.Conv, dtype=self.dtype, conv_general_dilated=conv_general_dilated(self.conv_impl))
         x = x.astype(self.dtype)
         skips = []
         for level in range(self.depth):
@@ -134,20 +138,23 @@ class UNet(nn.Module):
         if self.bottleneck == "conv":
             x = block(width, convs[-1], kernels[-1], name="bottleneck")(x, train)
         else:
-            x = TransformerBottleneck(width, self.transformer, self.norm, self.dtype, name="bottleneck")(x, train)
+            x = TransformerBottleneck(width, self.transformer, self.norm, self.dtype, self.conv_impl,
+                                      name="bottleneck")(x, train)
+        up_options = {"conv_impl": self.conv_impl} if self.upsample == "resize" else {}  # UpConv is a matmul
         aux = []
         for level in reversed(range(self.depth)):
             width = self.features * 2**level
             skip = skips[level]
             if self.attention:
-                skip, alpha = AttentionGate(width, strides[level], self.dtype, name=f"gate_{level}")(skip, x)
+                gate = AttentionGate(width, strides[level], self.dtype, self.conv_impl, name=f"gate_{level}")
+                skip, alpha = gate(skip, x)
                 self.sow("intermediates", f"attention_{level}", alpha)
-            x = UPSAMPLERS[self.upsample](width, strides[level], self.dtype, name=f"up_{level}")(x)
+            x = UPSAMPLERS[self.upsample](width, strides[level], self.dtype, **up_options, name=f"up_{level}")(x)
             x = jnp.concatenate([x, skip], axis=-1)
             x = block(width, self.decoder_num_convs, kernels[level], name=f"dec_{level}")(x, train)
             if 0 < level <= self.deep_supervision:
-                logits = nn.Conv(self.out_channels, (1,) * ndim, dtype=self.dtype, name=f"aux_head_{level}")(x)
+                logits = conv(self.out_channels, (1,) * ndim, name=f"aux_head_{level}")(x)
                 full = (logits.shape[0], *skips[0].shape[1:-1], self.out_channels)
                 aux.insert(0, jax.image.resize(logits.astype(jnp.float32), full, method="linear"))
-        logits = nn.Conv(self.out_channels, (1,) * ndim, dtype=self.dtype, name="head")(x).astype(jnp.float32)
+        logits = conv(self.out_channels, (1,) * ndim, name="head")(x).astype(jnp.float32)
         return (logits, tuple(aux)) if with_aux else logits
