@@ -320,9 +320,17 @@ def test_the_demo_trains_on_a_data_dir_given_on_the_command_line(prepared_dir, t
 def test_the_demo_names_an_unknown_kind_of_phantoms_in_one_line(tmp_path):
     from unet_jax import phantoms
 
-    with pytest.raises(DataError) as raised:
+    with pytest.raises(ConfigError) as raised:
         phantoms.prepare(str(tmp_path), {"kind": "lungs", "seed": 0})
     assert str(raised.value) == "config.data.synthetic.kind='lungs': choose one of lgg, lesions_3d, chest_ct, pairs_2d"
+    assert not os.listdir(tmp_path)  # refused before anything ran
+
+
+def test_the_demo_kinds_are_those_data_prep_prepares():
+    from data_prep import demo
+    from unet_jax import phantoms
+
+    assert tuple(demo.DEMOS) == phantoms.KINDS
 
 
 @pytest.mark.slow

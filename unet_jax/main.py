@@ -83,6 +83,7 @@ def demo_data(config, workdir: str) -> str:
         logging.info("Training on --config.data.data_dir=%s, not on phantoms.", config.data.data_dir)
         return config.data.data_dir
     synthetic = config.data.synthetic.to_dict()
+    phantoms.check_kind(synthetic)  # on every process: none may wait for a process 0 that refused
     if jax.process_index() == 0:
         data_dir = phantoms.prepare(workdir, synthetic)
     multihost_utils.sync_global_devices("demo data prepared")

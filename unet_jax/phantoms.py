@@ -8,7 +8,20 @@ import os
 import subprocess
 import sys
 
-from unet_jax.errors import DataError
+from unet_jax.errors import ConfigError, DataError
+
+# config.data.synthetic.kind: the phantoms data_prep.demo prepares (its DEMOS, in this order).
+KINDS = ("lgg", "lesions_3d", "chest_ct", "pairs_2d")
+
+
+def check_kind(synthetic: dict) -> str:
+    """The kind of `synthetic` (a config's `data.synthetic`), ConfigError in one
+    line unless data_prep.demo prepares it: checked by every process before
+    process 0 prepares and the others wait."""
+    kind = synthetic.get("kind", "lgg")
+    if kind not in KINDS:
+        raise ConfigError(f"config.data.synthetic.kind={kind!r}: choose one of {', '.join(KINDS)}")
+    return kind
 
 
 def prepare(workdir: str, synthetic: dict) -> str:
@@ -16,9 +29,10 @@ def prepare(workdir: str, synthetic: dict) -> str:
     `data.synthetic`: its `kind` and the preparer's options) under
     `workdir/data`, once; returns the prepared folder. The preparer's output
     passes through; its failure is a DataError of one line."""
-    options = dict(synthetic)
-    argv = [sys.executable, "-m", "data_prep.demo", f"--workdir={os.path.abspath(workdir)}",
-            f"--kind={options.pop('kind', 'lgg')}", f"--options={json.dumps(options)}"]
+    kind = check_kind(synthetic)
+    options = {k: v for k, v in synthetic.items() if k != "kind"}
+    argv = [sys.executable, "-m", "data_prep.demo", f"--workdir={os.path.abspath(workdir)}", f"--kind={kind}",
+            f"--options={json.dumps(options)}"]
     done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
